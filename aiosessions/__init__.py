@@ -1,0 +1,46 @@
+"""aiosessions: an async store for chat-bot session metadata, one folder per session.
+
+::
+
+    async with aiosessions.open_store("state/sessions.json") as store:
+        await store.set("agent:main:telegram:direct:42", SessionEntry(session_id="s1"))
+        entry = await store.get("agent:main:telegram:direct:42")
+"""
+
+from __future__ import annotations
+
+from ._entry import Entry as Entry
+from ._entry import SessionEntry as SessionEntry
+from ._errors import CorruptSessionError as CorruptSessionError
+from ._errors import FlushError as FlushError
+from ._errors import InvalidKeyError as InvalidKeyError
+from ._errors import LockTimeoutError as LockTimeoutError
+from ._errors import MigrationError as MigrationError
+from ._errors import SessionStoreError as SessionStoreError
+from ._errors import StoreClosedError as StoreClosedError
+from ._errors import StoreFormatError as StoreFormatError
+from ._errors import StoreIOError as StoreIOError
+from ._fs import FileSystem as FileSystem
+from ._store import SessionStore as SessionStore
+from ._store import open_store as open_store
+from ._writebehind import StoreStatistics as StoreStatistics
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CorruptSessionError",
+    "Entry",
+    "FileSystem",
+    "FlushError",
+    "InvalidKeyError",
+    "LockTimeoutError",
+    "MigrationError",
+    "SessionEntry",
+    "SessionStore",
+    "SessionStoreError",
+    "StoreClosedError",
+    "StoreFormatError",
+    "StoreIOError",
+    "StoreStatistics",
+    "open_store",
+]

@@ -1,0 +1,216 @@
+"""Entries: the typed ``SessionEntry`` and the codecs that keep every byte of meaning.
+
+Real entries carry far more fields than any schema knows, and fields change type
+between releases. A codec therefore decodes a ``meta.json`` in two steps: the
+JSON object first, then the fields the type knows. Fields it does not know, and
+known fields whose value has an unexpected type, go to the entry's ``extra``
+dict verbatim; encoding merges them back, so decode -> change -> encode never
+loses or alters data the program did not touch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Generic, TypeVar, cast
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+__all__ = ["Codec", "Entry", "SessionEntry", "codec_for", "content_digest", "recency_of"]
+
+T = TypeVar("T")
+
+
+class Entry(msgspec.Struct, kw_only=True):
+    """Base class for entry types that keep unknown and oddly typed fields.
+
+    Subclass it (with defaults, ideally ``UNSET``, on every field, so that any
+    JSON object decodes) to get the field-keeping codec for your own type.
+    ``extra`` holds every JSON member the typed fields did not take, by its JSON
+    name; a typed field that is set wins over a member of ``extra`` with the
+    same JSON name.
+    """
+
+    extra: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class SessionEntry(Entry, rename="camel", kw_only=True):
+    """One session's metadata, shaped like an entry of OpenClaw's ``sessions.json``.
+
+    Every field is optional and defaults to ``UNSET``: an absent field stays
+    absent when written back, a present one is written back even when it is
+    ``False``, ``0`` or ``None``. JSON names are camelCase (``updated_at`` is
+    ``updatedAt``).
+    """
+
+    session_id: str | UnsetType = UNSET
+    #: Epoch milliseconds of the last change; what recency, ``ls`` and ``prune`` use.
+    updated_at: int | UnsetType = UNSET
+    session_file: str | UnsetType | None = UNSET
+    channel: str | UnsetType | None = UNSET
+    chat_type: str | UnsetType | None = UNSET
+    display_name: str | UnsetType | None = UNSET
+    label: str | UnsetType | None = UNSET
+    model: str | UnsetType | None = UNSET
+    model_provider: str | UnsetType | None = UNSET
+    input_tokens: int | UnsetType | None = UNSET
+    output_tokens: int | UnsetType | None = UNSET
+    total_tokens: int | UnsetType | None = UNSET
+    total_tokens_fresh: bool | UnsetType | None = UNSET
+    context_tokens: int | UnsetType | None = UNSET
+    cache_read: int | UnsetType | None = UNSET
+    cache_write: int | UnsetType | None = UNSET
+    estimated_cost_usd: float | UnsetType | None = UNSET
+    compaction_count: int | UnsetType | None = UNSET
+    last_channel: str | UnsetType | None = UNSET
+    last_to: str | UnsetType | None = UNSET
+    last_account_id: str | UnsetType | None = UNSET
+    last_thread_id: str | int | UnsetType | None = UNSET
+    origin: dict[str, Any] | UnsetType | None = UNSET
+    delivery_context: dict[str, Any] | UnsetType | None = UNSET
+    aborted_last_run: bool | UnsetType | None = UNSET
+    system_sent: bool | UnsetType | None = UNSET
+    thinking_level: str | UnsetType | None = UNSET
+
+
+class Codec(Generic[T]):
+    """Turns one entry type into JSON bytes and back; built once per type."""
+
+    entry_type: type[T]
+
+    def decode(self, data: bytes) -> T:
+        """Decode one entry. :raises msgspec.DecodeError: not an entry of this type."""
+        raise NotImplementedError
+
+    def encode(self, value: T) -> bytes:
+        """Encode one entry as compact JSON. :raises TypeError: not encodable."""
+        raise NotImplementedError
+
+
+class _DictCodec(Codec[dict[str, Any]]):
+    def __init__(self) -> None:
+        self.entry_type = dict
+        self._decoder = msgspec.json.Decoder(dict[str, Any])
+        self._encoder = msgspec.json.Encoder()
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        return self._decoder.decode(data)
+
+    def encode(self, value: dict[str, Any]) -> bytes:
+        if not isinstance(value, dict):
+            raise TypeError(f"this store holds dict entries, not {type(value).__name__}")
+        return self._encoder.encode(value)
+
+
+class _StructCodec(Codec[T]):
+    """A plain msgspec Struct: msgspec's own rules (unknown fields are dropped)."""
+
+    def __init__(self, entry_type: type[T]) -> None:
+        self.entry_type = entry_type
+        self._decoder = msgspec.json.Decoder(entry_type)
+        self._encoder = msgspec.json.Encoder()
+
+    def decode(self, data: bytes) -> T:
+        return self._decoder.decode(data)
+
+    def encode(self, value: T) -> bytes:
+        if not isinstance(value, self.entry_type):
+            raise TypeError(
+                f"this store holds {self.entry_type.__name__} entries, not {type(value).__name__}"
+            )
+        return self._encoder.encode(value)
+
+
+class _EntryCodec(Codec[T]):
+    """An :class:`Entry` subclass: unknown and oddly typed members kept in ``extra``."""
+
+    def __init__(self, entry_type: type[T]) -> None:
+        self.entry_type = entry_type
+        fields = msgspec.structs.fields(cast(Any, entry_type))
+        self._extra_name = next(f.encode_name for f in fields if f.name == "extra")
+        # The JSON member named like the extra field itself is just another unknown member.
+        self._known = frozenset(f.encode_name for f in fields if f.name != "extra")
+        self._object = msgspec.json.Decoder(dict[str, Any])
+        self._encoder = msgspec.json.Encoder()
+
+    def decode(self, data: bytes) -> T:
+        members = self._object.decode(data)
+        known: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for name, value in members.items():
+            (known if name in self._known else extra)[name] = value
+        try:
+            entry = msgspec.convert(known, self.entry_type)
+        except msgspec.ValidationError:
+            # Slow path, only for entries holding a value of an unexpected type:
+            # find the members that do not fit and keep them verbatim in extra.
+            fitting = {}
+            for name, value in known.items():
+                try:
+                    msgspec.convert({name: value}, self.entry_type)
+                except msgspec.ValidationError:
+                    extra[name] = value
+                else:
+                    fitting[name] = value
+            entry = msgspec.convert(fitting, self.entry_type)
+        cast(Any, entry).extra = extra
+        return entry
+
+    def encode(self, value: T) -> bytes:
+        if not isinstance(value, self.entry_type):
+            raise TypeError(
+                f"this store holds {self.entry_type.__name__} entries, not {type(value).__name__}"
+            )
+        members = cast(dict[str, Any], msgspec.to_builtins(value))
+        extra = members.pop(self._extra_name, None)
+        if extra:
+            for name, member in extra.items():
+                members.setdefault(name, member)
+        return self._encoder.encode(members)
+
+
+_codecs: dict[type[Any], Codec[Any]] = {}
+
+
+def codec_for(entry_type: type[T]) -> Codec[T]:
+    """Return the (cached) codec for ``entry_type``: ``dict``, an Entry or any Struct.
+
+    :raises TypeError: ``entry_type`` is none of those.
+    """
+    codec = _codecs.get(entry_type)
+    if codec is None:
+        if entry_type is dict:
+            codec = _DictCodec()
+        elif isinstance(entry_type, type) and issubclass(entry_type, Entry):
+            codec = _EntryCodec(entry_type)
+        elif isinstance(entry_type, type) and issubclass(entry_type, msgspec.Struct):
+            codec = _StructCodec(entry_type)
+        else:
+            raise TypeError(f"entry_type must be dict or a msgspec.Struct subclass, not {entry_type!r}")
+        _codecs[entry_type] = codec
+    return cast(Codec[T], codec)
+
+
+class _Recency(msgspec.Struct):
+    updatedAt: Any = None
+
+
+_recency_decoder = msgspec.json.Decoder(_Recency)
+
+
+def recency_of(data: bytes) -> int | None:
+    """Return the ``updatedAt`` of an encoded entry, or None if absent or not an integer.
+
+    Decodes only that member. :raises msgspec.DecodeError: not a JSON object.
+    """
+    value = _recency_decoder.decode(data).updatedAt
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
+def content_digest(data: bytes | None) -> bytes:
+    """A short digest of stored bytes, to tell whether a file changed (``b""`` = absent)."""
+    if data is None:
+        return b""
+    return hashlib.blake2b(data, digest_size=16).digest()

@@ -1,0 +1,131 @@
+"""The exceptions raised by aiosessions.
+
+Every error the library raises on purpose derives from one root, so ``except
+SessionStoreError`` catches them all; where an error resembles a builtin it
+subclasses that builtin too::
+
+    SessionStoreError
+    ├── InvalidKeyError        (also ValueError)   a key that cannot name a session
+    ├── CorruptSessionError                        a file that does not decode; names the file
+    ├── StoreFormatError                           not a store, or a store of another format/version
+    ├── StoreClosedError                           the store was used after aclose()
+    ├── LockTimeoutError       (also TimeoutError) a cross-process lock was not acquired in time
+    ├── MigrationError                             migrate() refused or failed; nothing was lost
+    └── StoreIOError           (also OSError)      the disk failed; carries errno and the path
+        └── FlushError                             queued changes could not be written; lists the keys
+
+Errors raised because of another exception are raised ``from`` it, so the
+original cause stays in the traceback.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from collections.abc import Mapping
+
+__all__ = [
+    "CorruptSessionError",
+    "FlushError",
+    "InvalidKeyError",
+    "LockTimeoutError",
+    "MigrationError",
+    "SessionStoreError",
+    "StoreClosedError",
+    "StoreFormatError",
+    "StoreIOError",
+]
+
+
+class SessionStoreError(Exception):
+    """The root of every error aiosessions raises on purpose."""
+
+
+class InvalidKeyError(SessionStoreError, ValueError):
+    """A session key that the store cannot accept (empty, not a str, NUL, lone surrogate)."""
+
+    def __init__(self, key: object, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        shown = repr(key) if len(repr(key)) <= 80 else repr(key)[:77] + "..."
+        super().__init__(f"invalid session key {shown}: {problem}")
+
+
+class CorruptSessionError(SessionStoreError):
+    """A stored file could not be decoded; only the session it holds is affected."""
+
+    def __init__(self, message: str, *, path: str, key: str | None = None) -> None:
+        self.path = path
+        self.key = key
+        super().__init__(message)
+
+
+class StoreFormatError(SessionStoreError):
+    """A path that is not an aiosessions store of a format and version this release reads."""
+
+
+class StoreClosedError(SessionStoreError):
+    """The store was used after it was closed."""
+
+
+class LockTimeoutError(SessionStoreError, TimeoutError):
+    """A cross-process lock was held by someone else for longer than the timeout."""
+
+
+class MigrationError(SessionStoreError):
+    """Migration refused or failed; the legacy file is still authoritative.
+
+    ``problems`` maps each key that could not be migrated to the reason.
+    """
+
+    def __init__(self, message: str, *, problems: Mapping[str, str] | None = None) -> None:
+        self.problems: dict[str, str] = dict(problems or {})
+        super().__init__(message)
+
+
+class StoreIOError(SessionStoreError, OSError):
+    """The filesystem failed (disk full, I/O error, permission...).
+
+    ``errno`` and ``filename`` are those of the underlying :class:`OSError`;
+    ``key`` names the session when there is one.
+    """
+
+    def __init__(
+        self, err: int | None, message: str, filename: str | None = None, *, key: str | None = None
+    ) -> None:
+        super().__init__(err if err is not None else _errno.EIO, message, filename)
+        self.key = key
+
+    def __str__(self) -> str:
+        text = str(self.strerror)
+        if self.filename is not None and str(self.filename) not in text:
+            text = f"{text}: {self.filename}"
+        return text
+
+
+class FlushError(StoreIOError):
+    """Queued changes could not be written to disk; they are kept and retried.
+
+    ``failures`` maps each key that failed to the exception of its last attempt;
+    ``unwritten`` counts every change still waiting.
+    """
+
+    def __init__(self, message: str, *, failures: Mapping[str, BaseException], unwritten: int) -> None:
+        self.failures: dict[str, BaseException] = dict(failures)
+        self.unwritten = unwritten
+        first = next(iter(self.failures.values()), None)
+        err = first.errno if isinstance(first, OSError) else None
+        filename = first.filename if isinstance(first, OSError) else None
+        super().__init__(err, message, filename)
+
+
+def io_error(exc: OSError, action: str, *, key: str | None = None) -> StoreIOError:
+    """Translate an OSError at the library boundary into a StoreIOError naming file and key."""
+    if isinstance(exc, StoreIOError):
+        return exc
+    what = f"{action} failed"
+    if key is not None:
+        what += f" for session {key!r}"
+    reason = exc.strerror or exc.__class__.__name__
+    filename = exc.filename if isinstance(exc.filename, str) else None
+    message = f"{what}: {reason}" + (f": {filename}" if filename else "")
+    return StoreIOError(exc.errno, message, filename, key=key)

@@ -1,0 +1,251 @@
+"""Every blocking filesystem call of aiosessions, behind one object.
+
+:class:`FileSystem` wraps each system call the library makes (open, write,
+fsync, rename, flock ...) as a method, and builds the compound operations
+(read a file, write one atomically, remove a session folder) from those methods
+only. The store and its backends never touch ``os`` directly: tests subclass
+:class:`FileSystem` to fail the Nth call, slow the disk or forget what was not
+fsynced, and pass the instance as ``open_store(..., filesystem=...)``.
+
+Everything here is synchronous and meant to run in a worker thread, a whole
+compound operation (or a whole batch of them) per thread hop. Paths are relative
+to directory file descriptors and opened with ``O_NOFOLLOW``, so a symlink
+planted inside a store is never followed out of it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+import stat as stat_module
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import NamedTuple
+
+__all__ = ["FileSystem", "Signature", "TMP_SUFFIX", "is_tmp_name"]
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+TMP_SUFFIX = ".tmp"
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Signature(NamedTuple):
+    """What tells one version of a file from another without reading it.
+
+    Every write makes a new inode (tmp + rename), so a change of inode, size or
+    modification time means the file was replaced.
+    """
+
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Signature:
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class TooLargeError(OSError):
+    """A file larger than the caller allows (EFBIG)."""
+
+
+def is_tmp_name(name: str) -> bool:
+    """Whether ``name`` is one of the library's in-flight temporary files."""
+    return name.startswith(".") and name.endswith(TMP_SUFFIX)
+
+
+class FileSystem:
+    """The system calls of the library (override them to inject faults) and the
+    compound operations built on them."""
+
+    # -- system calls: one method each -------------------------------------------------
+
+    def open(self, path: str, flags: int, mode: int = FILE_MODE, *, dir_fd: int | None = None) -> int:
+        return os.open(path, flags, mode, dir_fd=dir_fd)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def read(self, fd: int, size: int) -> bytes:
+        return os.read(fd, size)
+
+    def write(self, fd: int, data: bytes | memoryview) -> int:
+        return os.write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def fstat(self, fd: int) -> os.stat_result:
+        return os.fstat(fd)
+
+    def stat(self, path: str, *, dir_fd: int | None = None) -> os.stat_result:
+        return os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+
+    def rename(
+        self, src: str, dst: str, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None
+    ) -> None:
+        os.replace(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+
+    def mkdir(self, path: str, *, dir_fd: int | None = None) -> None:
+        os.mkdir(path, DIR_MODE, dir_fd=dir_fd)
+
+    def rmdir(self, path: str, *, dir_fd: int | None = None) -> None:
+        os.rmdir(path, dir_fd=dir_fd)
+
+    def unlink(self, path: str, *, dir_fd: int | None = None) -> None:
+        os.unlink(path, dir_fd=dir_fd)
+
+    def scandir(self, fd: int) -> AbstractContextManager[Iterator[os.DirEntry[str]]]:
+        return os.scandir(fd)
+
+    def listdir(self, fd: int) -> list[str]:
+        # os.listdir(fd) reads through a dup of fd, and dups share one directory
+        # offset: two threads listing the same folder would each see part of it.
+        # A fresh open of "." has an offset of its own.
+        own = os.open(".", _DIR_FLAGS, dir_fd=fd)
+        try:
+            return os.listdir(own)
+        finally:
+            os.close(own)
+
+    def flock(self, fd: int, operation: int) -> None:
+        fcntl.flock(fd, operation)
+
+    # -- compound operations, built only from the calls above ------------------------------
+
+    def open_dir(self, path: str, *, dir_fd: int | None = None) -> int:
+        """Open a directory without following a symlink in its last component."""
+        return self.open(path, _DIR_FLAGS, dir_fd=dir_fd)
+
+    def open_lock_file(self, name: str, *, dir_fd: int | None = None) -> int:
+        """Open (creating) a lock file; lock files are never replaced or deleted."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        return self.open(name, flags, FILE_MODE, dir_fd=dir_fd)
+
+    def fsync_dir(self, path: str) -> None:
+        """fsync a directory by path, so that an entry created or renamed in it is durable."""
+        fd = self.open_dir(path)
+        try:
+            self.fsync(fd)
+        finally:
+            self.close(fd)
+
+    def ensure_dir(self, path: str, *, dir_fd: int | None = None) -> bool:
+        """Create a directory (0700) unless it exists; return whether it was created."""
+        try:
+            self.mkdir(path, dir_fd=dir_fd)
+        except FileExistsError:
+            st = self.stat(path, dir_fd=dir_fd)
+            if not stat_module.S_ISDIR(st.st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", path) from None
+            return False
+        return True
+
+    def read_file(
+        self, name: str, *, dir_fd: int | None = None, max_bytes: int | None = None
+    ) -> tuple[bytes, Signature] | None:
+        """Read a whole file; None if it does not exist.
+
+        :raises TooLargeError: the file is larger than ``max_bytes``.
+        """
+        try:
+            fd = self.open(name, _READ_FLAGS, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        try:
+            st = self.fstat(fd)
+            if not stat_module.S_ISREG(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, "not a regular file", name)
+            if max_bytes is not None and st.st_size > max_bytes:
+                raise TooLargeError(
+                    errno.EFBIG, f"file is {st.st_size} bytes, the limit is {max_bytes}", name
+                )
+            chunks = []
+            remaining = st.st_size + 1  # read past the size seen, in case it grew
+            while True:
+                chunk = self.read(fd, max(remaining, 65536))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                remaining -= len(chunk)
+                if max_bytes is not None and sum(map(len, chunks)) > max_bytes:
+                    raise TooLargeError(errno.EFBIG, f"file grew past {max_bytes} bytes", name)
+            return b"".join(chunks), Signature.of(st)
+        finally:
+            self.close(fd)
+
+    def read_dir_file(
+        self, directory: str, name: str, *, dir_fd: int, max_bytes: int | None = None
+    ) -> tuple[bytes, Signature] | None:
+        """Read ``directory/name`` without following a symlink in either part."""
+        try:
+            sub = self.open_dir(directory, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        try:
+            return self.read_file(name, dir_fd=sub, max_bytes=max_bytes)
+        finally:
+            self.close(sub)
+
+    def write_atomic(self, name: str, data: bytes, *, dir_fd: int, durable: bool) -> Signature:
+        """Replace ``name`` in the directory ``dir_fd`` with ``data``, all or nothing.
+
+        A uniquely named tmp file is written whole, fsynced (when ``durable``),
+        renamed over ``name`` and the directory fsynced (when ``durable``); a
+        reader sees the old file or the new one. On failure the tmp file is removed.
+        """
+        tmp = f".{name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}"
+        fd = self.open(tmp, _CREATE_FLAGS, FILE_MODE, dir_fd=dir_fd)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    written = self.write(fd, view)
+                    view = view[written:]
+                if durable:
+                    self.fsync(fd)
+                signature = Signature.of(self.fstat(fd))
+            finally:
+                self.close(fd)
+            self.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            self._discard(tmp, dir_fd=dir_fd)
+            raise
+        if durable:
+            self.fsync(dir_fd)
+        return signature
+
+    def remove_tree(self, name: str, *, dir_fd: int) -> None:
+        """Remove a directory and everything in it, never following a symlink."""
+        try:
+            sub = self.open_dir(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise
+            self.unlink(name, dir_fd=dir_fd)  # a file or a symlink: remove the link only
+            return
+        try:
+            with self.scandir(sub) as scan:
+                entries = list(scan)
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    self.remove_tree(entry.name, dir_fd=sub)
+                else:
+                    self.unlink(entry.name, dir_fd=sub)
+        finally:
+            self.close(sub)
+        self.rmdir(name, dir_fd=dir_fd)
+
+    def _discard(self, name: str, *, dir_fd: int) -> None:
+        try:
+            self.unlink(name, dir_fd=dir_fd)
+        except OSError:
+            pass  # best effort: the orphan sweep removes what is left

@@ -1,0 +1,115 @@
+"""Locks: per-key async locks in one process, flock-based locks across processes.
+
+In-process, each key gets an :class:`anyio.Lock` on demand, reference-counted
+and dropped the moment nobody holds or waits for it, so the table never grows
+with the number of keys ever seen.
+
+Across processes, locks are ``flock`` on lock files that are never renamed or
+deleted (a lock on a replaced file would guard the wrong inode; deleting a lock
+file that may be held lets two holders in). ``flock`` belongs to the open file
+description, so two descriptors exclude each other even inside one process.
+Waiting polls with ``LOCK_NB`` and a growing sleep, so it honours a timeout and,
+in async code, cancellation.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+
+from ._errors import LockTimeoutError
+from ._fs import FileSystem
+
+__all__ = ["KeyLocks", "acquire_file_lock", "acquire_file_lock_sync", "release_file_lock"]
+
+_FIRST_WAIT = 0.001
+_LONGEST_WAIT = 0.05
+
+
+class _Slot:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = anyio.Lock()
+        self.users = 0
+
+
+class KeyLocks:
+    """Per-key async locks that exist only while in use."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, _Slot] = {}
+
+    def __len__(self) -> int:
+        """How many keys have a lock right now (held or waited for)."""
+        return len(self._slots)
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        """Hold the lock of ``key`` for the body of the ``async with``."""
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = _Slot()
+        slot.users += 1
+        try:
+            async with slot.lock:
+                yield
+        finally:
+            slot.users -= 1
+            if slot.users == 0:
+                del self._slots[key]
+
+
+def _try_lock(fs: FileSystem, fd: int) -> bool:
+    try:
+        fs.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _timeout_error(what: str, timeout: float) -> LockTimeoutError:
+    return LockTimeoutError(
+        f"could not lock {what} within {timeout:g}s: another process holds it "
+        "(raise lock_timeout, or find the process that holds the lock)"
+    )
+
+
+def acquire_file_lock_sync(fs: FileSystem, fd: int, *, timeout: float, what: str) -> None:
+    """Take an exclusive flock on ``fd``, waiting at most ``timeout`` seconds (worker threads).
+
+    :raises LockTimeoutError: still held by someone else after ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    wait = _FIRST_WAIT
+    while not _try_lock(fs, fd):
+        if time.monotonic() >= deadline:
+            raise _timeout_error(what, timeout)
+        time.sleep(wait)
+        wait = min(wait * 2, _LONGEST_WAIT)
+
+
+async def acquire_file_lock(fs: FileSystem, fd: int, *, timeout: float, what: str) -> None:
+    """Take an exclusive flock on ``fd`` without blocking the event loop; cancellable.
+
+    :raises LockTimeoutError: still held by someone else after ``timeout``.
+    """
+    deadline = anyio.current_time() + timeout
+    wait = _FIRST_WAIT
+    while not _try_lock(fs, fd):
+        if anyio.current_time() >= deadline:
+            raise _timeout_error(what, timeout)
+        await anyio.sleep(wait)
+        wait = min(wait * 2, _LONGEST_WAIT)
+
+
+def release_file_lock(fs: FileSystem, fd: int) -> None:
+    """Release a lock taken by one of the acquire functions."""
+    fs.flock(fd, fcntl.LOCK_UN)

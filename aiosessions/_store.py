@@ -1,0 +1,521 @@
+"""``SessionStore``: the public API over a backend and its write-behind queue."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+from collections.abc import AsyncIterator, Callable, Generator
+from types import TracebackType
+from typing import Any, Generic, Literal, TypeVar, overload
+
+import anyio
+import anyio.abc
+import msgspec
+
+from ._entry import Codec, SessionEntry, codec_for, content_digest, recency_of
+from ._errors import CorruptSessionError, StoreClosedError, StoreFormatError, io_error
+from ._fs import FileSystem
+from ._keys import validate_key
+from ._layout import Mode, StorePaths, detect_mode
+from ._locks import KeyLocks
+from ._writebehind import StoreStatistics, WriteBehind
+from .backends import Backend, DirectoryBackend, JsonBackend
+
+__all__ = ["SessionStore", "open_store"]
+
+T = TypeVar("T")
+
+DEFAULT_FLUSH_INTERVAL = 0.05
+DEFAULT_LOCK_TIMEOUT = 10.0
+DEFAULT_CLOSE_TIMEOUT = 30.0
+DEFAULT_MAX_PENDING_KEYS = 10_000
+DEFAULT_MAX_PENDING_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_ENTRY_BYTES = 16 * 1024 * 1024
+DEFAULT_CACHE_BYTES = 16 * 1024 * 1024
+DEFAULT_TMP_MAX_AGE = 15 * 60.0
+
+
+class SessionStore(Generic[T]):
+    """Sessions by key: read, set, update and delete them from async code.
+
+    Made by :func:`open_store`; see there for the options. Reads see this
+    process's changes at once and another process's flushed changes on the next
+    read. Changes are queued and written in batches by a background flusher.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        codec: Codec[T],
+        *,
+        flush_interval: float,
+        fsync: bool,
+        max_pending_keys: int,
+        max_pending_bytes: int,
+    ) -> None:
+        self._backend = backend
+        self._codec = codec
+        self._locks = KeyLocks()
+        self._queue = WriteBehind(
+            backend,
+            self._rebase,
+            flush_interval=flush_interval,
+            durable=fsync,
+            max_pending_keys=max_pending_keys,
+            max_pending_bytes=max_pending_bytes,
+        )
+        self._write_through = flush_interval <= 0
+        self._closed = False
+        self._opened = False
+        self._background: anyio.CancelScope | None = None
+
+    # -- properties ------------------------------------------------------------------
+
+    @property
+    def mode(self) -> Literal["directory", "json"]:
+        """``"directory"`` (one folder per session) or ``"json"`` (the legacy file)."""
+        return "directory" if self._backend.mode == "directory" else "json"
+
+    @property
+    def path(self) -> str:
+        """Where the sessions live: the ``<stem>.d`` folder or the legacy JSON file."""
+        return self._backend.location()
+
+    @property
+    def entry_type(self) -> type[T]:
+        """The type entries decode to (``SessionEntry``, your Struct, or ``dict``)."""
+        return self._codec.entry_type
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` has begun."""
+        return self._closed
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def get(self, key: str) -> T | None:
+        """Return the entry of ``key``, or None if there is none.
+
+        :raises InvalidKeyError: ``key`` is not a valid key.
+        :raises CorruptSessionError: the stored entry does not decode (this key only).
+        :raises StoreIOError: the disk failed.
+        """
+        self._check_open()
+        validate_key(key)
+        pending = self._queue.pending(key)
+        data = pending[0] if pending is not None else await self._backend.read(key)
+        return None if data is None else self._decode(key, data)
+
+    async def updated_at(self, key: str) -> int | None:
+        """Return the ``updatedAt`` (epoch ms) of ``key``; None if absent or not an integer.
+
+        Decodes only that member of the one entry.
+        """
+        self._check_open()
+        validate_key(key)
+        pending = self._queue.pending(key)
+        data = pending[0] if pending is not None else await self._backend.read(key)
+        if data is None:
+            return None
+        try:
+            return recency_of(data)
+        except msgspec.DecodeError as exc:
+            raise self._corrupt(key, exc) from exc
+
+    async def contains(self, key: str) -> bool:
+        """Whether ``key`` has an entry (without decoding it)."""
+        self._check_open()
+        validate_key(key)
+        pending = self._queue.pending(key)
+        if pending is not None:
+            return pending[0] is not None
+        return await self._backend.exists(key)
+
+    async def keys(self) -> AsyncIterator[str]:
+        """Every key, in no particular order, listed from disk a chunk at a time.
+
+        Entries are not read. Changes made while iterating may or may not be seen.
+        """
+        self._check_open()
+        pending = self._queue.pending_keys()
+        async for chunk in self._backend.key_chunks():
+            for key in chunk:
+                exists = pending.pop(key, None)
+                if exists is None:
+                    # Not pending when we began; it may have become a pending delete since.
+                    now = self._queue.pending(key)
+                    if now is None or now[0] is not None:
+                        yield key
+                elif exists:
+                    yield key
+        for key, exists in pending.items():
+            if exists:
+                yield key
+
+    async def items(self, *, skip_corrupt: bool = False) -> AsyncIterator[tuple[str, T]]:
+        """Every ``(key, entry)``, reading entries a chunk at a time (one thread hop per chunk).
+
+        :param skip_corrupt: leave out entries that do not decode instead of raising
+            :class:`CorruptSessionError`.
+        """
+        chunk: list[str] = []
+        async for key in self.keys():
+            chunk.append(key)
+            if len(chunk) >= 256:
+                async for item in self._read_chunk(chunk, skip_corrupt):
+                    yield item
+                chunk = []
+        async for item in self._read_chunk(chunk, skip_corrupt):
+            yield item
+
+    async def _read_chunk(self, keys: list[str], skip_corrupt: bool) -> AsyncIterator[tuple[str, T]]:
+        if not keys:
+            return
+        clean = [key for key in keys if self._queue.pending(key) is None]
+        stored = dict(zip(clean, await self._backend.read_many(clean), strict=True)) if clean else {}
+        for key in keys:
+            pending = self._queue.pending(key)
+            data = pending[0] if pending is not None else stored.get(key)
+            if isinstance(data, BaseException):
+                if skip_corrupt and isinstance(data, CorruptSessionError):
+                    continue
+                raise data
+            if data is None:
+                continue
+            try:
+                yield key, self._decode(key, data)
+            except CorruptSessionError:
+                if not skip_corrupt:
+                    raise
+
+    # -- writes ----------------------------------------------------------------------
+
+    async def set(self, key: str, entry: T, *, durable: bool = False) -> None:
+        """Make ``entry`` the entry of ``key`` (last writer wins).
+
+        Returns once the change is visible to this process and queued; with
+        ``durable=True`` (or ``flush_interval=0``), once it is on disk.
+
+        :raises TypeError: ``entry`` is not of the store's entry type.
+        :raises StoreIOError: with ``durable``, the write failed (it stays queued).
+        """
+        self._check_open()
+        validate_key(key)
+        data = self._codec.encode(entry)
+        async with self._locks.hold(key):
+            await self._queue.wait_for_room(key)
+            self._check_open()
+            seq = self._queue.put(key, data)
+        await self._settle(key, seq, durable)
+
+    async def update(
+        self, key: str, fn: Callable[[T | None], T | None], *, durable: bool = False
+    ) -> T | None:
+        """Apply ``fn`` to the entry of ``key`` (None if absent) and store its result.
+
+        ``fn`` returns the new entry, or None to delete it. It runs with the key
+        locked, so concurrent updates in this process never interleave. If
+        another process changes the key before this change is written, ``fn`` is
+        applied again to that process's value before writing (so no update is
+        lost); keep ``fn`` free of side effects. Returns ``fn``'s result.
+        """
+        self._check_open()
+        validate_key(key)
+        async with self._locks.hold(key):
+            await self._queue.wait_for_room(key)
+            self._check_open()
+            pending = self._queue.pending(key)
+            if pending is not None:
+                stored, base = pending[0], b""
+            else:
+                stored = await self._backend.read(key)
+                base = content_digest(stored)
+                self._check_open()
+            current = None if stored is None else self._decode(key, stored)
+            result = fn(current)
+            if inspect.isawaitable(result):
+                raise TypeError("update() takes a plain function, not a coroutine function")
+            data = None if result is None else self._codec.encode(result)
+            seq = self._queue.put(key, data, fn=fn, base=base)
+        await self._settle(key, seq, durable)
+        return result
+
+    async def delete(self, key: str, *, durable: bool = False) -> bool:
+        """Delete the entry of ``key``; return whether there was one."""
+        self._check_open()
+        validate_key(key)
+        async with self._locks.hold(key):
+            pending = self._queue.pending(key)
+            existed = pending[0] is not None if pending is not None else await self._backend.exists(key)
+            if not existed:
+                return False
+            await self._queue.wait_for_room(key)
+            self._check_open()
+            seq = self._queue.put(key, None)
+        await self._settle(key, seq, durable)
+        return True
+
+    async def _settle(self, key: str, seq: int, durable: bool) -> None:
+        if durable or self._write_through:
+            await self._queue.wait_landed(key, seq)
+
+    def _rebase(self, key: str, current: bytes | None, fns: list[Callable[[Any], Any]]) -> bytes | None:
+        """Re-apply pending update functions to another process's newer value."""
+        value: Any = None if current is None else self._decode(key, current)
+        for fn in fns:
+            value = fn(value)
+        return None if value is None else self._codec.encode(value)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Return once every change accepted before the call is on disk.
+
+        :raises FlushError: some changes could not be written; they stay queued
+            and are retried.
+        """
+        self._check_open()
+        await self._queue.flush()
+
+    def statistics(self) -> StoreStatistics:
+        """Counters of the write-behind queue: pending, writes, coalesced, flushes, failures ..."""
+        return self._queue.statistics(swept=self._backend.swept)
+
+    async def aclose(self, *, timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
+        """Flush what is queued (for at most ``timeout`` seconds), stop the flusher, close files.
+
+        Idempotent. Cancelling the caller does not interrupt the final flush.
+
+        :raises FlushError: changes could not be written; the message says how many.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        error: BaseException | None = None
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(timeout):
+                try:
+                    await self._queue.flush()
+                except Exception as exc:
+                    error = exc
+            if self._background is not None:
+                self._background.cancel()
+            await self._backend.aclose()
+        left = self._queue.statistics().pending
+        if error is None and left:
+            error = self._queue.flush_error(
+                f"aclose() gave up after {timeout:g}s", {"?": TimeoutError("flush timed out")}
+            )
+        if error is not None:
+            raise error
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"the store {self.path} is closed")
+
+    def _decode(self, key: str, data: bytes) -> T:
+        try:
+            return self._codec.decode(data)
+        except msgspec.DecodeError as exc:
+            raise self._corrupt(key, exc) from exc
+
+    def _corrupt(self, key: str, exc: Exception) -> CorruptSessionError:
+        path = self._backend.location(key)
+        return CorruptSessionError(
+            f"session {key!r} in {path} is not a valid entry: {exc} "
+            "(other sessions are unaffected; `aiosessions fsck --repair` quarantines it)",
+            path=path,
+            key=key,
+        )
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if self._opened and not self._closed:
+            _warn(f"unclosed session store {self.path}", ResourceWarning, source=self, stacklevel=1)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<SessionStore {self.mode} {self.path!r} {state}>"
+
+
+class _StoreContext(Generic[T]):
+    """What :func:`open_store` returns: ``async with`` it to get the store."""
+
+    def __init__(
+        self,
+        paths: StorePaths,
+        make: Callable[[Mode], tuple[Backend, SessionStore[T]]],
+        mode: Mode | None,
+        fs: FileSystem,
+    ) -> None:
+        self._paths = paths
+        self._make = make
+        self._mode = mode
+        self._fs = fs
+        self._store: SessionStore[T] | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    def __await__(self) -> Generator[Any, None, None]:
+        raise TypeError(
+            "open_store() is an async context manager: use `async with open_store(...) as store:`"
+        )
+
+    async def __aenter__(self) -> SessionStore[T]:
+        if self._store is not None:
+            raise RuntimeError("this open_store() context is already in use")
+        try:
+            detected = await anyio.to_thread.run_sync(detect_mode, self._fs, self._paths)
+        except OSError as exc:
+            raise io_error(exc, f"opening the store {self._paths.file}") from exc
+        mode = self._mode or detected or "directory"
+        if self._mode == "json" and detected == "directory":
+            raise StoreFormatError(
+                f"{self._paths.file} was migrated to {self._paths.directory}; "
+                "open it in directory mode (mode=None), or export_json() it back first"
+            )
+        if self._mode == "directory" and detected == "json":
+            raise StoreFormatError(
+                f"{self._paths.file} is a legacy JSON store; run aiosessions.migrate() first, "
+                "or open it with mode='json'"
+            )
+        backend, store = self._make(mode)
+        await backend.open(create=detected is None)
+        store._opened = True
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        try:
+            await task_group.start(store._queue.run)
+            task_group.start_soon(backend.maintain)
+        except BaseException:
+            task_group.cancel_scope.cancel()
+            await task_group.__aexit__(None, None, None)
+            await backend.aclose()
+            raise
+        store._background = task_group.cancel_scope
+        self._store, self._task_group = store, task_group
+        return store
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._store is not None and self._task_group is not None
+        try:
+            await self._store.aclose()
+        finally:
+            self._task_group.cancel_scope.cancel()
+            await self._task_group.__aexit__(None, None, None)
+
+
+@overload
+def open_store(
+    path: str | os.PathLike[str],
+    *,
+    mode: Mode | None = None,
+    flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+    fsync: bool = True,
+    max_pending_keys: int = DEFAULT_MAX_PENDING_KEYS,
+    max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    tmp_max_age: float = DEFAULT_TMP_MAX_AGE,
+    filesystem: FileSystem | None = None,
+) -> _StoreContext[SessionEntry]: ...
+@overload
+def open_store(
+    path: str | os.PathLike[str],
+    *,
+    entry_type: type[T],
+    mode: Mode | None = None,
+    flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+    fsync: bool = True,
+    max_pending_keys: int = DEFAULT_MAX_PENDING_KEYS,
+    max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    tmp_max_age: float = DEFAULT_TMP_MAX_AGE,
+    filesystem: FileSystem | None = None,
+) -> _StoreContext[T]: ...
+def open_store(
+    path: str | os.PathLike[str],
+    *,
+    entry_type: type[Any] = SessionEntry,
+    mode: Mode | None = None,
+    flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+    fsync: bool = True,
+    max_pending_keys: int = DEFAULT_MAX_PENDING_KEYS,
+    max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    tmp_max_age: float = DEFAULT_TMP_MAX_AGE,
+    filesystem: FileSystem | None = None,
+) -> _StoreContext[Any]:
+    """Open the session store at ``path``; use as ``async with open_store(path) as store:``.
+
+    ``path`` names the store file, ``X/sessions.json``; a directory store lives
+    in ``X/sessions.d/``. An existing directory store (with its FORMAT marker)
+    opens in directory mode, else an existing ``sessions.json`` in legacy JSON
+    mode, else a new directory store is made.
+
+    :param entry_type: what entries decode to: :class:`SessionEntry` (default),
+        a subclass of :class:`Entry` or any ``msgspec.Struct``, or ``dict``.
+    :param mode: ``"directory"`` or ``"json"`` to insist on one kind (``"json"``
+        makes a new legacy file); None detects it.
+    :param flush_interval: seconds a change may wait in memory before its batch
+        is written; 0 writes through (each call returns once on disk).
+    :param fsync: fsync files and folders before a write counts as flushed.
+    :param max_pending_keys: writers wait while this many keys are unwritten.
+    :param max_pending_bytes: writers wait while this many bytes are unwritten.
+    :param lock_timeout: seconds to wait for another process's lock before
+        :class:`LockTimeoutError`.
+    :param max_entry_bytes: a ``meta.json`` larger than this is refused as corrupt.
+    :param cache_bytes: bytes of recently used entries kept to answer reads
+        after one ``stat`` (their freshness is checked on every read).
+    :param tmp_max_age: tmp files older than this (seconds) are orphans, swept
+        in the background after open.
+    :param filesystem: the :class:`FileSystem` doing every blocking call (tests
+        pass one that injects faults).
+    :raises StoreFormatError: ``mode`` contradicts what is on disk, or the
+        FORMAT marker is of another version.
+    """
+    if flush_interval < 0 or not (flush_interval < float("inf")):
+        raise ValueError(f"flush_interval must be >= 0 and finite, not {flush_interval!r}")
+    for name, value in (
+        ("max_pending_keys", max_pending_keys),
+        ("max_pending_bytes", max_pending_bytes),
+        ("max_entry_bytes", max_entry_bytes),
+    ):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, not {value!r}")
+    if mode not in (None, "directory", "json"):
+        raise ValueError(f"mode must be 'directory', 'json' or None, not {mode!r}")
+    codec = codec_for(entry_type)
+    paths = StorePaths.of(path)
+    fs = filesystem if filesystem is not None else FileSystem()
+
+    def make(chosen: Mode) -> tuple[Backend, SessionStore[Any]]:
+        backend: Backend
+        if chosen == "directory":
+            backend = DirectoryBackend(
+                paths,
+                fs,
+                lock_timeout=lock_timeout,
+                max_entry_bytes=max_entry_bytes,
+                cache_bytes=cache_bytes,
+                tmp_max_age=tmp_max_age,
+            )
+        else:
+            backend = JsonBackend(paths, fs, lock_timeout=lock_timeout, tmp_max_age=tmp_max_age)
+        store = SessionStore(
+            backend,
+            codec,
+            flush_interval=flush_interval,
+            fsync=fsync,
+            max_pending_keys=max_pending_keys,
+            max_pending_bytes=max_pending_bytes,
+        )
+        return backend, store
+
+    return _StoreContext(paths, make, mode, fs)

@@ -1,0 +1,399 @@
+"""The write-behind queue: coalesce changes per key, flush them in batches.
+
+Every change goes through :meth:`WriteBehind.put`: it becomes the key's pending
+state at once (readers of this process see it) and a flusher task writes the
+pending keys in batches, one worker-thread hop per batch. Many changes to one
+key before its write become one write of the final state.
+
+``update()`` stays correct across processes by compare-and-swap: a pending key
+remembers the digest of the stored bytes its updates were applied to (its
+*base*) and the update functions themselves. The backend writes it only if the
+file still has that digest, under the cross-process lock; otherwise it returns
+the current bytes, the functions are applied again to them on the event loop,
+and the key is written in the next batch. A ``set`` or ``delete`` is blind
+(last writer wins) and drops the functions before it.
+
+With ``flush_interval=0`` every call waits for its own write (write-through);
+concurrent callers still share batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ._entry import content_digest
+from ._errors import FlushError, SessionStoreError, StoreIOError
+from .backends import Backend, BatchResult, Write
+
+__all__ = ["Rebase", "StoreStatistics", "WriteBehind"]
+
+UpdateFn = Callable[[Any], Any]
+#: Re-applies ``fns`` to ``current`` stored bytes; returns the new bytes (None deletes).
+Rebase = Callable[[str, "bytes | None", list[UpdateFn]], "bytes | None"]
+
+_FIRST_BACKOFF = 0.05
+_LONGEST_BACKOFF = 5.0
+
+
+@dataclass(frozen=True)
+class StoreStatistics:
+    """A snapshot of a store's write-behind queue and counters (see ``SessionStore.statistics``)."""
+
+    #: Keys with changes not yet on disk.
+    pending: int
+    #: Bytes of those pending entries.
+    pending_bytes: int
+    #: Files written (or deleted) since open.
+    writes: int
+    #: Changes absorbed by a later change to the same key before being written.
+    coalesced: int
+    #: Batches written.
+    flushes: int
+    #: Failed attempts to write a key (each retry that fails counts again).
+    failures: int
+    #: Writes that found another process's change and were re-applied to it.
+    conflicts: int
+    #: Seconds since the oldest change not yet on disk was made (0 when none).
+    oldest_pending_age: float
+    #: Orphaned tmp files and trash removed by the background sweep.
+    swept: int = 0
+
+
+class _Pending:
+    """The unwritten state of one key."""
+
+    __slots__ = (
+        "base",
+        "blind_seq",
+        "data",
+        "error",
+        "error_batch",
+        "fns",
+        "inflight_seq",
+        "landed_seq",
+        "seq",
+        "since",
+    )
+
+    def __init__(self, data: bytes | None, seq: int, since: float) -> None:
+        self.data = data
+        self.seq = seq
+        self.landed_seq = seq - 1  # every change before this key became pending is on disk
+        self.inflight_seq = 0
+        self.blind_seq = 0  # the newest set/delete; blind while newer than landed_seq
+        self.base = b""
+        self.fns: list[tuple[int, UpdateFn]] = []
+        self.since = since
+        self.error: BaseException | None = None
+        self.error_batch = 0
+
+    @property
+    def blind(self) -> bool:
+        return self.blind_seq > self.landed_seq
+
+
+def _size(data: bytes | None) -> int:
+    return 0 if data is None else len(data)
+
+
+class WriteBehind:
+    """The dirty set of one store and the flusher that empties it."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        rebase: Rebase,
+        *,
+        flush_interval: float,
+        durable: bool,
+        max_pending_keys: int,
+        max_pending_bytes: int,
+        batch_size: int = 1024,
+    ) -> None:
+        self._backend = backend
+        self._rebase = rebase
+        self.flush_interval = flush_interval
+        self.durable = durable
+        self._max_keys = max_pending_keys
+        self._max_bytes = max_pending_bytes
+        self._batch_size = batch_size
+        self._pending: dict[str, _Pending] = {}
+        self._pending_bytes = 0
+        self._seq = 0
+        self._batch_no = 0
+        self._waiters = 0  # callers waiting for a write: the flusher does not wait for the timer
+        self._retry_now = False
+        self._backoff = 0.0
+        self._backoff_until = -math.inf
+        self._wakeup = anyio.Event()
+        self._progress = anyio.Event()
+        self._stalled = False
+        self._writes = self._coalesced = self._flushes = self._failures = self._conflicts = 0
+
+    # -- the caller's side -----------------------------------------------------------------
+
+    def pending(self, key: str) -> tuple[bytes | None] | None:
+        """``(bytes,)`` of ``key``'s unwritten state (``(None,)`` = deleted), or None if clean."""
+        p = self._pending.get(key)
+        return None if p is None else (p.data,)
+
+    def pending_keys(self) -> dict[str, bool]:
+        """Every pending key, mapped to whether it exists (False = a pending delete)."""
+        return {key: p.data is not None for key, p in self._pending.items()}
+
+    async def wait_for_room(self, key: str) -> None:
+        """Back-pressure: wait while the queue is over its bounds (a pending key may always change).
+
+        :raises FlushError: the queue is full and the last batch could write nothing.
+        """
+        while key not in self._pending and (
+            len(self._pending) >= self._max_keys or self._pending_bytes >= self._max_bytes
+        ):
+            if self._stalled:
+                raise self.flush_error(
+                    "the write-behind queue is full and the disk is refusing writes",
+                    {k: p.error for k, p in self._pending.items() if p.error is not None},
+                )
+            self._wakeup.set()
+            self._waiters += 1
+            try:
+                await self._progress.wait()
+            finally:
+                self._waiters -= 1
+
+    def put(self, key: str, data: bytes | None, *, fn: UpdateFn | None = None, base: bytes = b"") -> int:
+        """Make ``data`` the state of ``key`` and queue it; return the change's sequence number.
+
+        ``fn`` is the update function that produced ``data`` from the stored state
+        whose digest is ``base`` (when ``key`` was not pending); without ``fn`` the
+        change is a blind set or delete. Never awaits, so it is atomic on the loop.
+        """
+        self._seq += 1
+        seq = self._seq
+        p = self._pending.get(key)
+        if p is None:
+            p = self._pending[key] = _Pending(data, seq, anyio.current_time())
+            p.base = base
+            self._pending_bytes += _size(data)
+            if len(self._pending) == 1:
+                self._wakeup.set()  # the flusher sleeps without a deadline when idle
+        else:
+            if p.seq > p.inflight_seq:
+                self._coalesced += 1  # the previous state will never be written
+            self._pending_bytes += _size(data) - _size(p.data)
+            p.data = data
+            p.seq = seq
+        if fn is None:
+            p.blind_seq = seq
+            p.fns.clear()
+        else:
+            p.fns.append((seq, fn))
+        if self.flush_interval <= 0 or self._over_bounds():
+            self._wakeup.set()
+        return seq
+
+    async def wait_landed(self, key: str, seq: int) -> None:
+        """Wait until change ``seq`` of ``key`` (or a newer one) is on disk.
+
+        :raises StoreIOError: an attempt to write it failed after this call began
+            (the change stays queued and is retried).
+        """
+        started = self._batch_no
+        self._waiters += 1
+        self._wakeup.set()
+        try:
+            while True:
+                p = self._pending.get(key)
+                if p is None or p.landed_seq >= seq:
+                    return
+                if p.error is not None and p.error_batch > started:
+                    raise _as_store_error(p.error, key)
+                await self._progress.wait()
+        finally:
+            self._waiters -= 1
+
+    async def flush(self) -> None:
+        """Wait until every change made before the call is on disk.
+
+        :raises FlushError: some keys failed to write (they stay queued).
+        """
+        targets = {key: p.seq for key, p in self._pending.items()}
+        started = self._batch_no
+        self._waiters += 1
+        self._wakeup.set()
+        try:
+            while True:
+                waiting = [
+                    (key, p)
+                    for key, seq in targets.items()
+                    if (p := self._pending.get(key)) is not None and p.landed_seq < seq
+                ]
+                if not waiting:
+                    return
+                failed = {
+                    key: p.error for key, p in waiting if p.error is not None and p.error_batch > started
+                }
+                if failed:
+                    raise self.flush_error("flush failed", failed)
+                targets = {key: targets[key] for key, _ in waiting}
+                await self._progress.wait()
+        finally:
+            self._waiters -= 1
+
+    def _over_bounds(self) -> bool:
+        return len(self._pending) >= self._max_keys or self._pending_bytes >= self._max_bytes
+
+    def flush_error(self, what: str, failed: Mapping[str, BaseException | None]) -> FlushError:
+        """A :class:`FlushError` naming the failed keys and how many changes are still queued."""
+        failures = {key: error for key, error in failed.items() if error is not None}
+        first_key, first = next(iter(failures.items()), ("?", None))
+        message = (
+            f"{what}: {len(failures)} session(s) could not be written, e.g. {first_key!r}: {first}; "
+            f"{len(self._pending)} change(s) are kept in memory and retried"
+        )
+        return FlushError(message, failures=failures, unwritten=len(self._pending))
+
+    def statistics(self, *, swept: int = 0) -> StoreStatistics:
+        oldest = next(iter(self._pending.values()), None)
+        age = 0.0 if oldest is None else max(0.0, anyio.current_time() - oldest.since)
+        return StoreStatistics(
+            pending=len(self._pending),
+            pending_bytes=self._pending_bytes,
+            writes=self._writes,
+            coalesced=self._coalesced,
+            flushes=self._flushes,
+            failures=self._failures,
+            conflicts=self._conflicts,
+            oldest_pending_age=age,
+            swept=swept,
+        )
+
+    # -- the flusher -----------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The flusher: runs until cancelled (by the store's ``aclose``)."""
+        task_status.started()
+        while True:
+            delay = self._delay()
+            if delay > 0:
+                self._wakeup = anyio.Event()
+                with anyio.move_on_after(delay):
+                    await self._wakeup.wait()
+                continue
+            await self._write_batch()
+
+    def _delay(self) -> float:
+        """Seconds until the next batch is due (``inf`` when idle, 0 for now)."""
+        if not self._pending:
+            return math.inf
+        now = anyio.current_time()
+        urgent = self._waiters > 0 or self._retry_now
+        over = self._over_bounds()
+        if not (urgent or over) and now < self._backoff_until:
+            return self._backoff_until - now
+        if urgent or over or self.flush_interval <= 0:
+            return 0.0
+        oldest = next(iter(self._pending.values()))
+        return max(0.0, oldest.since + self.flush_interval - now)
+
+    async def _write_batch(self) -> None:
+        self._retry_now = False
+        snapshot: list[tuple[_Pending, Write, int]] = []
+        for key, p in self._pending.items():
+            if p.seq <= p.landed_seq:
+                continue
+            p.inflight_seq = p.seq
+            snapshot.append((p, Write(key, p.data, None if p.blind else p.base), p.seq))
+            if len(snapshot) >= self._batch_size:
+                break
+        if not snapshot:
+            return
+        self._batch_no += 1
+        writes = [write for _, write, _ in snapshot]
+        try:
+            try:
+                result = await self._backend.write_batch(writes, durable=self.durable)
+            except Exception as exc:  # unexpected: keep everything queued and report it
+                result = BatchResult(failed={write.key: exc for write in writes})
+            self._settle(snapshot, result)
+        finally:
+            for p, _, _ in snapshot:
+                p.inflight_seq = 0
+        self._flushes += 1
+        self._progress.set()
+        self._progress = anyio.Event()
+
+    def _settle(self, snapshot: list[tuple[_Pending, Write, int]], result: BatchResult) -> None:
+        now = anyio.current_time()
+        landed = set(result.landed)
+        for p, write, seq in snapshot:
+            key = write.key
+            if key in landed:
+                self._writes += 1
+                p.error = None
+                self._land(key, p, write, seq, now)
+            elif key in result.conflicts:
+                self._conflicts += 1
+                self._retry_now = True
+                if not p.blind:  # a blind change overwrites whatever is there
+                    self._rebase_pending(key, p, result.conflicts[key])
+            else:
+                self._failures += 1
+                p.error = result.failed.get(key) or StoreIOError(None, f"writing {key!r} failed")
+                p.error_batch = self._batch_no
+        if result.failed:
+            self._backoff = min(max(self._backoff * 2, _FIRST_BACKOFF), _LONGEST_BACKOFF)
+            self._backoff_until = now + self._backoff
+            self._stalled = not result.landed
+        else:
+            self._backoff = 0.0
+            self._backoff_until = -math.inf
+            self._stalled = False
+
+    def _land(self, key: str, p: _Pending, write: Write, seq: int, now: float) -> None:
+        if p.seq == seq:
+            del self._pending[key]
+            self._pending_bytes -= _size(p.data)
+            return
+        # Changed again while the batch was being written: what was written is
+        # the new base, and only the functions applied after it stay pending.
+        p.landed_seq = seq
+        p.base = content_digest(write.data)
+        p.fns = [(fn_seq, fn) for fn_seq, fn in p.fns if fn_seq > seq]
+        p.since = now
+
+    def _rebase_pending(self, key: str, p: _Pending, current: bytes | None) -> None:
+        try:
+            data = self._rebase(key, current, [fn for _, fn in p.fns])
+        except Exception as exc:
+            self._failures += 1
+            p.error = exc if isinstance(exc, SessionStoreError) else _rebase_error(key, exc)
+            p.error_batch = self._batch_no
+            return
+        self._pending_bytes += _size(data) - _size(p.data)
+        p.data = data
+        p.base = content_digest(current)
+        self._seq += 1
+        p.seq = self._seq  # a new state: the previous one was never written
+
+
+def _rebase_error(key: str, exc: BaseException) -> SessionStoreError:
+    error = SessionStoreError(
+        f"session {key!r} changed in another process and re-applying its pending update failed: {exc!r}"
+    )
+    error.__cause__ = exc
+    return error
+
+
+def _as_store_error(error: BaseException, key: str) -> BaseException:
+    if isinstance(error, SessionStoreError):
+        return error
+    wrapped = StoreIOError(None, f"writing session {key!r} failed: {error!r}", key=key)
+    wrapped.__cause__ = error
+    return wrapped

@@ -1,0 +1,461 @@
+"""The directory store: one folder per session, ``<stem>.d/<name>/meta.json``.
+
+Layout inside ``<stem>.d/`` (see docs/format.md)::
+
+    FORMAT              marker, written last when the store is made
+    .locks/00 .. 3f     cross-process lock stripes (flock; never renamed or deleted)
+    .trash/             deleted sessions pass through here on their way out
+    <name>/meta.json    the entry, exactly the JSON object of the legacy file
+    <name>/key          the exact key, only for shortened names (see _keys)
+    <name>/.meta.json.<pid>-<rand>.tmp   an in-flight write (swept when orphaned)
+"""
+
+from __future__ import annotations
+
+import secrets
+import stat as stat_module
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+
+import anyio
+
+from .._entry import content_digest
+from .._errors import CorruptSessionError, LockTimeoutError, StoreFormatError, io_error
+from .._fs import FileSystem, Signature, TooLargeError, is_tmp_name
+from .._keys import MAX_KEY_BYTES, decode_name, encode_key, is_shortened, lock_stripe
+from .._layout import FORMAT_FILE, StorePaths, check_format, encode_format
+from .._locks import acquire_file_lock_sync, release_file_lock
+from ._base import BatchResult, Write
+
+__all__ = ["DirectoryBackend"]
+
+META = "meta.json"
+KEY_FILE = "key"
+LOCKS = ".locks"
+TRASH = ".trash"
+LOCK_STRIPES = 64
+#: Names listed, checked and decoded per worker-thread hop by ``key_chunks`` and the sweep.
+CHUNK = 512
+#: Durable batches are split over this many worker threads: fsyncs issued in
+#: parallel share the filesystem's journal commits instead of queueing for one each.
+DURABLE_WRITERS = 4
+
+
+class _ReadCache:
+    """Raw bytes of recently read or written entries, with the signature they had.
+
+    A hit is trusted only after a ``stat`` shows the same signature, so another
+    process's write is seen on the next read. Bounded by total bytes (LRU).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._items: OrderedDict[str, tuple[Signature, bytes]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: str) -> tuple[Signature, bytes] | None:
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+        return item
+
+    def put(self, key: str, signature: Signature, data: bytes) -> None:
+        self.drop(key)
+        if len(data) > self._max_bytes // 8:
+            return
+        self._items[key] = (signature, data)
+        self._bytes += len(data)
+        while self._bytes > self._max_bytes:
+            _, (_, evicted) = self._items.popitem(last=False)
+            self._bytes -= len(evicted)
+
+    def drop(self, key: str) -> None:
+        item = self._items.pop(key, None)
+        if item is not None:
+            self._bytes -= len(item[1])
+
+
+class DirectoryBackend:
+    """One directory per session; every path is opened relative to the store's folder."""
+
+    mode = "directory"
+
+    def __init__(
+        self,
+        paths: StorePaths,
+        fs: FileSystem,
+        *,
+        lock_timeout: float,
+        max_entry_bytes: int,
+        cache_bytes: int,
+        tmp_max_age: float,
+    ) -> None:
+        self.paths = paths
+        self._fs = fs
+        self._lock_timeout = lock_timeout
+        self._max_entry_bytes = max_entry_bytes
+        self._tmp_max_age = tmp_max_age
+        self._cache = _ReadCache(cache_bytes)
+        self._root = -1
+        self._locks_dir = -1
+        self._trash = -1
+        self._lock_fds: dict[int, int] = {}
+        #: Orphaned tmp files and trash left by dead writers, removed by the sweep.
+        self.swept = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def location(self, key: str | None = None) -> str:
+        if key is None:
+            return str(self.paths.directory)
+        return str(self.paths.directory / encode_key(key) / META)
+
+    async def open(self, *, create: bool) -> None:
+        try:
+            await anyio.to_thread.run_sync(self._open_sync, create)
+        except OSError as exc:
+            raise io_error(exc, f"opening the store {self.paths.directory}") from exc
+
+    def _open_sync(self, create: bool) -> None:
+        fs = self._fs
+        directory = str(self.paths.directory)
+        if create:
+            self._ensure_parents()
+            fs.ensure_dir(directory)
+        root = fs.open_dir(directory)
+        try:
+            marker = fs.read_file(FORMAT_FILE, dir_fd=root, max_bytes=4096)
+            if marker is not None:
+                check_format(marker[0], self.paths.directory / FORMAT_FILE)
+            elif not create:
+                raise StoreFormatError(f"{directory} has no FORMAT marker: it is not a store")
+            elif any(not name.startswith(".") for name in fs.listdir(root)):
+                raise StoreFormatError(
+                    f"{directory} exists, holds files and has no FORMAT marker: it is not an "
+                    "aiosessions store (a half-made migration?); run `aiosessions fsck` on it"
+                )
+            fs.ensure_dir(LOCKS, dir_fd=root)
+            fs.ensure_dir(TRASH, dir_fd=root)
+            if marker is None:
+                # The marker goes last: a folder without it is never trusted as a store.
+                fs.write_atomic(FORMAT_FILE, encode_format(), dir_fd=root, durable=True)
+                fs.fsync_dir(str(self.paths.directory.parent))
+            self._locks_dir = fs.open_dir(LOCKS, dir_fd=root)
+            self._trash = fs.open_dir(TRASH, dir_fd=root)
+        except BaseException:
+            fs.close(root)
+            self._close_fds()
+            raise
+        self._root = root
+
+    def _ensure_parents(self) -> None:
+        missing = []
+        parent = self.paths.directory.parent
+        while True:
+            try:
+                self._fs.stat(str(parent))
+                break
+            except FileNotFoundError:
+                missing.append(parent)
+                parent = parent.parent
+        for folder in reversed(missing):
+            self._fs.ensure_dir(str(folder))
+
+    async def aclose(self) -> None:
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        fds = [*self._lock_fds.values(), self._locks_dir, self._trash, self._root]
+        self._lock_fds.clear()
+        self._root = self._locks_dir = self._trash = -1
+        for fd in fds:
+            if fd >= 0:
+                try:
+                    self._fs.close(fd)
+                except OSError:
+                    pass
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def read(self, key: str) -> bytes | None:
+        name = encode_key(key)
+        hit = self._cache.get(key)
+        if hit is not None:
+            # A stat costs a few microseconds, a worker-thread hop about a hundred:
+            # check freshness inline and read only when the file was replaced.
+            try:
+                st = self._fs.stat(f"{name}/{META}", dir_fd=self._root)
+            except FileNotFoundError:
+                self._cache.drop(key)
+                return None
+            except OSError as exc:
+                raise io_error(exc, "reading", key=key) from exc
+            if Signature.of(st) == hit[0]:
+                return hit[1]
+        found = await anyio.to_thread.run_sync(self._read_sync, key, name)
+        if isinstance(found, BaseException):
+            raise found
+        if found is None:
+            self._cache.drop(key)
+            return None
+        data, signature = found
+        self._cache.put(key, signature, data)
+        return data
+
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | BaseException | None]:
+        found = await anyio.to_thread.run_sync(
+            lambda: [self._read_sync(key, encode_key(key)) for key in keys]
+        )
+        return [item if item is None or isinstance(item, BaseException) else item[0] for item in found]
+
+    def _read_sync(self, key: str, name: str) -> tuple[bytes, Signature] | BaseException | None:
+        """Read one entry; errors are returned (translated), so a batch read goes on."""
+        path = self.location(key)
+        try:
+            found = self._fs.read_dir_file(name, META, dir_fd=self._root, max_bytes=self._max_entry_bytes)
+            if found is not None and is_shortened(name):
+                self._check_key_file(key, name)
+        except TooLargeError:
+            return CorruptSessionError(
+                f"session {key!r}: {path} is larger than max_entry_bytes={self._max_entry_bytes}; "
+                "refusing to load it",
+                path=path,
+                key=key,
+            )
+        except CorruptSessionError as exc:
+            return exc
+        except OSError as exc:
+            return io_error(exc, "reading", key=key)
+        return found
+
+    def _check_key_file(self, key: str, name: str) -> None:
+        found = self._fs.read_dir_file(name, KEY_FILE, dir_fd=self._root, max_bytes=MAX_KEY_BYTES)
+        if found is not None and found[0] != key.encode("utf-8"):
+            path = str(self.paths.directory / name / KEY_FILE)
+            raise CorruptSessionError(
+                f"session {key!r}: {path} names another key; run `aiosessions fsck`", path=path, key=key
+            )
+
+    async def exists(self, key: str) -> bool:
+        try:
+            st = self._fs.stat(f"{encode_key(key)}/{META}", dir_fd=self._root)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise io_error(exc, "checking", key=key) from exc
+        return stat_module.S_ISREG(st.st_mode)
+
+    async def key_chunks(self) -> AsyncIterator[list[str]]:
+        try:
+            names = await anyio.to_thread.run_sync(self._fs.listdir, self._root)
+        except OSError as exc:
+            raise io_error(exc, f"listing {self.paths.directory}") from exc
+        for start in range(0, len(names), CHUNK):
+            keys = await anyio.to_thread.run_sync(self._keys_of_sync, names[start : start + CHUNK])
+            if keys:
+                yield keys
+
+    def _keys_of_sync(self, names: list[str]) -> list[str]:
+        keys = []
+        for name in names:
+            if name.startswith(".") or name == FORMAT_FILE:
+                continue
+            try:
+                if is_shortened(name):
+                    found = self._fs.read_dir_file(name, KEY_FILE, dir_fd=self._root, max_bytes=MAX_KEY_BYTES)
+                    if found is None:
+                        continue
+                    key = found[0].decode("utf-8")
+                else:
+                    key = decode_name(name)
+                st = self._fs.stat(f"{name}/{META}", dir_fd=self._root)
+            except (OSError, ValueError):
+                continue  # not a session (yet, or any more); fsck reports strays
+            if stat_module.S_ISREG(st.st_mode):
+                keys.append(key)
+        return keys
+
+    # -- writes ----------------------------------------------------------------------
+
+    async def write_batch(self, writes: Sequence[Write], *, durable: bool) -> BatchResult:
+        stripes: dict[int, list[Write]] = {}
+        for write in writes:
+            stripes.setdefault(lock_stripe(write.key, LOCK_STRIPES), []).append(write)
+        groups = sorted(stripes.items())
+        result = BatchResult()
+        signatures: dict[str, Signature] = {}
+        if durable and len(groups) > 1 and len(writes) >= 2 * DURABLE_WRITERS:
+            parts = [groups[i::DURABLE_WRITERS] for i in range(DURABLE_WRITERS)]
+
+            async def run(part: list[tuple[int, list[Write]]]) -> None:
+                r, s = await anyio.to_thread.run_sync(self._write_sync, part, durable)
+                result.landed += r.landed
+                result.conflicts.update(r.conflicts)
+                result.failed.update(r.failed)
+                signatures.update(s)
+
+            async with anyio.create_task_group() as tg:
+                for part in parts:
+                    tg.start_soon(run, part)
+        else:
+            result, signatures = await anyio.to_thread.run_sync(self._write_sync, groups, durable)
+        data = {write.key: write.data for write in writes}
+        for key in result.landed:
+            written = data[key]
+            if written is None:
+                self._cache.drop(key)
+            else:
+                self._cache.put(key, signatures[key], written)
+        for key in (*result.conflicts, *result.failed):
+            self._cache.drop(key)
+        return result
+
+    def _write_sync(
+        self, groups: list[tuple[int, list[Write]]], durable: bool
+    ) -> tuple[BatchResult, dict[str, Signature]]:
+        result = BatchResult()
+        signatures: dict[str, Signature] = {}
+        namespace_changed: list[str] = []  # keys whose write created or removed a folder
+        for stripe, writes in groups:
+            try:
+                fd = self._lock_fd(stripe)
+                acquire_file_lock_sync(
+                    self._fs, fd, timeout=self._lock_timeout, what=f"{self.location()}/{LOCKS}/{stripe:02x}"
+                )
+            except (LockTimeoutError, OSError) as exc:
+                error = io_error(exc, "locking") if isinstance(exc, OSError) else exc
+                for write in writes:
+                    result.failed[write.key] = error
+                continue
+            try:
+                for write in writes:
+                    try:
+                        if self._apply_sync(write, result, signatures, durable):
+                            namespace_changed.append(write.key)
+                    except CorruptSessionError as exc:
+                        result.failed[write.key] = exc
+                    except OSError as exc:
+                        action = "deleting" if write.data is None else "writing"
+                        result.failed[write.key] = io_error(exc, action, key=write.key)
+            finally:
+                try:
+                    release_file_lock(self._fs, fd)
+                except OSError:
+                    pass  # closing the descriptor at aclose releases it in any case
+        if durable and namespace_changed:
+            try:
+                self._fs.fsync(self._root)
+            except OSError as exc:
+                # The outcome is unknown after a failed fsync: report these as not written,
+                # so they stay queued and are written again (not merely fsynced again).
+                error = io_error(exc, "syncing the store directory")
+                for key in namespace_changed:
+                    if key in signatures or key in result.landed:
+                        result.landed.remove(key)
+                        signatures.pop(key, None)
+                        result.failed[key] = error
+        return result, signatures
+
+    def _lock_fd(self, stripe: int) -> int:
+        fd = self._lock_fds.get(stripe)
+        if fd is None:
+            fd = self._lock_fds[stripe] = self._fs.open_lock_file(f"{stripe:02x}", dir_fd=self._locks_dir)
+        return fd
+
+    def _apply_sync(
+        self, write: Write, result: BatchResult, signatures: dict[str, Signature], durable: bool
+    ) -> bool:
+        """Apply one write under its stripe lock; return whether a folder came or went."""
+        fs, root, name = self._fs, self._root, encode_key(write.key)
+        if write.expected is not None:
+            found = fs.read_dir_file(name, META, dir_fd=root)
+            current = None if found is None else found[0]
+            if content_digest(current) != write.expected:
+                result.conflicts[write.key] = current
+                return False
+        if write.data is None:
+            removed = self._delete_sync(name)
+            result.landed.append(write.key)
+            return removed
+        created = fs.ensure_dir(name, dir_fd=root)
+        folder = fs.open_dir(name, dir_fd=root)
+        try:
+            if is_shortened(name):
+                self._write_key_file(write.key, name, folder, durable)
+            signatures[write.key] = fs.write_atomic(META, write.data, dir_fd=folder, durable=durable)
+        finally:
+            fs.close(folder)
+        result.landed.append(write.key)
+        return created
+
+    def _write_key_file(self, key: str, name: str, folder: int, durable: bool) -> None:
+        found = self._fs.read_file(KEY_FILE, dir_fd=folder, max_bytes=MAX_KEY_BYTES)
+        if found is None:
+            self._fs.write_atomic(KEY_FILE, key.encode("utf-8"), dir_fd=folder, durable=durable)
+        elif found[0] != key.encode("utf-8"):
+            path = str(self.paths.directory / name / KEY_FILE)
+            raise CorruptSessionError(
+                f"session {key!r}: {path} names another key; run `aiosessions fsck`", path=path, key=key
+            )
+
+    def _delete_sync(self, name: str) -> bool:
+        # One rename takes the whole folder out of the namespace atomically; the
+        # removal of what is inside happens where no reader looks.
+        doomed = f"{secrets.token_hex(8)}"
+        try:
+            self._fs.rename(name, doomed, src_dir_fd=self._root, dst_dir_fd=self._trash)
+        except FileNotFoundError:
+            return False
+        try:
+            self._fs.remove_tree(doomed, dir_fd=self._trash)
+        except OSError:
+            pass  # out of the store already; the sweep removes what is left
+        return True
+
+    # -- upkeep ----------------------------------------------------------------------
+
+    async def maintain(self) -> None:
+        """Sweep orphaned tmp files and trash older than ``tmp_max_age`` seconds."""
+        try:
+            names = await anyio.to_thread.run_sync(self._fs.listdir, self._root)
+            names.append(TRASH)
+            for start in range(0, len(names), CHUNK):
+                chunk = names[start : start + CHUNK]
+                self.swept += await anyio.to_thread.run_sync(self._sweep_sync, chunk)
+        except OSError:
+            pass  # best effort; fsck reports what is left
+
+    def _sweep_sync(self, names: list[str]) -> int:
+        fs, root = self._fs, self._root
+        cutoff = time.time() - self._tmp_max_age
+        swept = 0
+        for name in names:
+            try:
+                if is_tmp_name(name):
+                    if fs.stat(name, dir_fd=root).st_mtime < cutoff:
+                        fs.unlink(name, dir_fd=root)
+                        swept += 1
+                    continue
+                if name.startswith(".") and name != TRASH:
+                    continue
+                folder = fs.open_dir(name, dir_fd=root)
+            except OSError:
+                continue
+            try:
+                for inner in fs.listdir(folder):
+                    try:
+                        if name == TRASH:
+                            if fs.stat(inner, dir_fd=folder).st_mtime < cutoff:
+                                fs.remove_tree(inner, dir_fd=folder)
+                                swept += 1
+                        elif is_tmp_name(inner) and fs.stat(inner, dir_fd=folder).st_mtime < cutoff:
+                            fs.unlink(inner, dir_fd=folder)
+                            swept += 1
+                    except OSError:
+                        continue
+            except OSError:
+                pass
+            finally:
+                fs.close(folder)
+        return swept

@@ -1,0 +1,244 @@
+"""The legacy store: every session in one ``sessions.json``, as OpenClaw keeps it.
+
+The whole file is parsed on load and rewritten (tmp + rename, JSON indented by
+2) on every flush, under the store-wide lock file ``.<stem>.lock``. Entries are
+kept as :class:`msgspec.Raw` slices of the file, so loading does not decode
+them and rewriting copies the untouched ones verbatim. With the write-behind
+queue in front, a burst of changes still costs one rewrite.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import anyio
+import msgspec
+
+from .._entry import content_digest
+from .._errors import CorruptSessionError, LockTimeoutError, StoreFormatError, StoreIOError, io_error
+from .._fs import FileSystem, Signature, is_tmp_name
+from .._layout import FORMAT_FILE, StorePaths
+from .._locks import acquire_file_lock_sync, release_file_lock
+from ._base import BatchResult, Write
+
+__all__ = ["JsonBackend"]
+
+Entries = dict[str, msgspec.Raw]
+
+_decoder = msgspec.json.Decoder(Entries)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_legacy(data: bytes, path: str) -> Entries:
+    """Parse a legacy file into raw entries. :raises CorruptSessionError: not a JSON object."""
+    if not data.strip():
+        raise CorruptSessionError(
+            f"{path} is empty ({len(data)} bytes): the legacy store was truncated; restore it "
+            "from a backup (look for sessions.json.bak or .pre-directory-migration files)",
+            path=path,
+        )
+    try:
+        return _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise CorruptSessionError(f"{path} is not a JSON object of sessions: {exc}", path=path) from exc
+
+
+def encode_legacy(entries: Entries) -> bytes:
+    """Render raw entries the way OpenClaw writes them: JSON indented by 2."""
+    return msgspec.json.format(_encoder.encode(entries), indent=2) + b"\n"
+
+
+class JsonBackend:
+    """All sessions in one JSON file."""
+
+    mode = "json"
+
+    def __init__(self, paths: StorePaths, fs: FileSystem, *, lock_timeout: float, tmp_max_age: float) -> None:
+        self.paths = paths
+        self._tmp_max_age = tmp_max_age
+        #: Orphaned tmp files of the legacy file removed by the background sweep.
+        self.swept = 0
+        self._fs = fs
+        self._lock_timeout = lock_timeout
+        self._name = paths.file.name
+        self._folder = -1
+        self._lock = -1
+        # Swapped as a pair on the event loop, never mutated in place: a worker
+        # thread builds the next state while readers keep using this one.
+        self._entries: Entries = {}
+        self._signature: Signature | None = None
+
+    def location(self, key: str | None = None) -> str:
+        return str(self.paths.file)
+
+    async def open(self, *, create: bool) -> None:
+        try:
+            self._entries, self._signature = await anyio.to_thread.run_sync(self._open_sync, create)
+        except OSError as exc:
+            raise io_error(exc, f"opening the store {self.paths.file}") from exc
+
+    def _open_sync(self, create: bool) -> tuple[Entries, Signature]:
+        fs = self._fs
+        if create:
+            folder = self.paths.file.parent
+            missing = []
+            while True:
+                try:
+                    fs.stat(str(folder))
+                    break
+                except FileNotFoundError:
+                    missing.append(folder)
+                    folder = folder.parent
+            for path in reversed(missing):
+                fs.ensure_dir(str(path))
+        self._folder = fs.open_dir(str(self.paths.file.parent))
+        self._lock = fs.open_lock_file(self.paths.lock.name, dir_fd=self._folder)
+        if not create:
+            return self._load_sync()
+        acquire_file_lock_sync(fs, self._lock, timeout=self._lock_timeout, what=str(self.paths.lock))
+        try:
+            found = fs.read_file(self._name, dir_fd=self._folder)
+            if found is None:
+                signature = fs.write_atomic(self._name, b"{}\n", dir_fd=self._folder, durable=True)
+                return {}, signature
+            return decode_legacy(found[0], str(self.paths.file)), found[1]
+        finally:
+            release_file_lock(fs, self._lock)
+
+    async def aclose(self) -> None:
+        for fd in (self._lock, self._folder):
+            if fd >= 0:
+                try:
+                    self._fs.close(fd)
+                except OSError:
+                    pass
+        self._lock = self._folder = -1
+
+    def _load_sync(self) -> tuple[Entries, Signature]:
+        found = self._fs.read_file(self._name, dir_fd=self._folder)
+        if found is None:
+            raise self._missing_error()
+        return decode_legacy(found[0], str(self.paths.file)), found[1]
+
+    def _missing_error(self) -> Exception:
+        if self._fs.read_file(str(self.paths.directory / FORMAT_FILE), max_bytes=4096) is not None:
+            return StoreFormatError(
+                f"{self.paths.file} was migrated to the directory store {self.paths.directory} "
+                "by another process; reopen the store (it will open in directory mode)"
+            )
+        return StoreIOError(None, f"the legacy store {self.paths.file} disappeared", str(self.paths.file))
+
+    async def maintain(self) -> None:
+        """Remove this store's orphaned ``.<name>.*.tmp`` files older than ``tmp_max_age``."""
+        try:
+            self.swept += await anyio.to_thread.run_sync(self._sweep_sync)
+        except OSError:
+            pass  # best effort
+
+    def _sweep_sync(self) -> int:
+        cutoff = time.time() - self._tmp_max_age
+        prefix = f".{self._name}."
+        swept = 0
+        for name in self._fs.listdir(self._folder):
+            if name.startswith(prefix) and is_tmp_name(name):
+                try:
+                    if self._fs.stat(name, dir_fd=self._folder).st_mtime < cutoff:
+                        self._fs.unlink(name, dir_fd=self._folder)
+                        swept += 1
+                except OSError:
+                    continue
+        return swept
+
+    async def _fresh(self) -> Entries:
+        """The entries as on disk now: a stat, and a reload in a worker thread if it changed."""
+        try:
+            current = Signature.of(self._fs.stat(self._name, dir_fd=self._folder))
+        except FileNotFoundError:
+            current = None
+        except OSError as exc:
+            raise io_error(exc, f"checking {self.paths.file}") from exc
+        if current != self._signature:
+            try:
+                self._entries, self._signature = await anyio.to_thread.run_sync(self._load_sync)
+            except OSError as exc:
+                raise io_error(exc, f"reading {self.paths.file}") from exc
+        return self._entries
+
+    async def read(self, key: str) -> bytes | None:
+        raw = (await self._fresh()).get(key)
+        return None if raw is None else bytes(raw)
+
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | BaseException | None]:
+        entries = await self._fresh()
+        return [None if (raw := entries.get(key)) is None else bytes(raw) for key in keys]
+
+    async def exists(self, key: str) -> bool:
+        return key in await self._fresh()
+
+    async def key_chunks(self) -> AsyncIterator[list[str]]:
+        keys = list(await self._fresh())
+        for start in range(0, len(keys), 4096):
+            yield keys[start : start + 4096]
+
+    async def write_batch(self, writes: Sequence[Write], *, durable: bool) -> BatchResult:
+        result, state = await anyio.to_thread.run_sync(self._write_sync, writes, durable)
+        if state is not None:
+            self._entries, self._signature = state
+        return result
+
+    def _write_sync(
+        self, writes: Sequence[Write], durable: bool
+    ) -> tuple[BatchResult, tuple[Entries, Signature] | None]:
+        result = BatchResult()
+        fs = self._fs
+        error: BaseException
+        try:
+            acquire_file_lock_sync(fs, self._lock, timeout=self._lock_timeout, what=str(self.paths.lock))
+        except (LockTimeoutError, OSError) as exc:
+            error = io_error(exc, "locking") if isinstance(exc, OSError) else exc
+            result.failed = {write.key: error for write in writes}
+            return result, None
+        try:
+            return self._apply_sync(writes, durable, result)
+        except (CorruptSessionError, StoreFormatError, OSError) as exc:
+            error = io_error(exc, f"rewriting {self.paths.file}") if isinstance(exc, OSError) else exc
+            result.landed.clear()
+            result.conflicts.clear()
+            result.failed = {write.key: error for write in writes}
+            return result, None
+        finally:
+            try:
+                release_file_lock(fs, self._lock)
+            except OSError:
+                pass
+
+    def _apply_sync(
+        self, writes: Sequence[Write], durable: bool, result: BatchResult
+    ) -> tuple[BatchResult, tuple[Entries, Signature] | None]:
+        found = self._fs.read_file(self._name, dir_fd=self._folder)
+        if found is None:
+            # Never recreate the legacy file: it is gone because the store was migrated.
+            raise self._missing_error()
+        data, signature = found
+        entries = self._entries if signature == self._signature else decode_legacy(data, str(self.paths.file))
+        updated = dict(entries)
+        changed = False
+        for write in writes:
+            raw = updated.get(write.key)
+            if write.expected is not None:
+                current = None if raw is None else bytes(raw)
+                if content_digest(current) != write.expected:
+                    result.conflicts[write.key] = current
+                    continue
+            if write.data is None:
+                changed |= updated.pop(write.key, None) is not None
+            else:
+                updated[write.key] = msgspec.Raw(write.data)
+                changed = True
+            result.landed.append(write.key)
+        if changed:
+            signature = self._fs.write_atomic(
+                self._name, encode_legacy(updated), dir_fd=self._folder, durable=durable
+            )
+        return result, (updated, signature)
