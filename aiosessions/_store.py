@@ -69,6 +69,7 @@ class SessionStore(Generic[T]):
         self._closed = False
         self._opened = False
         self._background: anyio.CancelScope | None = None
+        self._background_done = anyio.Event()
 
     # -- properties ------------------------------------------------------------------
 
@@ -299,8 +300,11 @@ class SessionStore(Generic[T]):
                     await self._queue.flush()
                 except Exception as exc:
                     error = exc
+            # The background tasks must be over before the descriptors they use are
+            # closed: a closed descriptor number may be reused by an unrelated open.
             if self._background is not None:
                 self._background.cancel()
+                await self._background_done.wait()
             await self._backend.aclose()
         left = self._queue.statistics().pending
         if error is None and left:
@@ -309,6 +313,20 @@ class SessionStore(Generic[T]):
             )
         if error is not None:
             raise error
+
+    async def _run_background(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The flusher and the orphan sweep, under one scope that :meth:`aclose` cancels."""
+        try:
+            with anyio.CancelScope() as scope:
+                self._background = scope
+                async with anyio.create_task_group() as tasks:
+                    await tasks.start(self._queue.run)
+                    tasks.start_soon(self._backend.maintain)
+                    task_status.started()
+        finally:
+            self._background_done.set()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -384,14 +402,12 @@ class _StoreContext(Generic[T]):
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         try:
-            await task_group.start(store._queue.run)
-            task_group.start_soon(backend.maintain)
+            await task_group.start(store._run_background)
         except BaseException:
             task_group.cancel_scope.cancel()
             await task_group.__aexit__(None, None, None)
             await backend.aclose()
             raise
-        store._background = task_group.cancel_scope
         self._store, self._task_group = store, task_group
         return store
 

@@ -332,6 +332,7 @@ class WriteBehind:
     def _settle(self, snapshot: list[tuple[_Pending, Write, int]], result: BatchResult) -> None:
         now = anyio.current_time()
         landed = set(result.landed)
+        failed = False
         for p, write, seq in snapshot:
             key = write.key
             if key in landed:
@@ -340,14 +341,18 @@ class WriteBehind:
                 self._land(key, p, write, seq, now)
             elif key in result.conflicts:
                 self._conflicts += 1
-                self._retry_now = True
-                if not p.blind:  # a blind change overwrites whatever is there
-                    self._rebase_pending(key, p, result.conflicts[key])
+                # A blind change overwrites whatever is there; otherwise re-apply the
+                # functions to the newer value, and retry at once if that worked.
+                if p.blind or self._rebase_pending(key, p, result.conflicts[key]):
+                    self._retry_now = True
+                else:
+                    failed = True
             else:
+                failed = True
                 self._failures += 1
                 p.error = result.failed.get(key) or StoreIOError(None, f"writing {key!r} failed")
                 p.error_batch = self._batch_no
-        if result.failed:
+        if failed:
             self._backoff = min(max(self._backoff * 2, _FIRST_BACKOFF), _LONGEST_BACKOFF)
             self._backoff_until = now + self._backoff
             self._stalled = not result.landed
@@ -368,19 +373,21 @@ class WriteBehind:
         p.fns = [(fn_seq, fn) for fn_seq, fn in p.fns if fn_seq > seq]
         p.since = now
 
-    def _rebase_pending(self, key: str, p: _Pending, current: bytes | None) -> None:
+    def _rebase_pending(self, key: str, p: _Pending, current: bytes | None) -> bool:
+        """Re-apply ``key``'s pending functions to ``current``; False if that failed."""
         try:
             data = self._rebase(key, current, [fn for _, fn in p.fns])
         except Exception as exc:
             self._failures += 1
             p.error = exc if isinstance(exc, SessionStoreError) else _rebase_error(key, exc)
             p.error_batch = self._batch_no
-            return
+            return False
         self._pending_bytes += _size(data) - _size(p.data)
         p.data = data
         p.base = content_digest(current)
         self._seq += 1
         p.seq = self._seq  # a new state: the previous one was never written
+        return True
 
 
 def _rebase_error(key: str, exc: BaseException) -> SessionStoreError:
