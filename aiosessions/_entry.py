@@ -11,7 +11,7 @@ loses or alters data the program did not touch.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, Union, cast
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -28,7 +28,10 @@ class Entry(msgspec.Struct, kw_only=True):
     JSON object decodes) to get the field-keeping codec for your own type.
     ``extra`` holds every JSON member the typed fields did not take, by its JSON
     name; a typed field that is set wins over a member of ``extra`` with the
-    same JSON name.
+    same JSON name. A field that holds its default (which is what an oddly typed
+    member leaves it at) is not "set": the member in ``extra`` is written instead,
+    so set such a field to another value, or pop the member from ``extra``, to
+    replace an odd value.
     """
 
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -130,6 +133,20 @@ class _EntryCodec(Codec[T]):
         self._extra_name = next(f.encode_name for f in fields if f.name == "extra")
         # The JSON member named like the extra field itself is just another unknown member.
         self._known = frozenset(f.encode_name for f in fields if f.name != "extra")
+        # msgspec turns an int into a float for a float field; one beyond 2**53 would
+        # come back altered, so such a member is kept verbatim in extra instead.
+        self._float_only = frozenset(f.encode_name for f in fields if _float_only(f.type))
+        self._probe = _probe_type(entry_type, fields)
+        # JSON name -> (attribute, default) of fields whose default is a value: such a
+        # field reads its default when its member was odd, and must not overwrite it.
+        self._defaults = {
+            f.encode_name: (
+                f.name,
+                f.default if f.default_factory is msgspec.NODEFAULT else f.default_factory(),
+            )
+            for f in fields
+            if f.name != "extra" and not f.required and f.default is not UNSET
+        }
         self._object = msgspec.json.Decoder(dict[str, Any])
         self._encoder = msgspec.json.Encoder()
 
@@ -139,21 +156,28 @@ class _EntryCodec(Codec[T]):
         extra: dict[str, Any] = {}
         for name, value in members.items():
             (known if name in self._known else extra)[name] = value
+        for name in self._float_only:
+            value = known.get(name)
+            if type(value) is int and not _exact_float(value):
+                extra[name] = known.pop(name)
         try:
             entry = msgspec.convert(known, self.entry_type)
         except msgspec.ValidationError:
             # Slow path, only for entries holding a value of an unexpected type:
             # find the members that do not fit and keep them verbatim in extra.
+            # Each is tried alone against a type whose every field is optional, so a
+            # required field of a user's type does not make every other member "unfit".
             fitting = {}
             for name, value in known.items():
                 try:
-                    msgspec.convert({name: value}, self.entry_type)
+                    msgspec.convert({name: value}, self._probe)
                 except msgspec.ValidationError:
                     extra[name] = value
                 else:
                     fitting[name] = value
             entry = msgspec.convert(fitting, self.entry_type)
-        cast(Any, entry).extra = extra
+        # force_setattr: a frozen Entry subclass is as welcome as a mutable one.
+        msgspec.structs.force_setattr(cast(msgspec.Struct, entry), "extra", extra)
         return entry
 
     def encode(self, value: T) -> bytes:
@@ -165,8 +189,45 @@ class _EntryCodec(Codec[T]):
         extra = members.pop(self._extra_name, None)
         if extra:
             for name, member in extra.items():
-                members.setdefault(name, member)
+                if name not in members:
+                    members[name] = member
+                elif name in self._defaults:
+                    attribute, default = self._defaults[name]
+                    if getattr(value, attribute) == default:
+                        members[name] = member
         return self._encoder.encode(members)
+
+
+def _float_only(annotation: Any) -> bool:
+    """Whether a field of this type takes a float but not an int (so an int is converted)."""
+    info = msgspec.inspect.type_info(annotation)
+    kinds = info.types if isinstance(info, msgspec.inspect.UnionType) else (info,)
+    return any(isinstance(k, msgspec.inspect.FloatType) for k in kinds) and not any(
+        isinstance(k, msgspec.inspect.IntType) for k in kinds
+    )
+
+
+def _exact_float(value: int) -> bool:
+    try:
+        return float(value) == value
+    except OverflowError:
+        return False
+
+
+def _probe_type(entry_type: type[Any], fields: tuple[msgspec.structs.FieldInfo, ...]) -> type[Any]:
+    """``entry_type`` if all its fields are optional, else a copy with every field optional.
+
+    The slow path of decoding checks members one at a time; against a type with a
+    required field every lone member would fail for lack of it.
+    """
+    if not any(f.required for f in fields if f.name != "extra"):
+        return entry_type
+    return msgspec.defstruct(
+        f"_{entry_type.__name__}Probe",
+        [(f.name, Union[f.type, UnsetType], UNSET) for f in fields if f.name != "extra"],  # noqa: UP007
+        rename={f.name: f.encode_name for f in fields},
+        kw_only=True,
+    )
 
 
 _codecs: dict[type[Any], Codec[Any]] = {}

@@ -128,6 +128,10 @@ def decode_name(name: str) -> str:
     """
     if is_shortened(name):
         raise ValueError(f"{name!r} is a shortened name; its key is in its key file")
+    if len(name) > MAX_NAME_BYTES:
+        # encode_key shortens every name this long, so this one is no session's name:
+        # listing it as a key would yield a key that get() looks for under another name.
+        raise ValueError(f"{name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes, so not a canonical name")
     out = bytearray()
     i, n = 0, len(name)
     while i < n:
@@ -157,5 +161,10 @@ def decode_name(name: str) -> str:
 
 
 def lock_stripe(key: str, stripes: int) -> int:
-    """Return the cross-process lock stripe of ``key``: stable across processes and runs."""
+    """Return the cross-process lock stripe of ``key``: stable across processes and runs.
+
+    :raises ValueError: ``stripes`` is not positive.
+    """
+    if stripes < 1:
+        raise ValueError(f"stripes must be at least 1, not {stripes}")
     return zlib.crc32(key.encode("utf-8")) % stripes
