@@ -21,6 +21,14 @@ from ._errors import StoreClosedError as StoreClosedError
 from ._errors import StoreFormatError as StoreFormatError
 from ._errors import StoreIOError as StoreIOError
 from ._fs import FileSystem as FileSystem
+from ._maintenance import FsckProblem as FsckProblem
+from ._maintenance import FsckReport as FsckReport
+from ._maintenance import PruneReport as PruneReport
+from ._maintenance import fsck as fsck
+from ._maintenance import prune as prune
+from ._migrate import MigrationReport as MigrationReport
+from ._migrate import export_json as export_json
+from ._migrate import migrate as migrate
 from ._store import SessionStore as SessionStore
 from ._store import open_store as open_store
 from ._writebehind import StoreStatistics as StoreStatistics
@@ -32,9 +40,13 @@ __all__ = [
     "Entry",
     "FileSystem",
     "FlushError",
+    "FsckProblem",
+    "FsckReport",
     "InvalidKeyError",
     "LockTimeoutError",
     "MigrationError",
+    "MigrationReport",
+    "PruneReport",
     "SessionEntry",
     "SessionStore",
     "SessionStoreError",
@@ -42,5 +54,9 @@ __all__ = [
     "StoreFormatError",
     "StoreIOError",
     "StoreStatistics",
+    "export_json",
+    "fsck",
+    "migrate",
     "open_store",
+    "prune",
 ]

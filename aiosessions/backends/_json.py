@@ -9,6 +9,7 @@ queue in front, a burst of changes still costs one rewrite.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -17,7 +18,7 @@ import msgspec
 
 from .._entry import content_digest
 from .._errors import CorruptSessionError, LockTimeoutError, StoreFormatError, StoreIOError, io_error
-from .._fs import FileSystem, Signature, is_tmp_name
+from .._fs import TMP_SUFFIX, FileSystem, Signature, UnsyncedError, is_tmp_name
 from .._layout import FORMAT_FILE, StorePaths
 from .._locks import acquire_file_lock_sync, release_file_lock
 from ._base import BatchResult, Write
@@ -32,7 +33,7 @@ _encoder = msgspec.json.Encoder()
 
 def decode_legacy(data: bytes, path: str) -> Entries:
     """Parse a legacy file into raw entries. :raises CorruptSessionError: not a JSON object."""
-    if not data.strip():
+    if not data or data.isspace():  # not data.strip(): that copies the whole file
         raise CorruptSessionError(
             f"{path} is empty ({len(data)} bytes): the legacy store was truncated; restore it "
             "from a backup (look for sessions.json.bak or .pre-directory-migration files)",
@@ -68,6 +69,13 @@ class JsonBackend:
         # thread builds the next state while readers keep using this one.
         self._entries: Entries = {}
         self._signature: Signature | None = None
+        #: The last durable rewrite's fsync of the folder failed: rewrite on the next
+        #: durable batch even if it changes nothing (a retried delete finds its key gone).
+        self._unsynced = False
+        #: A rewrite may have left its tmp file (a failed one in this process, whose removal
+        #: failed too on a broken disk; or one of a process that died): the next rewrite,
+        #: under the lock, removes them. True at first, so the first rewrite looks once.
+        self._unclean = True
 
     def location(self, key: str | None = None) -> str:
         return str(self.paths.file)
@@ -76,7 +84,7 @@ class JsonBackend:
         try:
             self._entries, self._signature = await anyio.to_thread.run_sync(self._open_sync, create)
         except OSError as exc:
-            raise io_error(exc, f"opening the store {self.paths.file}") from exc
+            raise io_error(exc, f"opening the store {self.paths.file}", path=str(self.paths.file)) from exc
 
     def _open_sync(self, create: bool) -> tuple[Entries, Signature]:
         fs = self._fs
@@ -121,8 +129,16 @@ class JsonBackend:
             raise self._missing_error()
         return decode_legacy(found[0], str(self.paths.file)), found[1]
 
+    def _migrated(self) -> bool:
+        """Whether a directory store with its FORMAT marker exists beside the legacy file."""
+        try:
+            self._fs.stat(str(self.paths.directory / FORMAT_FILE))
+        except FileNotFoundError:
+            return False
+        return True
+
     def _missing_error(self) -> Exception:
-        if self._fs.read_file(str(self.paths.directory / FORMAT_FILE), max_bytes=4096) is not None:
+        if self._migrated():
             return StoreFormatError(
                 f"{self.paths.file} was migrated to the directory store {self.paths.directory} "
                 "by another process; reopen the store (it will open in directory mode)"
@@ -150,6 +166,22 @@ class JsonBackend:
                     continue
         return swept
 
+    def _remove_tmp_files(self) -> None:
+        """Remove the tmp files of failed rewrites (best effort; called under the lock).
+
+        Every writer of the legacy file holds the store lock while its tmp file exists,
+        so a ``.<name>.*.tmp`` beside the file now is a leftover.
+        """
+        # Exactly write_atomic's names: ``.X.json.json.<pid>-<rand>.tmp`` is another store's.
+        ours = re.compile(rf"\.{re.escape(self._name)}\.\d+-[0-9a-f]+{re.escape(TMP_SUFFIX)}")
+        try:
+            for name in self._fs.listdir(self._folder):
+                if ours.fullmatch(name):
+                    self._fs.unlink(name, dir_fd=self._folder)
+        except OSError:
+            return  # still broken: try again with the next rewrite
+        self._unclean = False
+
     async def _fresh(self) -> Entries:
         """The entries as on disk now: a stat, and a reload in a worker thread if it changed."""
         try:
@@ -157,12 +189,12 @@ class JsonBackend:
         except FileNotFoundError:
             current = None
         except OSError as exc:
-            raise io_error(exc, f"checking {self.paths.file}") from exc
+            raise io_error(exc, f"checking {self.paths.file}", path=str(self.paths.file)) from exc
         if current != self._signature:
             try:
                 self._entries, self._signature = await anyio.to_thread.run_sync(self._load_sync)
             except OSError as exc:
-                raise io_error(exc, f"reading {self.paths.file}") from exc
+                raise io_error(exc, f"reading {self.paths.file}", path=str(self.paths.file)) from exc
         return self._entries
 
     async def read(self, key: str) -> bytes | None:
@@ -196,13 +228,22 @@ class JsonBackend:
         try:
             acquire_file_lock_sync(fs, self._lock, timeout=self._lock_timeout, what=str(self.paths.lock))
         except (LockTimeoutError, OSError) as exc:
-            error = io_error(exc, "locking") if isinstance(exc, OSError) else exc
+            error = (
+                exc
+                if isinstance(exc, LockTimeoutError)
+                else io_error(exc, "locking", path=str(self.paths.lock))
+            )
             result.failed = {write.key: error for write in writes}
             return result, None
         try:
             return self._apply_sync(writes, durable, result)
         except (CorruptSessionError, StoreFormatError, OSError) as exc:
-            error = io_error(exc, f"rewriting {self.paths.file}") if isinstance(exc, OSError) else exc
+            self._unclean = self._unclean or isinstance(exc, OSError)
+            error = (
+                io_error(exc, f"rewriting {self.paths.file}", path=str(self.paths.file))
+                if isinstance(exc, OSError)
+                else exc
+            )
             result.landed.clear()
             result.conflicts.clear()
             result.failed = {write.key: error for write in writes}
@@ -217,8 +258,10 @@ class JsonBackend:
         self, writes: Sequence[Write], durable: bool, result: BatchResult
     ) -> tuple[BatchResult, tuple[Entries, Signature] | None]:
         found = self._fs.read_file(self._name, dir_fd=self._folder)
-        if found is None:
-            # Never recreate the legacy file: it is gone because the store was migrated.
+        if found is None or self._migrated():
+            # Never recreate or rewrite the legacy file once a migration has switched
+            # the store over (between its switch and its backup rename, the file is
+            # still there but no longer the truth).
             raise self._missing_error()
         data, signature = found
         entries = self._entries if signature == self._signature else decode_legacy(data, str(self.paths.file))
@@ -237,8 +280,23 @@ class JsonBackend:
                 updated[write.key] = msgspec.Raw(write.data)
                 changed = True
             result.landed.append(write.key)
-        if changed:
-            signature = self._fs.write_atomic(
-                self._name, encode_legacy(updated), dir_fd=self._folder, durable=durable
-            )
+        if changed or (durable and self._unsynced):
+            if self._unclean:
+                self._remove_tmp_files()
+            try:
+                signature = self._fs.write_atomic(
+                    self._name, encode_legacy(updated), dir_fd=self._folder, durable=durable
+                )
+            except UnsyncedError as exc:
+                # The new file is in place (readers see it) but its durability is unknown:
+                # the queue writes these keys again rather than trusting another fsync.
+                self._unsynced = True
+                error = io_error(exc, f"syncing {self.paths.file}", path=str(self.paths.file))
+                result.unsynced = {key: error for key in result.landed}
+                result.landed.clear()
+                try:  # the file holds `updated`: keep it, so the rewrite's digests match
+                    return result, (updated, Signature.of(self._fs.stat(self._name, dir_fd=self._folder)))
+                except OSError:
+                    return result, None
+            self._unsynced = False
         return result, (updated, signature)

@@ -1,0 +1,1181 @@
+"""``aiosessions bench``: the built-in quick comparison with the legacy ``sessions.json``.
+
+This module is the library's own benchmark: it needs nothing but the standard
+library and aiosessions (the full comparison with SQLite, diskcache and the
+rest is ``python -m benchmarks`` in the source tree, which imports the workload
+generator, the legacy contender and the measures from here, so both measure the
+same thing the same way).
+
+With no arguments it generates an OpenClaw-shaped store of about 650 sessions
+and 80 MB (the size of the store that made OpenClaw stall) in a temporary
+folder, then measures the same operations through the same async code against
+
+- **legacy JSON done the way OpenClaw did it**: the whole file parsed on the
+  first read (and again whenever it changed on disk), the whole file rewritten,
+  indented by 2, on every save, under one global lock, with no write-behind; the
+  parsing and rewriting run inline on the event loop, as ``JSON.parse`` and
+  ``JSON.stringify`` did in the JavaScript original;
+- **aiosessions**, a directory store with its default write-behind queue;
+
+and prints each figure beside the legacy one as a ratio. Every figure comes from
+this one run on this machine; none is hard-coded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import contextlib
+import gc
+import itertools
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import statistics
+import string
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+import msgspec
+
+__all__ = [
+    "DEFAULT_SEED",
+    "AiosessionsContender",
+    "Contender",
+    "LagProbe",
+    "LegacyJsonContender",
+    "Summary",
+    "generate_sessions",
+    "main",
+    "paced_workload",
+    "zipf_sampler",
+]
+
+#: The seed of every generated store and workload unless ``--seed`` says otherwise.
+DEFAULT_SEED = 20_260_005
+
+#: The headline store: the ``sessions.json`` reported to take seconds per change.
+HEADLINE_SESSIONS = 650
+HEADLINE_BYTES = 80_000_000
+
+# -- the workload generator ---------------------------------------------------------------
+
+_EPOCH_MS = 1_762_000_000_000  # November 2025: when the generated sessions were last active
+_CHANNELS = ("telegram", "slack", "signal", "discord", "matrix", "whatsapp", "imessage", "webchat")
+_PEERS = ("james", "li.wei", "o'brien", "maría", "zoë", "admin", "user_", "+155555501", "Ünal", "dev-ops")
+_MODELS = (("anthropic", "claude-opus-4-6"), ("openai", "gpt-5.2"), ("google", "gemini-3-pro"))
+_THINKING = ("high", "off", "low", "medium")
+_WORDS = (
+    *("skill", "description", "text", "tool", "call", "returns", "the", "result", "of", "a", "user"),
+    *("session", "when", "asked", "to", "search", "files", "in", "workspace", "run", "command"),
+    *("summarise", "thread", "memory", "flush", "agent", "channel", "reply", "with", "json", "schema"),
+    *("parameters", "required", "optional", "string", "number", "boolean", "array", "object"),
+)
+
+Sessions = dict[str, dict[str, Any]]
+
+
+def _uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _digits(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(string.digits) for _ in range(n))
+
+
+def make_key(rng: random.Random, index: int) -> str:
+    """One session key of a kind seen in real OpenClaw stores (unique by ``index``)."""
+    kind = rng.random()
+    agent = "main" if rng.random() < 0.85 else rng.choice(("ops", "research"))
+    peer = f"{rng.choice(_PEERS)}{index}"
+    if kind < 0.16:
+        return f"agent:{agent}:subagent:{_uuid(rng)}"
+    if kind < 0.30:
+        job = f"{rng.getrandbits(32):08x}"
+        return f"agent:main:cron:{job}:run:{_uuid(rng)}" if rng.random() < 0.8 else f"agent:main:cron:{job}"
+    if kind < 0.55:
+        channel = rng.choice(_CHANNELS)
+        account = ":default" if rng.random() < 0.3 else ""
+        return f"agent:{agent}:{channel}{account}:direct:{peer}"
+    if kind < 0.67:
+        return f"agent:main:telegram:group:-100{_digits(rng, 10)}:topic:{index}"
+    if kind < 0.79:
+        return f"agent:main:slack:channel:c0b0ak{_digits(rng, 6)}:thread:{_digits(rng, 9)}.{_digits(rng, 6)}"
+    if kind < 0.89:
+        return f"agent:main:matrix:channel:!room{index}:example.org:thread:$AbC{index}:example.org"
+    group = rng.choice(("AbCdEf==", "x/Y+z==", "Qk9UUw+/=="))
+    return f"agent:main:signal:group:{group}{index}"
+
+
+class _Text:
+    """Deterministic filler text for embedded prompts, sliced from one pool.
+
+    It holds newlines and quotes, so that encoding it costs escapes as real
+    prompts do.
+    """
+
+    def __init__(self, rng: random.Random, size: int = 1 << 18) -> None:
+        parts: list[str] = []
+        length = 0
+        while length < size:
+            word = rng.choice(_WORDS)
+            sep = "\n" if rng.random() < 0.03 else ' "' if rng.random() < 0.01 else " "
+            parts.append(word + sep)
+            length += len(word) + len(sep)
+        self._pool = "".join(parts)
+
+    def take(self, rng: random.Random, n: int) -> str:
+        pool = self._pool
+        chunks = []
+        while n > 0:
+            start = rng.randrange(0, len(pool) // 2)
+            piece = pool[start : start + min(n, len(pool) - start)]
+            chunks.append(piece)
+            n -= len(piece)
+        return "".join(chunks)
+
+
+def make_entry(rng: random.Random, key: str, index: int, text: _Text, blob_chars: int) -> dict[str, Any]:
+    """One entry in the shape of OpenClaw's: nested origin/deliveryContext, unknown fields.
+
+    ``blob_chars`` characters of embedded prompt go into ``skillsSnapshot`` (and a
+    ``systemPromptReport``), the fields that made real entries large.
+    """
+    parts = key.split(":")
+    channel = parts[2]
+    chat_type = "group" if "direct" not in parts and ("group" in parts or "channel" in parts) else "direct"
+    provider, model = rng.choice(_MODELS)
+    session_id = _uuid(rng)
+    updated_at = _EPOCH_MS - rng.randrange(0, 30 * 86_400_000)
+    inputs = rng.randrange(1_000, 1_000_000)
+    outputs = rng.randrange(100, 50_000)
+    entry: dict[str, Any] = {
+        "sessionId": session_id,
+        "updatedAt": updated_at,
+        "sessionFile": f"{session_id}.jsonl",
+        "systemSent": rng.random() < 0.7,
+        "abortedLastRun": rng.random() < 0.1,
+        "chatType": chat_type,
+        "thinkingLevel": rng.choice(_THINKING),
+        "inputTokens": inputs,
+        "outputTokens": outputs,
+        "totalTokens": rng.randrange(outputs, inputs + outputs + 1),
+        "totalTokensFresh": rng.random() < 0.8,
+        "cacheRead": rng.randrange(0, 60_000),
+        "cacheWrite": rng.randrange(0, 10_000),
+        "estimatedCostUsd": round(rng.random() * 2, 4),
+        "modelProvider": provider,
+        "model": model,
+        "contextTokens": 200_000,
+        "compactionCount": rng.randrange(0, 6),
+        "displayName": rng.choice(("James", "Li Wei", "Zoë", "María", "+15555550123", "ops bot")),
+        "channel": channel,
+        "origin": {
+            "label": "someone",
+            "provider": channel,
+            "surface": channel,
+            "chatType": chat_type,
+            "from": f"{channel}:{_digits(rng, 10)}",
+            "to": f"{channel}:{_digits(rng, 10)}",
+            "accountId": "default",
+        },
+        "deliveryContext": {
+            "channel": channel,
+            "to": f"{channel}:{_digits(rng, 10)}",
+            "accountId": "default",
+        },
+        "lastChannel": channel,
+        "lastTo": f"{channel}:{_digits(rng, 10)}",
+        "lastAccountId": "default",
+    }
+    if "thread" in parts or "topic" in parts:
+        entry["lastThreadId"] = parts[-1] if "topic" in parts else f"{_digits(rng, 9)}.{_digits(rng, 6)}"
+    if rng.random() < 0.35:
+        entry["pluginExtensions"] = {"memory": {"lastFlushAt": updated_at - 3_600_000, "hash": _uuid(rng)}}
+        entry["lastInteractionAt"] = updated_at - rng.randrange(0, 3_600_000)
+        entry["pinnedAt"] = None
+    if rng.random() < 0.25:
+        entry["cliSessionIds"] = {"claude": _uuid(rng), "codex": _uuid(rng)}
+    if blob_chars > 0:
+        skills = [{"name": f"skill{i}", "primaryEnv": "TOKEN"} for i in range(rng.randrange(4, 24))]
+        report_chars = blob_chars // 8
+        entry["skillsSnapshot"] = {
+            "prompt": "<available_skills>"
+            + text.take(rng, blob_chars - report_chars)
+            + "</available_skills>",
+            "skills": skills,
+            "version": 1,
+        }
+        entry["systemPromptReport"] = {
+            "systemPromptChars": blob_chars * 3,
+            "workspaceFiles": [{"path": f"f{i}.md", "chars": rng.randrange(100, 10_000)} for i in range(4)],
+            "injected": text.take(rng, report_chars),
+        }
+    return entry
+
+
+def _entry_size(rng: random.Random, blob_fraction: float) -> int:
+    """Bytes an entry should have: mostly 1-12 KB (log-uniform), a few 40-150 KB blobs."""
+    if rng.random() < blob_fraction:
+        return rng.randrange(40_000, 150_000)
+    return int(math.exp(rng.uniform(math.log(1_000), math.log(12_000))))
+
+
+#: A bare entry (no embedded prompt) is about this many bytes of compact JSON.
+_BARE_ENTRY = 1_000
+
+
+def generate_sessions(
+    count: int,
+    *,
+    seed: int = DEFAULT_SEED,
+    blob_fraction: float = 0.05,
+    target_bytes: int | None = None,
+) -> Sessions:
+    """A store of ``count`` OpenClaw-shaped sessions, the same for the same arguments.
+
+    Entry sizes are mixed as in real stores: most 1-12 KB, ``blob_fraction`` of
+    them 40-150 KB. With ``target_bytes`` every entry carries an embedded
+    snapshot sized (around the mean) so that the legacy file, indented by 2, is
+    about ``target_bytes`` long: the reported 80 MB store of 650 sessions
+    averages 123 KB per entry.
+    """
+    rng = random.Random(seed)
+    text = _Text(rng)
+    keys = [make_key(rng, i) for i in range(count)]
+    if target_bytes is None:
+        sizes = [_entry_size(rng, blob_fraction) for _ in range(count)]
+    else:
+        weights = [rng.uniform(0.3, 1.7) for _ in range(count)]
+        total = sum(weights)
+        sizes = [max(_BARE_ENTRY, int(target_bytes * w / total)) for w in weights]
+    sessions: Sessions = {}
+    for index, (key, size) in enumerate(zip(keys, sizes, strict=True)):
+        sessions[key] = make_entry(rng, key, index, text, max(0, size - _BARE_ENTRY))
+    if target_bytes is not None:
+        # One correction pass: the filler's escapes and the indentation are not
+        # known in advance; lengthen or shorten each prompt by the mean shortfall.
+        shortfall = (target_bytes - len(encode_legacy(sessions))) // max(1, count)
+        for entry in sessions.values():
+            prompt = entry["skillsSnapshot"]["prompt"]
+            if shortfall > 0:
+                entry["skillsSnapshot"]["prompt"] = prompt + text.take(rng, shortfall)
+            else:
+                entry["skillsSnapshot"]["prompt"] = prompt[: max(40, len(prompt) + shortfall)]
+    return sessions
+
+
+def headline_sessions(seed: int = DEFAULT_SEED) -> Sessions:
+    """The headline store: about 650 sessions and 80 MB in one ``sessions.json``."""
+    return generate_sessions(HEADLINE_SESSIONS, seed=seed, target_bytes=HEADLINE_BYTES)
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode_legacy(sessions: Sessions) -> bytes:
+    """The legacy file as OpenClaw writes it: one JSON object, indented by 2."""
+    return msgspec.json.format(_encoder.encode(sessions), indent=2) + b"\n"
+
+
+def write_legacy_file(path: Path, sessions: Sessions) -> int:
+    """Write ``sessions`` as a legacy ``sessions.json``; return its size in bytes."""
+    data = encode_legacy(sessions)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return len(data)
+
+
+def zipf_sampler(count: int, rng: random.Random, *, s: float = 1.1) -> Callable[[], int]:
+    """Draw indexes ``0 .. count-1`` with Zipf weights 1/(rank+1)**s: a few sessions are busy."""
+    cumulative = list(itertools.accumulate(1.0 / (rank + 1) ** s for rank in range(count)))
+    total = cumulative[-1]
+
+    def draw() -> int:
+        return min(count - 1, bisect.bisect_left(cumulative, rng.random() * total))
+
+    return draw
+
+
+def touch(now_ms: int, tokens: int) -> Callable[[dict[str, Any] | None], dict[str, Any]]:
+    """The update a bot makes after each message: bump recency and token counters.
+
+    A new dict each call (never mutating its argument), because aiosessions may
+    re-apply an update function to another process's newer value.
+    """
+
+    def fn(entry: dict[str, Any] | None) -> dict[str, Any]:
+        base = entry if entry is not None else {"sessionId": "new"}
+        return {
+            **base,
+            "updatedAt": now_ms,
+            "inputTokens": int(base.get("inputTokens") or 0) + tokens,
+            "totalTokens": int(base.get("totalTokens") or 0) + tokens,
+        }
+
+    return fn
+
+
+# -- contenders: one small async interface ------------------------------------------------
+
+UpdateFn = Callable[[Any], Any]
+
+
+class Contender(Protocol):
+    """What the workload drives; every store under test is wrapped in one of these.
+
+    Entries are plain JSON objects (``dict``) for every contender, so each one
+    does the same decoding and encoding work per call.
+    """
+
+    #: Short name used in tables and result files.
+    name: str
+    #: Whether a returned write is on disk (fsync) or may still sit in memory.
+    fsync: bool
+    #: Whether it keeps the whole store in memory (then "cold" means a new instance per read).
+    whole_file: bool
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def get(self, key: str) -> Any: ...
+    async def set(self, key: str, value: dict[str, Any]) -> None: ...
+    async def update(self, key: str, fn: UpdateFn) -> Any: ...
+    async def delete(self, key: str) -> bool: ...
+    async def newest(self, n: int) -> list[str]: ...
+    async def flush(self) -> None: ...
+
+
+def _recency(item: tuple[str, Any]) -> int:
+    value = item[1].get("updatedAt") if isinstance(item[1], dict) else None
+    return value if isinstance(value, int) else 0
+
+
+class LegacyJsonContender:
+    """``sessions.json`` handled the way OpenClaw's ``store.ts`` handled it, with the
+    fastest JSON codec Python has.
+
+    - A read parses the whole file when it is not cached or changed on disk
+      (mtime and size), then answers from the parsed object.
+    - An update takes the global lock, re-reads and re-parses the whole file
+      inside it (OpenClaw's ``updateSessionStore`` does, so as not to clobber
+      another process's write), applies the change, renders the whole store
+      indented by 2 and writes it to a tmp file renamed over the original.
+    - Parsing and rendering run inline on the event loop, as ``JSON.parse`` and
+      ``JSON.stringify`` do in Node; file reads and writes go to a worker thread,
+      as ``fs.promises`` does.
+
+    Kinder than the original in three ways, so the ratios are not inflated:
+    msgspec instead of ``JSON5.parse``, a read returns the cached entry instead
+    of a ``structuredClone`` of the whole store, and the store written by an
+    update stays cached (OpenClaw dropped its cache on every save).
+    """
+
+    whole_file = True
+
+    def __init__(self, path: Path, *, fsync: bool = False, name: str = "legacy JSON") -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        self.name = name
+        self._lock = anyio.Lock()
+        self._cache: dict[str, Any] | None = None
+        self._signature: tuple[int, int] | None = None
+        self._decoder = msgspec.json.Decoder()
+
+    async def open(self) -> None:
+        self._cache, self._signature = None, None  # loaded lazily on the first read, as OpenClaw does
+
+    async def close(self) -> None:
+        self._cache = None
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    async def _load(self, *, skip_cache: bool = False) -> dict[str, Any]:
+        signature = self._stat()
+        if not skip_cache and self._cache is not None and signature == self._signature:
+            return self._cache
+        data = await anyio.to_thread.run_sync(self.path.read_bytes) if signature else b"{}"
+        store: dict[str, Any] = self._decoder.decode(data)  # inline, like JSON.parse
+        self._cache, self._signature = store, signature
+        return store
+
+    async def get(self, key: str) -> Any:
+        return (await self._load()).get(key)
+
+    async def _mutate(self, key: str, fn: UpdateFn) -> Any:
+        async with self._lock:
+            with _flock(self.path.with_name(f".{self.path.name}.lock")):
+                store = await self._load(skip_cache=True)
+                result = fn(store.get(key))
+                if result is None:
+                    store.pop(key, None)
+                else:
+                    store[key] = result
+                data = encode_legacy(store)  # inline, like JSON.stringify(store, null, 2)
+                self._signature = await anyio.to_thread.run_sync(_replace_file, self.path, data, self.fsync)
+                self._cache = store
+        return result
+
+    async def set(self, key: str, value: dict[str, Any]) -> None:
+        await self._mutate(key, lambda _: value)
+
+    async def update(self, key: str, fn: UpdateFn) -> Any:
+        return await self._mutate(key, fn)
+
+    async def delete(self, key: str) -> bool:
+        existed = key in await self._load()
+        await self._mutate(key, lambda _: None)
+        return existed
+
+    async def newest(self, n: int) -> list[str]:
+        store = await self._load()
+        return [key for key, _ in sorted(store.items(), key=_recency, reverse=True)[:n]]
+
+    async def flush(self) -> None:
+        pass  # every change was written before its call returned
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _replace_file(path: Path, data: bytes, fsync: bool) -> tuple[int, int]:
+    """tmp + rename, as OpenClaw's saveSessionStore (plus fsync when asked)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if fsync:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    st = os.stat(path)
+    return (st.st_mtime_ns, st.st_size)
+
+
+class AiosessionsContender:
+    """An aiosessions store opened with the given options, holding ``dict`` entries."""
+
+    whole_file = False
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        name: str = "aiosessions",
+        fsync: bool = False,
+        flush_interval: float = 0.05,
+        mode: str | None = None,
+        **options: Any,
+    ) -> None:
+        self.path = Path(path)
+        self.name = name
+        self.fsync = fsync
+        self.flush_interval = flush_interval
+        self._options = dict(options, fsync=fsync, flush_interval=flush_interval, mode=mode)
+        # The legacy JSON mode loads the whole file when it opens: "cold" is a new instance.
+        self.whole_file = mode == "json"
+        self._stack: contextlib.AsyncExitStack | None = None
+        self.store: Any = None
+
+    async def open(self) -> None:
+        from . import open_store
+
+        self._stack = contextlib.AsyncExitStack()
+        self.store = await self._stack.enter_async_context(
+            open_store(self.path, entry_type=dict, **self._options)
+        )
+
+    async def close(self) -> None:
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            await stack.aclose()
+
+    async def get(self, key: str) -> Any:
+        return await self.store.get(key)
+
+    async def set(self, key: str, value: dict[str, Any]) -> None:
+        await self.store.set(key, value)
+
+    async def update(self, key: str, fn: UpdateFn) -> Any:
+        return await self.store.update(key, fn)
+
+    async def delete(self, key: str) -> bool:
+        return bool(await self.store.delete(key))
+
+    async def newest(self, n: int) -> list[str]:
+        # No recency index: every entry is read (in chunks, one worker-thread hop each).
+        items = [(key, entry) async for key, entry in self.store.items(skip_corrupt=True)]
+        return [key for key, _ in sorted(items, key=_recency, reverse=True)[:n]]
+
+    async def flush(self) -> None:
+        await self.store.flush()
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of ``values``, by linear interpolation."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass
+class Summary:
+    """Latencies of one measure (seconds), or a throughput (``ops`` in ``seconds``)."""
+
+    samples: int
+    p50: float = math.nan
+    p99: float = math.nan
+    mean: float = math.nan
+    max: float = math.nan
+    seconds: float = math.nan
+    ops: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, durations: Sequence[float], *, seconds: float | None = None, **extra: Any) -> Summary:
+        total = sum(durations) if seconds is None else seconds
+        return cls(
+            samples=len(durations),
+            p50=percentile(durations, 50),
+            p99=percentile(durations, 99),
+            mean=statistics.fmean(durations) if durations else math.nan,
+            max=max(durations) if durations else math.nan,
+            seconds=total,
+            ops=len(durations),
+            extra=dict(extra),
+        )
+
+    @property
+    def rate(self) -> float:
+        """Operations per second (throughput measures)."""
+        return self.ops / self.seconds if self.seconds and self.seconds > 0 else math.nan
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["rate"] = self.rate
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in data.items()}
+
+
+async def timed(
+    op: Callable[[int], Awaitable[Any]],
+    count: int,
+    *,
+    budget: float,
+    before: Callable[[int], Awaitable[Any]] | None = None,
+    minimum: int = 3,
+) -> Summary:
+    """Call ``op(i)`` up to ``count`` times, timing each call; stop early past ``budget`` s.
+
+    ``before(i)``, untimed, prepares each call (a bot reads a session before it
+    updates it).
+    """
+    durations: list[float] = []
+    start = time.perf_counter()
+    for i in range(count):
+        if before is not None:
+            await before(i)
+        t0 = time.perf_counter()
+        await op(i)
+        durations.append(time.perf_counter() - t0)
+        if len(durations) >= minimum and time.perf_counter() - start > budget:
+            break
+    return Summary.of(durations, truncated=len(durations) < count, planned=count)
+
+
+class LagProbe:
+    """A ticker task that wants to run every ``interval`` seconds and records how late it runs.
+
+    Its lateness is what every other task on the loop (an HTTP handler, a bot's
+    next update) waits extra while the store blocks the loop.
+    """
+
+    def __init__(self, interval: float = 0.001) -> None:
+        self.interval = interval
+        self.lateness: list[float] = []
+
+    async def run(self) -> None:
+        while True:
+            due = time.perf_counter() + self.interval
+            await anyio.sleep(self.interval)
+            self.lateness.append(max(0.0, time.perf_counter() - due))
+
+    def summary(self) -> Summary:
+        return Summary.of(self.lateness)
+
+
+@contextlib.asynccontextmanager
+async def lag_probe(interval: float = 0.001) -> AsyncIterator[LagProbe]:
+    """Run a :class:`LagProbe` for the duration of the block."""
+    probe = LagProbe(interval)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(probe.run)
+        try:
+            yield probe
+        finally:
+            tasks.cancel_scope.cancel()
+
+
+async def mixed_workload(
+    contender: Contender,
+    keys: Sequence[str],
+    *,
+    seed: int,
+    tasks: int = 100,
+    duration: float = 3.0,
+    max_ops: int = 1_000_000,
+    read_share: float = 0.8,
+) -> tuple[Summary, Summary]:
+    """A bot's traffic: ``tasks`` concurrent handlers, Zipf-distributed keys, 80% reads.
+
+    Runs for ``duration`` seconds (or ``max_ops`` operations), then flushes; the
+    throughput counts the flush. Returns (throughput, event-loop lag).
+    """
+    rng = random.Random(seed)
+    draw = zipf_sampler(len(keys), rng)
+    now_ms = _EPOCH_MS + 1
+    ops = 0
+    latencies: list[float] = []
+    deadline = time.perf_counter() + duration
+
+    async def handler() -> None:
+        nonlocal ops
+        while ops < max_ops and time.perf_counter() < deadline:
+            ops += 1
+            key = keys[draw()]
+            t0 = time.perf_counter()
+            if rng.random() < read_share:
+                await contender.get(key)
+            else:
+                await contender.update(key, touch(now_ms + ops, 17))
+            latencies.append(time.perf_counter() - t0)
+
+    async with lag_probe() as probe:
+        start = time.perf_counter()
+        # Handlers still queued behind a slow store when time is up are cancelled;
+        # only completed calls count.
+        with anyio.move_on_after(duration):
+            async with anyio.create_task_group() as group:
+                for _ in range(tasks):
+                    group.start_soon(handler)
+        await contender.flush()
+        seconds = time.perf_counter() - start
+    lag = probe.summary()
+    throughput = Summary.of(latencies, seconds=seconds, tasks=tasks, read_share=read_share)
+    return throughput, lag
+
+
+async def paced_workload(
+    make: Callable[[], Contender],
+    keys: Sequence[str],
+    *,
+    rate: float,
+    seconds: float,
+    seed: int,
+    tasks: int = 100,
+) -> tuple[Summary, Summary]:
+    """The mixed workload at a fixed offered load (Poisson arrivals over ``tasks`` handlers).
+
+    What an asyncio server embedding the store feels at a realistic load: the
+    event-loop lag then shows how long the store blocks the loop, not how many
+    of the benchmark's own busy tasks are queued ahead of the ticker (at full
+    speed, 100 tasks each doing 100 us of work make every task wait ~10 ms per
+    round whatever the store). Returns (operations, event-loop lag).
+    """
+    rng = random.Random(seed)
+    draw = zipf_sampler(len(keys), rng)
+    contender = make()
+    per_task = rate / tasks
+    latencies: list[float] = []
+    now_ms = _EPOCH_MS + 1_000_000
+    counter = 0
+
+    async def handler() -> None:
+        nonlocal counter
+        while True:
+            await anyio.sleep(rng.expovariate(per_task))
+            counter += 1
+            key = keys[draw()]
+            t0 = time.perf_counter()
+            if rng.random() < 0.8:
+                await contender.get(key)
+            else:
+                await contender.update(key, touch(now_ms + counter, 3))
+            latencies.append(time.perf_counter() - t0)
+
+    await contender.open()
+    try:
+        await contender.get(keys[0])
+        async with lag_probe() as probe:
+            start = time.perf_counter()
+            with anyio.move_on_after(seconds):
+                async with anyio.create_task_group() as group:
+                    for _ in range(tasks):
+                        group.start_soon(handler)
+            await contender.flush()
+            elapsed = time.perf_counter() - start
+        return Summary.of(latencies, seconds=elapsed, offered_rate=rate), probe.summary()
+    finally:
+        await contender.close()
+
+
+# -- the machine ---------------------------------------------------------------------------------
+
+
+def describe_machine(folder: Path) -> dict[str, Any]:
+    """What the figures depend on: CPUs, memory, the filesystem of ``folder``, versions."""
+    info: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+    }
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/meminfo") as meminfo:
+            total_kb = int(next(line for line in meminfo if line.startswith("MemTotal")).split()[1])
+        info["memory_gib"] = round(total_kb / 1024 / 1024, 1)
+    with contextlib.suppress(OSError, ValueError), open("/proc/cpuinfo") as cpuinfo:
+        info["cpu"] = next(line for line in cpuinfo if line.startswith("model name")).split(":", 1)[1].strip()
+    info["filesystem"] = _filesystem_of(folder)
+    info["packages"] = _versions(("aiosessions", "anyio", "msgspec"))
+    return info
+
+
+def _filesystem_of(folder: Path) -> str:
+    """The type of the filesystem holding ``folder`` (what ``df -T`` says), from /proc/mounts."""
+    try:
+        target = os.path.realpath(folder)
+        best, kind = "", "unknown"
+        with open("/proc/mounts") as mounts:
+            for line in mounts:
+                parts = line.split()
+                inside = target == parts[1] or target.startswith(parts[1].rstrip("/") + "/")
+                if len(parts) >= 3 and inside and len(parts[1]) >= len(best):
+                    best, kind = parts[1], f"{parts[2]} ({parts[0]} on {parts[1]})"
+        return kind
+    except OSError:
+        return "unknown"
+
+
+def _versions(names: Sequence[str]) -> dict[str, str]:
+    from importlib import metadata
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
+# -- formatting ---------------------------------------------------------------------------------
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``1.23 s``, ``45.6 ms``, ``789 µs``: three significant figures."""
+    if seconds is None or math.isnan(seconds):
+        return "n/a"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale or unit == "µs":
+            value = seconds / scale
+            return f"{value:.3g} {unit}" if value < 1000 else f"{value:,.0f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def format_rate(rate: float | None) -> str:
+    if rate is None or math.isnan(rate):
+        return "n/a"
+    return f"{rate:,.0f} ops/s" if rate >= 100 else f"{rate:.3g} ops/s"
+
+
+def format_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.3g} {unit}" if unit != "B" else f"{size:.0f} B"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def format_ratio(ratio: float | None) -> str:
+    if ratio is None or math.isnan(ratio) or math.isinf(ratio):
+        return "n/a"
+    return f"{ratio:,.0f}×" if ratio >= 100 else f"{ratio:.3g}×"  # noqa: RUF001
+
+
+def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table, the first column left-aligned and the others right-aligned."""
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        cells = [
+            row[0].ljust(widths[0]),
+            *(cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)),
+        ]
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(row) for row in rows)])
+
+
+class Progress:
+    """Where the benchmark is: plain lines on stderr, or a rich progress bar when rich
+    is installed and stderr is a terminal (rich stays optional)."""
+
+    def __init__(self, total: int, *, quiet: bool = False) -> None:
+        self.total = total
+        self.done = 0
+        self.quiet = quiet
+        self._started = time.perf_counter()
+        self._rich: Any = None
+        self._task: Any = None
+        if not quiet and sys.stderr.isatty():
+            try:
+                from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+                from rich.progress import Progress as RichProgress
+            except ImportError:
+                pass
+            else:
+                self._rich = RichProgress(
+                    TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True
+                )
+                self._rich.start()
+                self._task = self._rich.add_task("starting", total=total)
+
+    def step(self, label: str) -> None:
+        """Announce the next step."""
+        self.done += 1
+        if self.quiet:
+            return
+        if self._rich is not None:
+            self._rich.update(self._task, completed=self.done - 1, description=label)
+        else:
+            elapsed = time.perf_counter() - self._started
+            print(f"[{self.done}/{self.total} {elapsed:5.1f}s] {label}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._rich is not None:
+            self._rich.update(self._task, completed=self.total)
+            self._rich.stop()
+            self._rich = None
+
+
+# -- the built-in benchmark -----------------------------------------------------------------------
+
+
+@dataclass
+class QuickSettings:
+    """What ``aiosessions bench`` measures and how long it may take."""
+
+    sessions: int = HEADLINE_SESSIONS
+    target_bytes: int | None = HEADLINE_BYTES
+    seed: int = DEFAULT_SEED
+    fsync: bool = False
+    flush_interval: float = 0.05
+    #: Seconds of mixed workload per contender.
+    duration: float = 3.0
+    #: Seconds the legacy store may spend on each latency measure (its calls take ~1 s each).
+    legacy_budget: float = 5.0
+    samples: int = 300
+    #: Offered load (operations per second) while the event-loop lag is measured.
+    paced_rate: float = 500.0
+    folder: Path | None = None
+
+
+async def _build_stores(folder: Path, sessions: Sessions) -> tuple[Path, Path, int, float]:
+    """The legacy file and a directory store migrated from a copy of it."""
+    from . import migrate
+
+    legacy = folder / "legacy" / "sessions.json"
+    directory = folder / "directory" / "sessions.json"
+    data = encode_legacy(sessions)
+    for path in (legacy, directory):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        await anyio.to_thread.run_sync(path.write_bytes, data)
+    started = time.perf_counter()
+    await migrate(directory, fsync=False)
+    return legacy, directory, len(data), time.perf_counter() - started
+
+
+async def measure_pair(settings: QuickSettings, progress: Progress, folder: Path) -> dict[str, Any]:
+    """Everything ``aiosessions bench`` reports, measured in ``folder``."""
+    progress.step(f"generating {settings.sessions} sessions (seed {settings.seed})")
+    sessions = await anyio.to_thread.run_sync(
+        lambda: generate_sessions(settings.sessions, seed=settings.seed, target_bytes=settings.target_bytes)
+    )
+    keys = list(sessions)
+    progress.step("writing sessions.json and migrating a copy to a directory store")
+    legacy_path, directory_path, size, migration = await _build_stores(folder, sessions)
+    del sessions
+    gc.collect()
+    rng = random.Random(settings.seed + 1)
+    update_keys = [rng.choice(keys) for _ in range(settings.samples)]
+    cold_keys = rng.sample(keys, min(len(keys), settings.samples))
+    now_ms = _EPOCH_MS + 10
+
+    def legacy() -> Contender:
+        return LegacyJsonContender(legacy_path, fsync=settings.fsync)
+
+    def ours() -> Contender:
+        return AiosessionsContender(
+            directory_path, fsync=settings.fsync, flush_interval=settings.flush_interval
+        )
+
+    results: dict[str, Any] = {
+        "sessions": len(keys),
+        "bytes": size,
+        "seed": settings.seed,
+        "fsync": settings.fsync,
+        "flush_interval": settings.flush_interval,
+        "paced_rate": settings.paced_rate,
+        "migration_seconds": migration,
+        "measures": {},
+    }
+    measures: dict[str, dict[str, Any]] = results["measures"]
+    for make, budget in ((legacy, settings.legacy_budget), (ours, 30.0)):
+        contender = make()
+        row: dict[str, Any] = {}
+        measures[contender.name] = row
+
+        progress.step(f"{contender.name}: update one session")
+        await contender.open()
+        try:
+            await contender.get(update_keys[0])
+
+            async def update(i: int, c: Contender = contender) -> None:
+                await c.update(update_keys[i], touch(now_ms + i, 5))
+
+            async def read(i: int, c: Contender = contender) -> None:
+                await c.get(update_keys[i])
+
+            row["update"] = await timed(update, settings.samples, budget=budget, before=read)
+            await contender.flush()
+        finally:
+            await contender.close()
+
+        progress.step(f"{contender.name}: read one session cold")
+        if contender.whole_file:
+
+            async def cold_read(i: int, make: Callable[[], Contender] = make) -> None:
+                fresh = make()
+                await fresh.open()
+                try:
+                    await fresh.get(cold_keys[i])
+                finally:
+                    await fresh.close()
+
+            row["cold_read"] = await timed(cold_read, len(cold_keys), budget=budget)
+        else:
+            fresh = make()
+            await fresh.open()
+            try:
+
+                async def first_read(i: int, c: Contender = fresh) -> None:
+                    await c.get(cold_keys[i])
+
+                row["cold_read"] = await timed(first_read, len(cold_keys), budget=budget)
+            finally:
+                await fresh.close()
+
+        progress.step(f"{contender.name}: mixed workload, 100 tasks, 80% reads, {settings.duration:g} s")
+        await contender.open()
+        try:
+            await contender.get(keys[0])  # loaded, as in a running gateway
+            row["mixed"], row["mixed_lag"] = await mixed_workload(
+                contender, keys, seed=settings.seed, duration=settings.duration
+            )
+        finally:
+            await contender.close()
+
+        progress.step(f"{contender.name}: event-loop lag at {settings.paced_rate:g} ops/s")
+        row["paced"], row["lag"] = await paced_workload(
+            make, keys, rate=settings.paced_rate, seconds=settings.duration, seed=settings.seed
+        )
+    return results
+
+
+def ratio_rows(results: dict[str, Any]) -> list[list[str]]:
+    """The rows of the printed table: legacy, aiosessions, and how many times better."""
+    legacy, ours = results["measures"]["legacy JSON"], results["measures"]["aiosessions"]
+    rows: list[list[str]] = []
+
+    def latency(label: str, measure: str, stat: str) -> None:
+        a, b = getattr(legacy[measure], stat), getattr(ours[measure], stat)
+        rows.append(
+            [label, format_seconds(a), format_seconds(b), format_ratio(a / b if b else math.inf) + " faster"]
+        )
+
+    latency("update one session, p50", "update", "p50")
+    latency("update one session, p99", "update", "p99")
+    latency("read one session cold, p50", "cold_read", "p50")
+    a, b = legacy["mixed"].rate, ours["mixed"].rate
+    rows.append(["mixed workload throughput", format_rate(a), format_rate(b), format_ratio(b / a) + " more"])
+    for label, measure in (
+        (f"event-loop lag p99 at {results['paced_rate']:g} ops/s", "lag"),
+        ("event-loop lag p99 at full speed", "mixed_lag"),
+    ):
+        a, b = legacy[measure].p99, ours[measure].p99
+        less = format_ratio(a / b if b else math.inf)
+        rows.append([label, format_seconds(a), format_seconds(b), f"{less} less"])
+    return rows
+
+
+async def run_quick(settings: QuickSettings, *, quiet: bool = False) -> dict[str, Any]:
+    """Generate a store, measure legacy JSON and aiosessions, return the figures."""
+    progress = Progress(2 + 2 * 4, quiet=quiet)
+    try:
+        if settings.folder is not None:
+            settings.folder.mkdir(parents=True, exist_ok=True)
+            folder = Path(tempfile.mkdtemp(prefix="aiosessions-bench-", dir=settings.folder))
+        else:
+            folder = Path(tempfile.mkdtemp(prefix="aiosessions-bench-"))
+        try:
+            results = await measure_pair(settings, progress, folder)
+            results["machine"] = describe_machine(folder)
+        finally:
+            await anyio.to_thread.run_sync(shutil.rmtree, folder, True)
+    finally:
+        progress.close()
+    return results
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``aiosessions bench`` (shared with the CLI's sub-command)."""
+    parser.add_argument(
+        "--sessions",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"sessions to generate (default {HEADLINE_SESSIONS}, about 80 MB)",
+    )
+    parser.add_argument(
+        "--megabytes",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="size of the generated sessions.json (default 80 with the default sessions; "
+        "otherwise entries of 1-12 KB with a few 40-150 KB blobs)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a tiny run: 100 sessions, about 2 MB, short budgets"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})"
+    )
+    parser.add_argument("--fsync", action="store_true", help="fsync every write, in both stores")
+    parser.add_argument(
+        "--duration", type=float, default=None, metavar="S", help="seconds of mixed workload per store (3)"
+    )
+    parser.add_argument(
+        "--dir", type=Path, default=None, metavar="DIR", help="where to make the temporary store"
+    )
+    parser.add_argument("--json", metavar="FILE", default=None, help="also write the figures to FILE as JSON")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+
+def settings_from(args: argparse.Namespace) -> QuickSettings:
+    settings = QuickSettings(seed=args.seed, fsync=args.fsync, folder=args.dir)
+    if args.quick:
+        settings.sessions, settings.target_bytes = 100, 2_000_000
+        settings.duration, settings.legacy_budget, settings.samples = 0.5, 0.5, 50
+        settings.paced_rate = 200.0
+    if args.sessions is not None:
+        settings.sessions = args.sessions
+        settings.target_bytes = None
+    if args.megabytes is not None:
+        settings.target_bytes = int(args.megabytes * 1_000_000)
+    if args.duration is not None:
+        settings.duration = args.duration
+    return settings
+
+
+def report(results: dict[str, Any]) -> str:
+    """The printed result: what was measured, on what, and the table of ratios."""
+    machine = results["machine"]
+    packages = ", ".join(f"{k} {v}" for k, v in machine["packages"].items())
+    lines = [
+        f"aiosessions bench: {results['sessions']:,} sessions, "
+        f"{format_bytes(results['bytes'])} sessions.json, "
+        f"seed {results['seed']}, fsync {'on' if results['fsync'] else 'off'} in both stores",
+        f"machine: {machine['cpus']} CPUs, {machine.get('memory_gib', '?')} GiB, {machine['filesystem']}, "
+        f"{machine['python']}, {packages}",
+        "",
+        render_table(["", "legacy JSON", "aiosessions", "ratio"], ratio_rows(results)),
+        "",
+        "legacy JSON: the whole file parsed inline on the loop when it changed and inside every update,",
+        "rewritten indented by 2 on every save, one global lock (as OpenClaw's store.ts did).",
+        f"aiosessions: directory store, write-behind every {results['flush_interval'] * 1000:g} ms; "
+        "a cold read is one not in the library's cache",
+        "(the OS page cache is warm for both). The full comparison: python -m benchmarks (source tree).",
+    ]
+    return "\n".join(lines)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Summary):
+        return value.to_json()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+async def run_command(args: argparse.Namespace) -> int:
+    """``aiosessions bench``: measure, print the table, optionally write JSON."""
+    results = await run_quick(settings_from(args), quiet=args.quiet)
+    print(report(results))
+    if args.json:
+        data = json.dumps(_jsonable(results), indent=2) + "\n"
+        await anyio.Path(args.json).write_text(data, encoding="utf-8")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``aiosessions bench`` on its own (``python -m aiosessions._bench``)."""
+    parser = argparse.ArgumentParser(prog="aiosessions bench", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return anyio.run(run_command, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

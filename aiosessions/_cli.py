@@ -1,0 +1,549 @@
+"""The ``aiosessions`` command: look inside a store, migrate it, keep it tidy.
+
+Installed as a console script (``aiosessions``) and runnable as
+``python -m aiosessions``. Only this module imports :mod:`argparse`, and
+:mod:`rich` (the ``cli`` extra) only inside the functions that draw a table or
+a progress bar on a terminal; ``import aiosessions`` imports neither. Without
+rich, or when the output is not a terminal, the output is plain text.
+
+Exit status: 0 success; 1 an error (one line on stderr); 2 a usage error;
+3 ``fsck`` found problems that are still there; 4 ``fsck --repair`` found
+problems and repaired every one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+import msgspec
+
+from . import __version__, _bench
+from ._errors import SessionStoreError
+from ._fs import FileSystem
+from ._layout import StorePaths, detect_mode
+from ._maintenance import FsckReport, fsck, prune
+from ._migrate import MigrationReport, export_bytes, export_json, migrate
+from ._store import open_store
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_PROBLEMS = 3
+EXIT_REPAIRED = 4
+
+_pretty = msgspec.json.Encoder()
+
+
+class CommandError(Exception):
+    """An error the command reports in one line (exit status 1)."""
+
+
+# -- paths ------------------------------------------------------------------------------------
+
+
+def _store_path(arg: str) -> Path:
+    """The store file a command-line PATH names.
+
+    ``X/sessions.json`` and ``X/sessions.d`` name the store directly; a folder
+    holding ``sessions.json`` or ``sessions.d/`` names the store inside it.
+    """
+    path = Path(arg)
+    if path.is_dir() and path.suffix != ".d":
+        if (path / "sessions.json").exists() or (path / "sessions.d").is_dir():
+            return path / "sessions.json"
+        raise CommandError(
+            f"{arg} is a folder that holds no sessions.json or sessions.d/: "
+            "give the store file (e.g. state/sessions.json)"
+        )
+    return path
+
+
+async def _existing_store(arg: str) -> Path:
+    """The store at PATH, which must exist (read-only commands never create one)."""
+    path = _store_path(arg)
+    paths = StorePaths.of(path)
+    mode = await anyio.to_thread.run_sync(detect_mode, FileSystem(), paths)
+    if mode is None:
+        if paths.directory.is_dir():
+            raise CommandError(
+                f"{paths.directory} has no FORMAT marker: it is not an aiosessions store "
+                "(a half-made migration? run `aiosessions fsck` on it)"
+            )
+        raise CommandError(f"no session store at {arg}: no such file or directory")
+    return path
+
+
+# -- output helpers ---------------------------------------------------------------------------
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _rich() -> Any:
+    """The rich package, or None when it is not installed (the ``cli`` extra)."""
+    try:
+        import rich
+    except ImportError:
+        return None
+    return rich
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(msgspec.json.format(_pretty.encode(value), indent=2).decode("utf-8") + "\n")
+
+
+def _size(n: int) -> str:
+    if n < 1000:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KB", "MB", "GB"):
+        value /= 1000
+        if value < 1000 or unit == "GB":
+            break
+    return f"{value:.1f} {unit}"
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    try:
+        return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
+    except (OverflowError, OSError, ValueError):
+        return str(ms)
+
+
+def _age(ms: int | None, now_ms: int) -> str:
+    if ms is None:
+        return "-"
+    seconds = max(0, (now_ms - ms) // 1000)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+class _ProgressBar:
+    """A progress bar on stderr when it is a terminal (rich's if installed); silent otherwise."""
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+        self._shown = -1
+        self._rich: Any = None
+        self._task: Any = None
+        self._enabled = _is_terminal(sys.stderr)
+        if self._enabled and _rich() is not None:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+            self._rich = Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+            )
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self._enabled:
+            return
+        if self._rich is not None:
+            if self._task is None:
+                self._rich.start()
+                self._task = self._rich.add_task(self._label, total=total)
+            self._rich.update(self._task, completed=done)
+            return
+        percent = 100 * done // total if total else 100
+        if percent != self._shown:
+            self._shown = percent
+            filled = percent * 30 // 100
+            sys.stderr.write(f"\r{self._label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._rich is not None and self._task is not None:
+            self._rich.stop()
+        elif self._enabled and self._shown >= 0:
+            sys.stderr.write("\n")
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def _summary(key: str, entry: dict[str, Any]) -> dict[str, Any]:
+    at = entry.get("updatedAt")
+    row: dict[str, Any] = {"key": key, "updatedAt": at if _is_int(at) else None}
+    for name in ("sessionId", "displayName", "channel", "chatType", "model", "totalTokens"):
+        if name in entry:
+            row[name] = entry[name]
+    return row
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+async def cmd_ls(args: argparse.Namespace) -> int:
+    path = await _existing_store(args.path)
+    rows: list[dict[str, Any]] = []
+    async with open_store(path, entry_type=dict, flush_interval=3600, fsync=False) as store:
+        # One unreadable entry must not hide the others: skip it, and say so.
+        async for key, entry in store.items(skip_corrupt=True):
+            rows.append(_summary(key, entry))
+        listed = sum([1 async for _ in store.keys()])
+    if listed > len(rows):
+        unreadable = listed - len(rows)
+        print(
+            f"aiosessions ls: warning: {unreadable} session{'s' if unreadable != 1 else ''} could not "
+            "be read and are not listed; run `aiosessions fsck` on the store",
+            file=sys.stderr,
+        )
+    rows.sort(key=lambda r: (r["updatedAt"] is None, -(r["updatedAt"] or 0), r["key"]))
+    total = len(rows)
+    if args.limit is not None:
+        rows = rows[: args.limit]
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    now_ms = int(time.time() * 1000)
+    headers = ("UPDATED (UTC)", "AGE", "TOKENS", "MODEL", "NAME", "KEY")
+    table = [
+        (
+            _when(r["updatedAt"]),
+            _age(r["updatedAt"], now_ms),
+            "" if r.get("totalTokens") is None else str(r["totalTokens"]),
+            str(r.get("model") or ""),
+            str(r.get("displayName") or ""),
+            r["key"],
+        )
+        for r in rows
+    ]
+    footer = f"{total} session{'s' if total != 1 else ''}" + (
+        f" (showing the newest {len(rows)})" if len(rows) < total else ""
+    )
+    if _is_terminal(sys.stdout) and _rich() is not None:
+        from rich.console import Console
+        from rich.table import Table
+
+        grid = Table(*headers, box=None, header_style="bold")
+        for line in table:
+            grid.add_row(*line)
+        console = Console()
+        console.print(grid, overflow="fold")
+        console.print(footer, highlight=False)
+        return EXIT_OK
+    widths = [max([len(h)] + [len(line[i]) for line in table]) for i, h in enumerate(headers)]
+    for line in (headers, *table):
+        cells = [cell.ljust(width) for cell, width in zip(line[:-1], widths, strict=False)]
+        sys.stdout.write("  ".join([*cells, line[-1]]) + "\n")
+    sys.stdout.write(footer + "\n")
+    return EXIT_OK
+
+
+async def cmd_show(args: argparse.Namespace) -> int:
+    path = await _existing_store(args.path)
+    async with open_store(path, entry_type=dict, flush_interval=3600, fsync=False) as store:
+        entry = await store.get(args.key)
+    if entry is None:
+        raise CommandError(f"no session {args.key!r} in {args.path}")
+    _print_json(entry)
+    return EXIT_OK
+
+
+def _report_dict(report: Any) -> dict[str, Any]:
+    fields = {name: getattr(report, name) for name in report.__dataclass_fields__}
+    return msgspec.to_builtins(fields)  # type: ignore[no-any-return]
+
+
+async def cmd_migrate(args: argparse.Namespace) -> int:
+    path = _store_path(args.path)
+    bar = _ProgressBar("migrating")
+    try:
+        report = await migrate(
+            path,
+            skip_invalid=args.skip_invalid,
+            dry_run=args.dry_run,
+            fsync=not args.no_fsync,
+            progress=bar,
+            lock_timeout=args.lock_timeout,
+        )
+    finally:
+        bar.close()
+    if args.json:
+        _print_json(_report_dict(report))
+    else:
+        _describe_migration(report, skip_invalid=args.skip_invalid)
+    for warning in report.warnings:
+        print(f"aiosessions migrate: warning: {warning}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _describe_migration(report: MigrationReport, *, skip_invalid: bool) -> None:
+    out = sys.stdout
+    if report.already_migrated:
+        out.write(f"already migrated: {report.directory} is the store\n")
+        if report.backup:
+            out.write(f"moved the old {Path(report.source).name} aside to {report.backup}\n")
+        elif report.dry_run and report.bytes:
+            out.write(f"would move {report.source} aside (it is no longer read)\n")
+        return
+    if report.dry_run:
+        out.write(
+            f"dry run: would migrate {report.entries} sessions ({_size(report.bytes)}) "
+            f"from {report.source} into {report.directory}; nothing was written\n"
+        )
+    else:
+        out.write(
+            f"migrated {report.entries} sessions ({_size(report.bytes)}) from {report.source} "
+            f"into {report.directory} in {report.seconds:.2f} s\n"
+        )
+        out.write(f"the legacy file is kept as {report.backup}\n")
+    if report.problems:
+        left_out = "left out" if not report.dry_run else "would leave out"
+        if report.dry_run and not skip_invalid:
+            out.write(
+                f"migrate would refuse: {len(report.problems)} entries cannot be migrated "
+                "(pass --skip-invalid to leave them out):\n"
+            )
+        else:
+            out.write(f"{left_out} {len(report.problems)} entries (they stay in the legacy file):\n")
+        for key, reason in report.problems.items():
+            out.write(f"  {key!r}: {reason}\n")
+
+
+async def cmd_export(args: argparse.Namespace) -> int:
+    path = await _existing_store(args.path)
+    if args.output is None:
+        data = await export_bytes(path)
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    count = await export_json(path, args.output, fsync=not args.no_fsync)
+    print(f"exported {count} sessions to {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``30d``, ``12h``, ``45m``, ``90s``, ``2w`` (or combined, ``1d12h``) in seconds."""
+    parts = re.fullmatch(r"(?:\d+(?:\.\d+)?[smhdw])+", text.strip().lower())
+    if parts is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: use a number and a unit (s, m, h, d, w), e.g. 30d or 12h"
+        )
+    return sum(float(n) * _UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([smhdw])", text.lower()))
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+async def cmd_prune(args: argparse.Namespace) -> int:
+    if args.older_than is None and args.max_entries is None:
+        raise CommandError("give --older-than, --max-entries or both")
+    path = await _existing_store(args.path)
+    report = await prune(
+        path,
+        older_than=args.older_than,
+        max_entries=args.max_entries,
+        dry_run=args.dry_run,
+        fsync=not args.no_fsync,
+    )
+    if args.json:
+        _print_json({**_report_dict(report), "removed": list(report.removed), "kept": report.kept})
+        return EXIT_OK
+    verb = "would remove" if report.dry_run else "removed"
+    for key in report.stale:
+        if key not in report.spared:
+            print(f"stale   {key}")
+    for key in report.capped:
+        if key not in report.spared:
+            print(f"capped  {key}")
+    for key in report.spared:
+        print(f"kept    {key} (updated meanwhile)")
+    print(
+        f"{verb} {len(report.removed)} of {report.total} sessions ({len(report.stale)} stale, "
+        f"{len(report.capped)} over the cap); {report.kept} left"
+    )
+    return EXIT_OK
+
+
+async def cmd_fsck(args: argparse.Namespace) -> int:
+    path = _store_path(args.path)
+    report = await fsck(path, repair=args.repair)
+    if args.json:
+        _print_json(
+            {
+                **_report_dict(report),
+                "problems": [
+                    {"kind": p.kind, "path": p.path, "detail": p.detail, "action": p.action}
+                    for p in report.problems
+                ],
+                "ok": report.ok,
+            }
+        )
+    else:
+        _describe_fsck(report)
+    if report.ok:
+        return EXIT_OK
+    return EXIT_PROBLEMS if report.unrepaired else EXIT_REPAIRED
+
+
+def _describe_fsck(report: FsckReport) -> None:
+    for p in report.problems:
+        action = f"  -> {p.action}" if p.action else ""
+        print(f"{p.kind:<17} {p.path}: {p.detail}{action}")
+    fixed = len(report.problems) - len(report.unrepaired)
+    summary = f"{report.path}: {report.sessions} sessions ok, {len(report.problems)} problems"
+    if report.repair:
+        summary += f", {fixed} repaired"
+    elif report.problems:
+        summary += " (run with --repair to fix them)"
+    print(summary)
+
+
+# -- the parser -------------------------------------------------------------------------------
+
+Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aiosessions",
+        description="Inspect, migrate and maintain aiosessions session stores.",
+        epilog="PATH is the store file (state/sessions.json), its directory store "
+        "(state/sessions.d) or the folder holding them. Exit status: 0 ok, 1 error, 2 usage, "
+        "3 fsck found problems, 4 fsck repaired every problem it found.",
+    )
+    parser.add_argument("--version", action="version", version=f"aiosessions {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, run: Command, help: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description)
+        p.set_defaults(run=run)
+        return p
+
+    p = command("ls", cmd_ls, "list sessions, newest first", "List the sessions of a store, newest first.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--limit", "-n", type=_count, metavar="N", help="show only the N newest")
+    p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+
+    p = command("show", cmd_show, "print one session as JSON", "Print one session's entry as pretty JSON.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("key", metavar="KEY")
+
+    p = command(
+        "migrate",
+        cmd_migrate,
+        "move a legacy sessions.json into a directory store",
+        "Move a legacy sessions.json into the directory store beside it (crash-safe; run it "
+        "again after any failure). The legacy file is kept as "
+        "sessions.json.pre-directory-migration.<timestamp>.",
+    )
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--dry-run", action="store_true", help="check everything, write nothing")
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="leave out entries that cannot be migrated (they stay in the backup) instead of refusing",
+    )
+    p.add_argument("--no-fsync", action="store_true", help="do not fsync (only for throwaway copies)")
+    p.add_argument("--lock-timeout", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p = command(
+        "export",
+        cmd_export,
+        "write every session into one legacy JSON file",
+        "Write every session into one legacy sessions.json-format file (the way back).",
+    )
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (atomically) instead of stdout")
+    p.add_argument("--no-fsync", action="store_true", help="do not fsync FILE")
+
+    p = command(
+        "prune",
+        cmd_prune,
+        "remove old sessions",
+        "Remove sessions not updated for a while, then all but the newest N (as OpenClaw's "
+        "session maintenance does). Sessions without an updatedAt are never stale, and are "
+        "the first to go when capping.",
+    )
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--older-than", type=parse_duration, metavar="AGE", help="e.g. 30d, 12h, 2w")
+    p.add_argument("--max-entries", type=_count, metavar="N", help="keep at most the N newest")
+    p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    p.add_argument("--no-fsync", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p = command(
+        "fsck",
+        cmd_fsck,
+        "check a store's files (and repair them)",
+        "Check every file of a store: orphaned tmp files, corrupt meta.json, undecodable "
+        "folder names, a missing or wrong FORMAT marker. --repair removes orphans and moves "
+        "corrupt files into <stem>.d/.quarantine/ (it never deletes data). Exits 3 when "
+        "problems remain, 4 when all were repaired.",
+    )
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--repair", action="store_true", help="fix what can be fixed safely")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p = command(
+        "bench",
+        _bench.run_command,
+        "compare with the legacy sessions.json on a generated store",
+        "Generate an OpenClaw-shaped store in a temporary folder and compare the legacy "
+        "sessions.json with the directory store: updating one session, a cold read, a mixed "
+        "workload and the event loop's lag. Prints both figures and their ratio.",
+    )
+    _bench.add_arguments(p)  # the options and the run belong to the benchmark module
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or exc.__class__.__name__
+    return " ".join(text.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run: Command = args.run
+    try:
+        return anyio.run(run, args)
+    except KeyboardInterrupt:
+        print("aiosessions: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader (head, less) went away: not an error; keep Python from complaining at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except (CommandError, SessionStoreError, OSError, ValueError) as exc:
+        print(f"aiosessions {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,709 @@
+"""Keeping a store tidy: :func:`prune` old sessions, :func:`fsck` the files on disk.
+
+``prune`` follows OpenClaw's session maintenance (``pruneStaleEntries`` then
+``capEntryCount``): first every entry whose ``updatedAt`` is older than the
+cutoff goes, then, if more than ``max_entries`` are left, the oldest go until
+``max_entries`` remain. As in OpenClaw, an entry without an integer
+``updatedAt`` is never stale (its age is unknown) but counts as the oldest when
+capping. The policy itself is the pure function :func:`plan_prune`.
+
+Prune deletes through a :class:`~aiosessions.SessionStore`, so it takes the
+same per-key (or store-wide) cross-process locks as any writer and deletes
+with compare-and-swap: an entry that another process touched after the scan
+(its ``updatedAt`` moved) is kept.
+
+``fsck`` reads every file of a store. In a directory store it finds orphaned
+tmp files, ``meta.json`` files that are not JSON objects, folders without one,
+folder names that decode to no key, stray files, old trash, a missing or
+invalid FORMAT marker, and a staging folder left by an interrupted migration.
+With ``repair=True`` it removes what is garbage by construction (orphaned tmp
+files, old trash, a stale staging folder) and moves everything else that is
+wrong into ``<stem>.d/.quarantine/``; it never deletes data. A folder is
+checked and repaired under its key's cross-process lock, so a writer's
+in-flight tmp file is never taken for an orphan.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as stat_module
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import msgspec
+
+from ._errors import SessionStoreError, StoreFormatError, io_error
+from ._fs import FileSystem, is_tmp_name
+from ._keys import MAX_KEY_BYTES, decode_name, encode_key, is_shortened, lock_stripe
+from ._layout import FORMAT_FILE, FORMAT_NAME, FORMAT_VERSION, StorePaths, detect_mode, encode_format
+from ._locks import acquire_file_lock_sync, release_file_lock
+from ._migrate import RECORD, STAGING_SUFFIX, _check_entries
+from ._store import DEFAULT_LOCK_TIMEOUT, DEFAULT_TMP_MAX_AGE, open_store
+from .backends._directory import CHUNK, KEY_FILE, LOCK_STRIPES, LOCKS, META, TRASH
+from .backends._json import decode_legacy
+
+__all__ = ["FsckProblem", "FsckReport", "PruneReport", "fsck", "plan_prune", "prune"]
+
+#: Where ``fsck --repair`` moves what it will not delete, inside ``<stem>.d``.
+QUARANTINE = ".quarantine"
+
+_object_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+# -- prune --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What :func:`prune` removed (or, with ``dry_run``, would remove)."""
+
+    #: The store (its ``<stem>.d`` folder or legacy file).
+    path: str
+    #: Sessions in the store before pruning.
+    total: int
+    #: Keys removed because their ``updatedAt`` was older than the cutoff.
+    stale: tuple[str, ...]
+    #: Keys removed to bring the store down to ``max_entries``, oldest first.
+    capped: tuple[str, ...]
+    #: Keys that were candidates but changed meanwhile (another process updated them): kept.
+    spared: tuple[str, ...]
+    #: Nothing was deleted.
+    dry_run: bool
+    #: Wall-clock seconds.
+    seconds: float
+
+    @property
+    def removed(self) -> tuple[str, ...]:
+        """Every key removed (stale first, then capped)."""
+        return tuple(key for key in (*self.stale, *self.capped) if key not in self.spared)
+
+    @property
+    def kept(self) -> int:
+        """Sessions left."""
+        return self.total - len(self.removed)
+
+
+def plan_prune(
+    recency: Mapping[str, int | None], *, cutoff_ms: int | None, max_entries: int | None
+) -> tuple[list[str], list[str]]:
+    """Which keys prune removes: ``(stale, capped)``; pure, no I/O.
+
+    ``recency`` maps each key to its ``updatedAt`` (None when absent or not an
+    integer). Stale: ``updatedAt < cutoff_ms``. Then, of the rest, all but the
+    ``max_entries`` newest are capped; an unknown ``updatedAt`` counts as
+    oldest, and ties go by key so the result is deterministic. Capped keys are
+    listed oldest first.
+    """
+    if max_entries is not None and max_entries < 0:
+        raise ValueError(f"max_entries must be >= 0, not {max_entries!r}")
+    stale = []
+    rest = []
+    for key, at in recency.items():
+        if cutoff_ms is not None and at is not None and at < cutoff_ms:
+            stale.append(key)
+        else:
+            rest.append(key)
+    capped: list[str] = []
+    if max_entries is not None and len(rest) > max_entries:
+        newest_first = sorted(rest, key=lambda k: (-_age_rank(recency[k]), k))
+        capped = sorted(newest_first[max_entries:], key=lambda k: (_age_rank(recency[k]), k))
+    stale.sort(key=lambda k: (_age_rank(recency[k]), k))
+    return stale, capped
+
+
+def _age_rank(at: int | None) -> float:
+    return float("-inf") if at is None else at
+
+
+def _seconds(value: float | timedelta) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not seconds >= 0:
+        raise ValueError(f"older_than must be a non-negative duration, not {value!r}")
+    return seconds
+
+
+async def prune(
+    path: str | os.PathLike[str],
+    *,
+    older_than: float | timedelta | None = None,
+    max_entries: int | None = None,
+    dry_run: bool = False,
+    now: float | None = None,
+    fsync: bool = True,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    filesystem: FileSystem | None = None,
+) -> PruneReport:
+    """Remove sessions not updated for ``older_than``, then all but the newest ``max_entries``.
+
+    Works on both store kinds, through a store opened here (so locks and
+    compare-and-swap apply); a JSON store is rewritten once.
+
+    :param older_than: seconds (or a ``timedelta``); None skips the age rule.
+    :param max_entries: how many sessions to keep at most; None skips the cap.
+    :param dry_run: only report what would go.
+    :param now: the current time in epoch seconds (default: the clock).
+    :raises StoreFormatError: there is no store at ``path``.
+    :raises CorruptSessionError: an entry is not a JSON object (run fsck first).
+    """
+    if older_than is None and max_entries is None:
+        raise ValueError("prune needs older_than, max_entries or both")
+    started = time.perf_counter()
+    cutoff_ms = None
+    if older_than is not None:
+        cutoff_ms = int(((time.time() if now is None else now) - _seconds(older_than)) * 1000)
+    fs = filesystem if filesystem is not None else FileSystem()
+    await _require_store(StorePaths.of(path), fs)
+    async with open_store(
+        path,
+        entry_type=dict,
+        flush_interval=3600,
+        fsync=fsync,
+        lock_timeout=lock_timeout,
+        filesystem=fs,
+    ) as store:
+        recency: dict[str, int | None] = {}
+        async for key, entry in store.items():
+            recency[key] = _recency(entry)
+        stale, capped = plan_prune(recency, cutoff_ms=cutoff_ms, max_entries=max_entries)
+        spared: list[str] = []
+        if not dry_run:
+            for key in stale:
+                await store.update(key, _drop_if(key, spared, _older_than(cutoff_ms)))
+            for key in capped:
+                await store.update(key, _drop_if(key, spared, _unchanged(recency[key])))
+            await store.flush()
+        where = store.path
+    return PruneReport(
+        path=where,
+        total=len(recency),
+        stale=tuple(stale),
+        capped=tuple(capped),
+        spared=tuple(dict.fromkeys(spared)),
+        dry_run=dry_run,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _recency(entry: Mapping[str, Any]) -> int | None:
+    at = entry.get("updatedAt")
+    return at if isinstance(at, int) and not isinstance(at, bool) else None
+
+
+def _older_than(cutoff_ms: int | None) -> Callable[[int | None], bool]:
+    return lambda at: at is not None and cutoff_ms is not None and at < cutoff_ms
+
+
+def _unchanged(seen: int | None) -> Callable[[int | None], bool]:
+    return lambda at: at == seen
+
+
+def _drop_if(
+    key: str, spared: list[str], still: Callable[[int | None], bool]
+) -> Callable[[dict[str, Any] | None], dict[str, Any] | None]:
+    """An update function deleting the entry if ``still(updatedAt)`` holds when it is applied.
+
+    It is applied again if another process changed the entry first, so the
+    decision is made on the value actually replaced.
+    """
+
+    def fn(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+        if entry is None or still(_recency(entry)):
+            return None
+        spared.append(key)
+        return entry
+
+    return fn
+
+
+async def _require_store(paths: StorePaths, fs: FileSystem) -> str:
+    try:
+        mode = await anyio.to_thread.run_sync(detect_mode, fs, paths)
+    except OSError as exc:
+        raise io_error(exc, f"opening {paths.file}", path=str(paths.file)) from exc
+    if mode is None:
+        raise StoreFormatError(
+            f"no session store at {paths.file}: neither it nor {paths.directory.name}/ "
+            "(with a FORMAT marker) exists"
+        )
+    return mode
+
+
+# -- fsck ---------------------------------------------------------------------------------
+
+Kind = Literal[
+    "orphaned-tmp",
+    "corrupt-entry",
+    "missing-meta",
+    "undecodable-name",
+    "stray-file",
+    "stale-trash",
+    "missing-format",
+    "bad-format",
+    "stale-staging",
+    "corrupt-legacy",
+    "invalid-entry",
+    "stale-legacy",
+]
+
+
+@dataclass(frozen=True)
+class FsckProblem:
+    """One thing :func:`fsck` found wrong."""
+
+    #: What kind of problem (``orphaned-tmp``, ``corrupt-entry``, ``missing-format`` ...).
+    kind: Kind
+    #: The file or folder concerned.
+    path: str
+    #: What is wrong, in words.
+    detail: str
+    #: What ``repair`` did about it ("" when nothing was done).
+    action: str = ""
+
+    @property
+    def repaired(self) -> bool:
+        return bool(self.action)
+
+
+@dataclass(frozen=True)
+class FsckReport:
+    """What :func:`fsck` checked and found."""
+
+    #: The store checked (its ``<stem>.d`` folder or legacy file).
+    path: str
+    #: ``"directory"`` or ``"json"``.
+    mode: str
+    #: Healthy sessions seen.
+    sessions: int
+    #: Everything found wrong, repaired or not.
+    problems: tuple[FsckProblem, ...]
+    #: Whether repairs were asked for.
+    repair: bool
+    #: Wall-clock seconds.
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        """No problems at all."""
+        return not self.problems
+
+    @property
+    def unrepaired(self) -> tuple[FsckProblem, ...]:
+        """Problems still there."""
+        return tuple(problem for problem in self.problems if not problem.repaired)
+
+
+class _FormatProbe(msgspec.Struct):
+    format: Any = None
+    version: Any = None
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+class _Checker:
+    """The blocking work of one fsck; each method runs in a worker thread."""
+
+    def __init__(self, paths: StorePaths, fs: FileSystem, *, repair: bool, lock_timeout: float) -> None:
+        self.paths = paths
+        self.fs = fs
+        self.repair = repair
+        self.lock_timeout = lock_timeout
+        self.problems: list[FsckProblem] = []
+        self.sessions = 0
+        self.parent = -1
+        self.root = -1
+        self.locks = -1
+        self.quarantine = -1
+        self.trash_cutoff = 0.0
+        self.mode = "directory"
+
+    def add(self, kind: Kind, path: Path | str, detail: str, action: str = "") -> None:
+        self.problems.append(FsckProblem(kind, str(path), detail, action))
+
+    def close(self) -> None:
+        for fd in (self.quarantine, self.locks, self.root, self.parent):
+            if fd >= 0:
+                try:
+                    self.fs.close(fd)
+                except OSError:
+                    pass
+        self.quarantine = self.locks = self.root = self.parent = -1
+
+    # -- the store-level checks ------------------------------------------------------------
+
+    def start(self) -> list[str]:
+        """Check what lies beside the store and its marker; return the names to scan."""
+        fs, paths = self.fs, self.paths
+        try:
+            self.parent = fs.open_dir(str(paths.file.parent))
+        except FileNotFoundError:
+            raise StoreFormatError(f"no session store at {paths.file}: its folder does not exist") from None
+        self._check_staging()
+        try:
+            self.root = fs.open_dir(paths.directory.name, dir_fd=self.parent)
+        except FileNotFoundError:
+            if self._exists(paths.file.name):
+                self.mode = "json"
+                self._check_legacy()
+                return []
+            raise StoreFormatError(
+                f"no session store at {paths.file}: neither it nor {paths.directory.name}/ exists"
+            ) from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                raise StoreFormatError(f"{paths.directory} is not a folder: it is not a store") from None
+            raise
+        self._check_format()
+        if self.mode == "json":
+            return []
+        self.locks = self._ensure_open(LOCKS)
+        return fs.listdir(self.root)
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self.fs.stat(name, dir_fd=self.parent)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _ensure_open(self, name: str) -> int:
+        if self.repair:
+            self.fs.ensure_dir(name, dir_fd=self.root)
+        try:
+            return self.fs.open_dir(name, dir_fd=self.root)
+        except FileNotFoundError:
+            return -1
+
+    def _check_staging(self) -> None:
+        stem = self.paths.directory.name[: -len(".d")]
+        name = f".{stem}{STAGING_SUFFIX}"
+        if not self._exists(name):
+            return
+        where = self.paths.file.with_name(name)
+        action = ""
+        if self.repair:
+            # The migration lock: a running migration holds it while it builds here.
+            lock = self.fs.open_lock_file(self.paths.lock.name, dir_fd=self.parent)
+            try:
+                acquire_file_lock_sync(self.fs, lock, timeout=self.lock_timeout, what=str(self.paths.lock))
+                try:
+                    self.fs.remove_tree(name, dir_fd=self.parent)
+                finally:
+                    release_file_lock(self.fs, lock)
+            finally:
+                self.fs.close(lock)
+            action = "removed (a re-run of migrate rebuilds it)"
+        self.add("stale-staging", where, "the staging folder of an interrupted migration", action)
+
+    def _check_legacy(self) -> None:
+        """A legacy store: does it parse, would every entry migrate, are there orphaned tmp files?"""
+        fs, paths = self.fs, self.paths
+        lock = fs.open_lock_file(paths.lock.name, dir_fd=self.parent)
+        try:
+            # Under the store lock no legacy writer is mid-rewrite: every tmp file is an orphan.
+            acquire_file_lock_sync(fs, lock, timeout=self.lock_timeout, what=str(paths.lock))
+            try:
+                prefix = f".{paths.file.name}."
+                for name in fs.listdir(self.parent):
+                    if name.startswith(prefix) and is_tmp_name(name):
+                        action = ""
+                        if self.repair:
+                            fs.unlink(name, dir_fd=self.parent)
+                            action = "removed"
+                        self.add("orphaned-tmp", paths.file.with_name(name), "left by a dead writer", action)
+                found = fs.read_file(paths.file.name, dir_fd=self.parent)
+            finally:
+                release_file_lock(fs, lock)
+        finally:
+            fs.close(lock)
+        if found is None:
+            return
+        try:
+            entries = decode_legacy(found[0], str(paths.file))
+        except SessionStoreError as exc:
+            self.add("corrupt-legacy", paths.file, f"{exc} (fsck never rewrites it)")
+            return
+        problems = _check_entries(entries)
+        for key, reason in problems.items():
+            self.add("invalid-entry", paths.file, f"{key!r}: {reason} (migrate refuses it)")
+        self.sessions = len(entries) - len(problems)
+
+    def _check_format(self) -> None:
+        fs, paths = self.fs, self.paths
+        where = paths.directory / FORMAT_FILE
+        found = fs.read_file(FORMAT_FILE, dir_fd=self.root, max_bytes=4096)
+        legacy = self._exists(paths.file.name)
+        if found is None:
+            if legacy:
+                # A folder beside a legacy file, without marker: not (yet) a store. Leave it.
+                self.add(
+                    "missing-format",
+                    where,
+                    f"{paths.directory.name}/ has no FORMAT marker and {paths.file.name} is the "
+                    "store; move the folder aside, or run migrate",
+                )
+                self.mode = "json"
+                self._check_legacy()
+                return
+            action = ""
+            if self.repair:
+                action = "written"
+            self.add("missing-format", where, "the directory store has lost its FORMAT marker", action)
+            return
+        try:
+            probe = msgspec.json.decode(found[0], type=_FormatProbe)
+        except msgspec.DecodeError:
+            probe = _FormatProbe()
+        if probe.format == FORMAT_NAME and isinstance(probe.version, int) and probe.version > FORMAT_VERSION:
+            raise StoreFormatError(
+                f"{where} is format version {probe.version}; this aiosessions reads version "
+                f"{FORMAT_VERSION} (upgrade aiosessions to check it)"
+            )
+        if probe.format == FORMAT_NAME and probe.version == FORMAT_VERSION:
+            if legacy:
+                self.add(
+                    "stale-legacy",
+                    paths.file,
+                    "left beside the complete directory store (a migration stopped before its "
+                    "last step) and no longer read; run `aiosessions migrate` to move it aside",
+                )
+            return
+        action = ""
+        if self.repair and not legacy:
+            action = f"moved to {self._quarantine(FORMAT_FILE)}; a new marker written"
+        self.add("bad-format", where, f"not a valid marker: {bytes(found[0][:80])!r}", action)
+
+    def finish(self) -> None:
+        """Write a marker the checks found missing or bad (last, as at creation)."""
+        if self.mode != "directory" or not self.repair:
+            return
+        if any(p.kind in ("missing-format", "bad-format") and p.repaired for p in self.problems):
+            self.fs.write_atomic(FORMAT_FILE, encode_format(), dir_fd=self.root, durable=True)
+            self.fs.fsync_dir(str(self.paths.directory.parent))
+
+    # -- the per-name checks -----------------------------------------------------------------
+
+    def scan(self, names: list[str]) -> None:
+        for name in names:
+            try:
+                self._scan_one(name)
+            except FileNotFoundError:
+                continue  # deleted while we looked: not a problem
+
+    def _scan_one(self, name: str) -> None:
+        fs, directory = self.fs, self.paths.directory
+        if name in (FORMAT_FILE, RECORD, LOCKS, QUARANTINE):
+            return
+        if name == TRASH:
+            self._check_trash()
+            return
+        if is_tmp_name(name):
+            # Only the FORMAT marker is written at the top, when the store is made.
+            action = ""
+            if self.repair:
+                fs.unlink(name, dir_fd=self.root)
+                action = "removed"
+            self.add("orphaned-tmp", directory / name, "left by a dead writer", action)
+            return
+        if name.startswith("."):
+            return  # dot-names are not sessions; later versions may add some (docs/format.md)
+        st = fs.stat(name, dir_fd=self.root)
+        if not stat_module.S_ISDIR(st.st_mode):
+            kind = "a symlink" if stat_module.S_ISLNK(st.st_mode) else "a file"
+            self._quarantine_problem("stray-file", name, f"{kind} where session folders live")
+            return
+        key = self._key_of(name)
+        if key is None:
+            return
+        folder = fs.open_dir(name, dir_fd=self.root)
+        try:
+            inner = fs.listdir(folder)
+        finally:
+            fs.close(folder)
+        if META in inner and not any(is_tmp_name(n) for n in inner) and self._meta_ok(name):
+            self.sessions += 1
+            return
+        # Something is off: look again under the key's lock, so a writer in flight is not
+        # mistaken for a dead one.
+        self._with_key_lock(key, lambda: self._check_folder(key, name))
+
+    def _key_of(self, name: str) -> str | None:
+        """The key a folder holds, or None after recording why it has none."""
+        fs = self.fs
+        if is_shortened(name):
+            found = fs.read_dir_file(name, KEY_FILE, dir_fd=self.root, max_bytes=MAX_KEY_BYTES)
+            if found is None:
+                self._quarantine_problem("undecodable-name", name, "a shortened name without its key file")
+                return None
+            try:
+                key = found[0].decode("utf-8")
+                if encode_key(key) != name:
+                    raise ValueError("the key file names another key")
+            except (UnicodeDecodeError, ValueError) as exc:
+                self._quarantine_problem("undecodable-name", name, f"its key file is wrong: {exc}")
+                return None
+            return key
+        try:
+            return decode_name(name)
+        except ValueError as exc:
+            self._quarantine_problem("undecodable-name", name, str(exc))
+            return None
+
+    def _meta_ok(self, name: str) -> bool:
+        try:
+            found = self.fs.read_dir_file(name, META, dir_fd=self.root)
+        except OSError:
+            return False
+        if found is None:
+            return False
+        try:
+            _object_decoder.decode(found[0])
+        except msgspec.DecodeError:
+            return False
+        return True
+
+    def _check_folder(self, key: str, name: str) -> None:
+        fs, directory = self.fs, self.paths.directory
+        folder = fs.open_dir(name, dir_fd=self.root)
+        try:
+            inner = fs.listdir(folder)
+            for tmp in [n for n in inner if is_tmp_name(n)]:
+                action = ""
+                if self.repair:
+                    fs.unlink(tmp, dir_fd=folder)
+                    action = "removed"
+                self.add("orphaned-tmp", directory / name / tmp, "left by a dead writer", action)
+            rest = [n for n in inner if not is_tmp_name(n) and n != KEY_FILE]
+        finally:
+            fs.close(folder)
+        if META not in inner:
+            if not rest and self.repair:
+                # Nothing but (removed) tmp files and maybe a key file: a creation that died.
+                fs.remove_tree(name, dir_fd=self.root)
+                self.add("missing-meta", directory / name, f"session {key!r} has no meta.json", "removed")
+            else:
+                self._quarantine_problem("missing-meta", name, f"session {key!r} has no meta.json")
+            return
+        if self._meta_ok(name):
+            self.sessions += 1
+            return
+        self._quarantine_problem("corrupt-entry", name, f"session {key!r}: meta.json is not a JSON object")
+
+    def _with_key_lock(self, key: str, body: Callable[[], None]) -> None:
+        if self.locks < 0:
+            body()  # no lock folder and not repairing: nobody has ever written here
+            return
+        stripe = lock_stripe(key, LOCK_STRIPES)
+        fd = self.fs.open_lock_file(f"{stripe:02x}", dir_fd=self.locks)
+        try:
+            what = f"{self.paths.directory / LOCKS}/{stripe:02x}"
+            acquire_file_lock_sync(self.fs, fd, timeout=self.lock_timeout, what=what)
+            try:
+                body()
+            finally:
+                release_file_lock(self.fs, fd)
+        finally:
+            self.fs.close(fd)
+
+    def _check_trash(self) -> None:
+        fs = self.fs
+        trash = fs.open_dir(TRASH, dir_fd=self.root)
+        try:
+            for name in fs.listdir(trash):
+                st = fs.stat(name, dir_fd=trash)
+                # ctime: a rename into the trash updates it, while the mtime stays the folder's own.
+                if max(st.st_mtime, st.st_ctime) >= self.trash_cutoff:
+                    continue  # a delete in progress
+                action = ""
+                if self.repair:
+                    fs.remove_tree(name, dir_fd=trash)
+                    action = "removed"
+                self.add("stale-trash", self.paths.directory / TRASH / name, "a deleted session left", action)
+        finally:
+            fs.close(trash)
+
+    def _quarantine_problem(self, kind: Kind, name: str, detail: str) -> None:
+        action = f"moved to {self._quarantine(name)}" if self.repair else ""
+        self.add(kind, self.paths.directory / name, detail, action)
+
+    def _quarantine(self, name: str) -> str:
+        """Move ``name`` (one rename) into ``.quarantine/``; return where it went."""
+        fs = self.fs
+        if self.quarantine < 0:
+            fs.ensure_dir(QUARANTINE, dir_fd=self.root)
+            self.quarantine = fs.open_dir(QUARANTINE, dir_fd=self.root)
+        base = f"{name}.{_stamp()}"
+        target, n = base, 0
+        while True:
+            try:
+                fs.stat(target, dir_fd=self.quarantine)
+            except FileNotFoundError:
+                break
+            n += 1
+            target = f"{base}.{n}"
+        fs.rename(name, target, src_dir_fd=self.root, dst_dir_fd=self.quarantine)
+        fs.fsync(self.quarantine)
+        fs.fsync(self.root)
+        return str(self.paths.directory / QUARANTINE / target)
+
+
+def _chunks(names: list[str]) -> Iterable[list[str]]:
+    for start in range(0, len(names), CHUNK):
+        yield names[start : start + CHUNK]
+
+
+async def fsck(
+    path: str | os.PathLike[str],
+    *,
+    repair: bool = False,
+    tmp_max_age: float = DEFAULT_TMP_MAX_AGE,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    filesystem: FileSystem | None = None,
+) -> FsckReport:
+    """Check every file of the store at ``path``; with ``repair``, fix what can be fixed safely.
+
+    Repairs remove only garbage (orphaned tmp files, trash older than
+    ``tmp_max_age``, a stale migration staging folder) and move everything else
+    into ``<stem>.d/.quarantine/``; a missing or invalid FORMAT marker is
+    rewritten only when no legacy ``sessions.json`` competes with the folder.
+    A legacy store is checked too: it must parse, every entry must be
+    migratable, and its orphaned tmp files are found (it is never rewritten).
+
+    :raises StoreFormatError: there is no store at ``path``, or its marker is of
+        a newer format version.
+    :raises StoreIOError: the disk failed.
+    """
+    started = time.perf_counter()
+    paths = StorePaths.of(path)
+    fs = filesystem if filesystem is not None else FileSystem()
+    checker = _Checker(paths, fs, repair=repair, lock_timeout=lock_timeout)
+    checker.trash_cutoff = time.time() - tmp_max_age
+    try:
+        try:
+            names = await anyio.to_thread.run_sync(checker.start)
+            for chunk in _chunks(names):
+                await anyio.to_thread.run_sync(checker.scan, chunk)
+            await anyio.to_thread.run_sync(checker.finish)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(checker.close)
+    except OSError as exc:
+        if isinstance(exc, SessionStoreError):
+            raise
+        raise io_error(exc, f"checking {paths.directory}", path=str(paths.directory)) from exc
+    where = paths.file if checker.mode == "json" else paths.directory
+    return FsckReport(
+        path=str(where),
+        mode=checker.mode,
+        sessions=checker.sessions,
+        problems=tuple(checker.problems),
+        repair=repair,
+        seconds=time.perf_counter() - started,
+    )

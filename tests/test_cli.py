@@ -1,0 +1,254 @@
+"""The installed ``aiosessions`` command, run in subprocesses: output, exit status, every error case."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BIN = Path(sys.executable).parent / "aiosessions"
+COMMANDS = ("ls", "show", "migrate", "export", "prune", "fsck", "bench")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _installed() -> None:
+    if not BIN.exists():
+        pytest.fail(f"{BIN} is missing: install the package (pip install -e .) so the script exists")
+
+
+def run(*args: str | Path, ok: bool | None = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([str(BIN), *map(str, args)], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in result.stderr, result.stderr
+    if ok is True:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def fails(*args: str | Path, match: str, status: int = 1) -> str:
+    """Run a command expected to fail: one line on stderr naming the command, that status."""
+    result = run(*args, ok=None)
+    assert result.returncode == status, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"aiosessions {args[0]}: error: "), lines[0]
+    assert match in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def legacy(tmp_path: Path, openclaw_sessions_path: Path) -> Path:
+    path = tmp_path / "state" / "sessions.json"
+    path.parent.mkdir()
+    shutil.copyfile(openclaw_sessions_path, path)
+    return path
+
+
+@pytest.fixture
+def migrated(legacy: Path) -> Path:
+    run("migrate", legacy, "--no-fsync")
+    return legacy
+
+
+def test_help_on_every_command() -> None:
+    top = run("--help")
+    assert "usage: aiosessions" in top.stdout
+    for command in COMMANDS:
+        assert command in top.stdout
+        assert f"usage: aiosessions {command}" in run(command, "--help").stdout
+    assert run("--version").stdout.startswith("aiosessions ")
+    bare = run(ok=None)
+    assert bare.returncode == 2 and "usage:" in bare.stderr
+
+
+def test_python_dash_m_runs_the_same_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "aiosessions", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "usage: aiosessions" in result.stdout
+
+
+def test_importing_the_library_imports_no_cli_machinery() -> None:
+    code = (
+        "import sys, aiosessions; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('argparse', 'rich')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
+
+
+def test_ls_newest_first_on_both_kinds(legacy: Path, openclaw_sessions: dict[str, Any]) -> None:
+    newest = sorted(openclaw_sessions, key=lambda k: -openclaw_sessions[k]["updatedAt"])
+    rows = json.loads(run("ls", legacy, "--json").stdout)
+    assert [row["key"] for row in rows] == newest
+    assert rows[0]["updatedAt"] == openclaw_sessions[newest[0]]["updatedAt"]
+
+    run("migrate", legacy, "--no-fsync")
+    # The store file, its directory or the folder holding them all name the store.
+    for name in (legacy, legacy.with_name("sessions.d"), legacy.parent):
+        limited = json.loads(run("ls", name, "--json", "--limit", "5").stdout)
+        assert [row["key"] for row in limited] == newest[:5]
+
+    table = run("ls", legacy, "-n", "3").stdout.splitlines()
+    assert table[0].split() == ["UPDATED", "(UTC)", "AGE", "TOKENS", "MODEL", "NAME", "KEY"]
+    assert [line.rsplit(maxsplit=1)[-1] for line in table[1:4]] == newest[:3]
+    assert table[-1] == f"{len(openclaw_sessions)} sessions (showing the newest 3)"
+
+
+def test_show_prints_the_entry(migrated: Path, openclaw_sessions: dict[str, Any]) -> None:
+    key = "agent:main:signal:group:x/Y+z==15"
+    out = run("show", migrated, key).stdout
+    assert json.loads(out) == openclaw_sessions[key]
+    assert out.startswith('{\n  "')
+
+
+def test_migrate_dry_run_then_for_real(legacy: Path, openclaw_sessions: dict[str, Any]) -> None:
+    dry = run("migrate", legacy, "--dry-run").stdout
+    assert "dry run: would migrate 60 sessions" in dry
+    assert not legacy.with_name("sessions.d").exists()
+
+    report = json.loads(run("migrate", legacy, "--json").stdout)
+    assert report["entries"] == len(openclaw_sessions) and report["backup"]
+    assert json.loads(Path(report["backup"]).read_bytes()) == openclaw_sessions
+    again = run("migrate", legacy).stdout
+    assert again.startswith("already migrated")
+
+
+def test_migrate_refuses_invalid_entries_unless_told(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    path.write_text(json.dumps({"good": {"updatedAt": 1}, "bad": [1, 2]}))
+    fails("migrate", path, match="cannot be migrated")
+    dry = run("migrate", path, "--dry-run").stdout
+    assert "migrate would refuse" in dry and "'bad': the entry is an array" in dry
+    out = run("migrate", path, "--skip-invalid", "--no-fsync").stdout
+    assert "migrated 1 sessions" in out and "left out 1 entries" in out
+
+
+def test_export_to_stdout_and_to_a_file(
+    migrated: Path, openclaw_sessions: dict[str, Any], tmp_path: Path
+) -> None:
+    assert json.loads(run("export", migrated).stdout) == openclaw_sessions
+    target = tmp_path / "back.json"
+    result = run("export", migrated, "-o", target)
+    assert "exported 60 sessions" in result.stderr
+    assert json.loads(target.read_bytes()) == openclaw_sessions
+
+
+def test_prune(migrated: Path, openclaw_sessions: dict[str, Any]) -> None:
+    dry = json.loads(run("prune", migrated, "--max-entries", "50", "--dry-run", "--json").stdout)
+    assert dry["dry_run"] is True
+    assert len(dry["removed"]) == 10 and dry["kept"] == 50
+    assert len(json.loads(run("ls", migrated, "--json").stdout)) == 60
+
+    out = run("prune", migrated, "--older-than", "3650d", "--max-entries", "55").stdout
+    assert out.splitlines()[-1] == "removed 5 of 60 sessions (0 stale, 5 over the cap); 55 left"
+    oldest = sorted(openclaw_sessions, key=lambda k: openclaw_sessions[k]["updatedAt"])[:5]
+    assert [line.split()[1] for line in out.splitlines()[:-1]] == oldest
+    assert len(json.loads(run("ls", migrated, "--json").stdout)) == 55
+
+    bad = run("prune", migrated, "--older-than", "soon", ok=None)
+    assert bad.returncode == 2 and "is not a duration" in bad.stderr
+    fails("prune", migrated, match="--older-than, --max-entries or both")
+
+
+def test_fsck_exit_status(migrated: Path) -> None:
+    clean = run("fsck", migrated)
+    assert clean.stdout.strip().endswith("60 sessions ok, 0 problems")
+    folder = next(p for p in migrated.with_name("sessions.d").iterdir() if not p.name.startswith("."))
+    (folder / "meta.json").write_text("{broken")
+
+    listed = run("ls", migrated, "--json")
+    assert len(json.loads(listed.stdout)) == 59 and "1 session could not be read" in listed.stderr
+    found = run("fsck", migrated, ok=None)
+    assert found.returncode == 3 and found.stdout.startswith("corrupt-entry")
+    report = json.loads(run("fsck", migrated, "--json", ok=None).stdout)
+    assert report["ok"] is False and report["problems"][0]["kind"] == "corrupt-entry"
+
+    repaired = run("fsck", migrated, "--repair", ok=None)
+    assert repaired.returncode == 4 and "-> moved to" in repaired.stdout
+    assert run("fsck", migrated).returncode == 0
+
+
+def test_bench_is_the_benchmark_modules_command() -> None:
+    # The run itself is tested with the benchmark module (tests/test_bench.py).
+    usage = run("bench", "--help").stdout
+    assert "--quick" in usage and "--sessions" in usage and "legacy" in usage
+
+
+# -- errors: one clear line, status 1, no traceback ----------------------------------------------
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / "sessions.json"
+    for command in ("ls", "export", "fsck", "migrate"):
+        fails(command, missing, match="no session store")
+    fails("show", missing, "some:key", match="no session store")
+    fails("prune", missing, "--max-entries", "1", match="no session store")
+    assert not (tmp_path / "nope").exists()  # and nothing was created
+
+
+def test_a_path_that_is_neither_kind_of_store(tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    fails("ls", tmp_path / "plain", match="holds no sessions.json")
+    unmarked = tmp_path / "sessions.d"
+    unmarked.mkdir()
+    (unmarked / "x").mkdir()
+    fails("ls", unmarked, match="no FORMAT marker")
+    fails("migrate", unmarked, match="no FORMAT marker")
+    assert run("fsck", unmarked, ok=None).returncode == 3  # fsck says what is wrong with it
+
+
+def test_a_corrupt_file(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    path.write_text('{"a": {"b": ')
+    for command in ("ls", "export", "migrate"):
+        fails(command, path, match="is not a JSON object of sessions")
+    fails("show", path, "a", match="is not a JSON object of sessions")
+    path.write_text("")
+    fails("ls", path, match="is empty")
+    assert path.read_text() == ""
+
+
+def test_a_key_not_found_and_an_invalid_key(migrated: Path) -> None:
+    fails("show", migrated, "agent:main:nobody", match="no session 'agent:main:nobody'")
+    fails("show", migrated, "", match="keys must not be empty")
+
+
+# -- on a terminal ---------------------------------------------------------------------------------
+
+
+def run_in_terminal(*args: str | Path) -> tuple[int, str]:
+    """Run with stdout and stderr on a pseudo-terminal, as an operator would see it."""
+    master, slave = pty.openpty()
+    env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
+    proc = subprocess.Popen(
+        [str(BIN), *map(str, args)], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    text = b"".join(chunks).decode("utf-8", "replace")
+    return proc.wait(timeout=60), re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)  # without colours
+
+
+def test_on_a_terminal_ls_draws_a_table_and_migrate_a_progress_bar(legacy: Path) -> None:
+    status, out = run_in_terminal("migrate", legacy, "--no-fsync")
+    assert status == 0 and "migrated 60 sessions" in out
+    assert "60/60" in out  # the progress bar's count (rich's or the plain one)
+    status, out = run_in_terminal("ls", legacy, "-n", "2")
+    assert status == 0 and "KEY" in out and "60 sessions (showing the newest 2)" in out
