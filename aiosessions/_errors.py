@@ -118,8 +118,14 @@ class FlushError(StoreIOError):
         super().__init__(err, message, filename)
 
 
-def io_error(exc: OSError, action: str, *, key: str | None = None) -> StoreIOError:
-    """Translate an OSError at the library boundary into a StoreIOError naming file and key."""
+def io_error(exc: OSError, action: str, *, key: str | None = None, path: str | None = None) -> StoreIOError:
+    """Translate an OSError at the library boundary into a StoreIOError naming file and key.
+
+    ``path`` is the absolute path the failed step worked on (a session's ``meta.json``,
+    the store file): errors of calls on a descriptor (write, fsync, flock) carry no file
+    name at all, and calls relative to a folder descriptor carry only the relative name,
+    which is shown beside it.
+    """
     if isinstance(exc, StoreIOError):
         return exc
     what = f"{action} failed"
@@ -127,5 +133,13 @@ def io_error(exc: OSError, action: str, *, key: str | None = None) -> StoreIOErr
         what += f" for session {key!r}"
     reason = exc.strerror or exc.__class__.__name__
     filename = exc.filename if isinstance(exc.filename, str) else None
+    if path is not None and (filename is None or not filename.startswith("/")):
+        if filename is not None and filename != path:
+            reason += f" (at {filename})"
+        filename = path
     message = f"{what}: {reason}" + (f": {filename}" if filename else "")
-    return StoreIOError(exc.errno, message, filename, key=key)
+    error = StoreIOError(exc.errno, message, filename, key=key)
+    # Many of these are returned in a batch result and raised later, away from the
+    # `except`: the cause is attached here, not left to `raise ... from`.
+    error.__cause__ = exc
+    return error

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import NamedTuple
 
-__all__ = ["FileSystem", "Signature", "TMP_SUFFIX", "is_tmp_name"]
+__all__ = ["FileSystem", "Signature", "TMP_SUFFIX", "UnsyncedError", "is_tmp_name"]
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -32,6 +32,8 @@ TMP_SUFFIX = ".tmp"
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: preadv2 flag (Linux 4.14+): fail with EAGAIN instead of waiting for the disk.
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -53,6 +55,15 @@ class Signature(NamedTuple):
 
 class TooLargeError(OSError):
     """A file larger than the caller allows (EFBIG)."""
+
+
+class UnsyncedError(OSError):
+    """The new file replaced the old one, but fsyncing its directory failed.
+
+    Readers (and other processes) already see the new bytes; whether they
+    survive a crash is unknown. Retrying the fsync proves nothing after a failed
+    fsync: the caller writes the file again.
+    """
 
 
 def is_tmp_name(name: str) -> bool:
@@ -180,6 +191,38 @@ class FileSystem:
         finally:
             self.close(fd)
 
+    def read_file_cached(self, name: str, *, dir_fd: int, max_bytes: int) -> tuple[bytes, Signature] | None:
+        """Read a whole small file only if the page cache holds all of it; else None.
+
+        It never waits for the disk (``preadv`` with ``RWF_NOWAIT``), so it may run
+        on the event loop, where it costs less than a worker-thread hop. None means
+        "use :meth:`read_file` in a worker thread": the file is missing, larger than
+        ``max_bytes``, not regular, not (wholly) cached, or the platform cannot tell;
+        also when a subclass overrides :meth:`read` (to inject faults), so that every
+        read still passes through its :meth:`read`.
+        """
+        if _RWF_NOWAIT is None or type(self).read is not FileSystem.read:
+            return None
+        try:
+            fd = self.open(name, _READ_FLAGS, dir_fd=dir_fd)
+        except OSError:
+            return None
+        try:
+            st = self.fstat(fd)
+            if not stat_module.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+                return None
+            buffer = bytearray(st.st_size + 1)  # one byte more: a file that grew is not whole
+            try:
+                count = os.preadv(fd, [buffer], 0, _RWF_NOWAIT)
+            except OSError:
+                return None  # EAGAIN: not in the page cache; EOPNOTSUPP: cannot tell
+            if count != st.st_size:
+                return None
+            del buffer[count:]
+            return bytes(buffer), Signature.of(st)
+        finally:
+            self.close(fd)
+
     def read_dir_file(
         self, directory: str, name: str, *, dir_fd: int, max_bytes: int | None = None
     ) -> tuple[bytes, Signature] | None:
@@ -218,7 +261,10 @@ class FileSystem:
             self._discard(tmp, dir_fd=dir_fd)
             raise
         if durable:
-            self.fsync(dir_fd)
+            try:
+                self.fsync(dir_fd)
+            except OSError as exc:
+                raise UnsyncedError(exc.errno, exc.strerror or "fsync failed", name) from exc
         return signature
 
     def remove_tree(self, name: str, *, dir_fd: int) -> None:

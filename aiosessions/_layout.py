@@ -63,7 +63,7 @@ def check_format(data: bytes, where: Path) -> None:
     try:
         marker = msgspec.json.decode(data, type=_Format)
     except msgspec.DecodeError as exc:
-        raise StoreFormatError(f"{where} is not a valid aiosessions FORMAT marker: {exc}") from None
+        raise StoreFormatError(f"{where} is not a valid aiosessions FORMAT marker: {exc}") from exc
     if marker.format != FORMAT_NAME:
         raise StoreFormatError(f"{where} names format {marker.format!r}, not {FORMAT_NAME!r}")
     if marker.version != FORMAT_VERSION:

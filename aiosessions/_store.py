@@ -64,6 +64,9 @@ class SessionStore(Generic[T]):
             durable=fsync,
             max_pending_keys=max_pending_keys,
             max_pending_bytes=max_pending_bytes,
+            # The legacy file is rewritten whole for each batch: one batch per flush,
+            # not one rewrite per 1,024 keys.
+            batch_size=1024 if backend.mode == "directory" else max_pending_keys,
         )
         self._write_through = flush_interval <= 0
         self._closed = False
@@ -224,18 +227,25 @@ class SessionStore(Generic[T]):
         self._check_open()
         validate_key(key)
         async with self._locks.hold(key):
-            await self._queue.wait_for_room(key)
-            self._check_open()
-            pending = self._queue.pending(key)
-            if pending is not None:
-                stored, base = pending[0], b""
-            else:
+            while True:
+                await self._queue.wait_for_room(key)
+                self._check_open()
+                pending = self._queue.pending(key)
+                if pending is not None:
+                    stored, base = pending[0], b""
+                    break
                 stored = await self._backend.read(key)
                 base = content_digest(stored)
                 self._check_open()
+                # Other writers may have filled the queue during the read: queue only
+                # with room, so the bounds hold however many updates run at once.
+                if self._queue.has_room(key):
+                    break
             current = None if stored is None else self._decode(key, stored)
             result = fn(current)
             if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
+                    result.close()  # no "coroutine ... was never awaited" warning on top
                 raise TypeError("update() takes a plain function, not a coroutine function")
             data = None if result is None else self._codec.encode(result)
             seq = self._queue.put(key, data, fn=fn, base=base)
@@ -306,11 +316,9 @@ class SessionStore(Generic[T]):
                 self._background.cancel()
                 await self._background_done.wait()
             await self._backend.aclose()
-        left = self._queue.statistics().pending
-        if error is None and left:
-            error = self._queue.flush_error(
-                f"aclose() gave up after {timeout:g}s", {"?": TimeoutError("flush timed out")}
-            )
+        unwritten = self._queue.close_error(timeout=timeout, timed_out=error is None)
+        if unwritten is not None:
+            raise unwritten from error
         if error is not None:
             raise error
 
@@ -384,7 +392,7 @@ class _StoreContext(Generic[T]):
         try:
             detected = await anyio.to_thread.run_sync(detect_mode, self._fs, self._paths)
         except OSError as exc:
-            raise io_error(exc, f"opening the store {self._paths.file}") from exc
+            raise io_error(exc, f"opening the store {self._paths.file}", path=str(self._paths.file)) from exc
         mode = self._mode or detected or "directory"
         if self._mode == "json" and detected == "directory":
             raise StoreFormatError(
@@ -397,7 +405,12 @@ class _StoreContext(Generic[T]):
                 "or open it with mode='json'"
             )
         backend, store = self._make(mode)
-        await backend.open(create=detected is None)
+        try:
+            await backend.open(create=detected is None)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await backend.aclose()  # a failed open (say, a corrupt file) keeps no descriptor
+            raise
         store._opened = True
         task_group = anyio.create_task_group()
         await task_group.__aenter__()

@@ -13,6 +13,13 @@ the current bytes, the functions are applied again to them on the event loop,
 and the key is written in the next batch. A ``set`` or ``delete`` is blind
 (last writer wins) and drops the functions before it.
 
+Every change gets the next sequence number. Per key, ``landed_seq`` is the
+newest change known to be on disk (fsynced when the store fsyncs) and
+``visible_seq`` the newest whose bytes are in the file even if a later fsync
+failed: another process may already have read and built on them, so the update
+functions up to it are part of the stored value and are never applied again
+(the key is still rewritten, since a failed fsync leaves its durability unknown).
+
 With ``flush_interval=0`` every call waits for its own write (write-through);
 concurrent callers still share batches.
 """
@@ -28,7 +35,7 @@ import anyio
 import anyio.abc
 
 from ._entry import content_digest
-from ._errors import FlushError, SessionStoreError, StoreIOError
+from ._errors import FlushError, SessionStoreError, StoreClosedError, StoreIOError
 from .backends import Backend, BatchResult, Write
 
 __all__ = ["Rebase", "StoreStatistics", "WriteBehind"]
@@ -39,21 +46,25 @@ Rebase = Callable[[str, "bytes | None", list[UpdateFn]], "bytes | None"]
 
 _FIRST_BACKOFF = 0.05
 _LONGEST_BACKOFF = 5.0
+#: Keys per batch: bounds a batch's latency and the time its keys are in flight.
+#: (The store passes ``max_pending_keys`` in legacy JSON mode, where each batch
+#: rewrites the whole file, so that a flush is one rewrite.)
+DEFAULT_BATCH_SIZE = 1024
 
 
 @dataclass(frozen=True)
 class StoreStatistics:
     """A snapshot of a store's write-behind queue and counters (see ``SessionStore.statistics``)."""
 
-    #: Keys with changes not yet on disk.
+    #: Keys with changes not yet on disk (including those being written).
     pending: int
     #: Bytes of those pending entries.
     pending_bytes: int
-    #: Files written (or deleted) since open.
+    #: Entries written (or deleted) on disk since open; a legacy JSON rewrite counts each entry it changed.
     writes: int
     #: Changes absorbed by a later change to the same key before being written.
     coalesced: int
-    #: Batches written.
+    #: Batches written (in legacy JSON mode, rewrites of the file).
     flushes: int
     #: Failed attempts to write a key (each retry that fails counts again).
     failures: int
@@ -66,7 +77,7 @@ class StoreStatistics:
 
 
 class _Pending:
-    """The unwritten state of one key."""
+    """The unwritten state of one key. Invariant: ``seq > landed_seq`` while it is pending."""
 
     __slots__ = (
         "base",
@@ -79,14 +90,16 @@ class _Pending:
         "landed_seq",
         "seq",
         "since",
+        "visible_seq",
     )
 
     def __init__(self, data: bytes | None, seq: int, since: float) -> None:
         self.data = data
         self.seq = seq
         self.landed_seq = seq - 1  # every change before this key became pending is on disk
+        self.visible_seq = seq - 1  # >= landed_seq: in the file, perhaps not durable
         self.inflight_seq = 0
-        self.blind_seq = 0  # the newest set/delete; blind while newer than landed_seq
+        self.blind_seq = 0  # the newest set/delete; blind while newer than visible_seq
         self.base = b""
         self.fns: list[tuple[int, UpdateFn]] = []
         self.since = since
@@ -95,7 +108,7 @@ class _Pending:
 
     @property
     def blind(self) -> bool:
-        return self.blind_seq > self.landed_seq
+        return self.blind_seq > self.visible_seq
 
 
 def _size(data: bytes | None) -> int:
@@ -114,7 +127,7 @@ class WriteBehind:
         durable: bool,
         max_pending_keys: int,
         max_pending_bytes: int,
-        batch_size: int = 1024,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
         self._backend = backend
         self._rebase = rebase
@@ -123,17 +136,19 @@ class WriteBehind:
         self._max_keys = max_pending_keys
         self._max_bytes = max_pending_bytes
         self._batch_size = batch_size
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, _Pending] = {}  # ordered by `since`: the first is the oldest
         self._pending_bytes = 0
         self._seq = 0
         self._batch_no = 0
         self._waiters = 0  # callers waiting for a write: the flusher does not wait for the timer
+        self._kicked = False  # flush()/durable asked for a write since the last batch: skip backoff
         self._retry_now = False
         self._backoff = 0.0
         self._backoff_until = -math.inf
         self._wakeup = anyio.Event()
         self._progress = anyio.Event()
-        self._stalled = False
+        self._stalled_batch = 0  # the last batch that failed and wrote nothing (0: none since)
+        self._stopped = False
         self._writes = self._coalesced = self._flushes = self._failures = self._conflicts = 0
 
     # -- the caller's side -----------------------------------------------------------------
@@ -147,25 +162,44 @@ class WriteBehind:
         """Every pending key, mapped to whether it exists (False = a pending delete)."""
         return {key: p.data is not None for key, p in self._pending.items()}
 
-    async def wait_for_room(self, key: str) -> None:
-        """Back-pressure: wait while the queue is over its bounds (a pending key may always change).
+    def has_room(self, key: str) -> bool:
+        """Whether a change to ``key`` may be queued now.
 
-        :raises FlushError: the queue is full and the last batch could write nothing.
+        A change to a key that is already pending adds no key, so only a new key
+        counts against ``max_pending_keys``; every change waits while the pending
+        bytes are at ``max_pending_bytes``. A caller that queues without awaiting
+        after this check keeps ``pending <= max_pending_keys`` and
+        ``pending_bytes < max_pending_bytes + len(its entry)``.
         """
-        while key not in self._pending and (
-            len(self._pending) >= self._max_keys or self._pending_bytes >= self._max_bytes
-        ):
-            if self._stalled:
-                raise self.flush_error(
-                    "the write-behind queue is full and the disk is refusing writes",
-                    {k: p.error for k, p in self._pending.items() if p.error is not None},
-                )
-            self._wakeup.set()
-            self._waiters += 1
-            try:
+        if self._pending_bytes >= self._max_bytes:
+            return False
+        return key in self._pending or len(self._pending) < self._max_keys
+
+    async def wait_for_room(self, key: str) -> None:
+        """Back-pressure: wait until :meth:`has_room` (the flusher is told to write at once).
+
+        :raises FlushError: the queue is full and a batch written since this call
+            began could write nothing (the disk refuses writes): failing beats waiting
+            on a dead disk.
+        :raises StoreClosedError: the flusher has stopped (the store was closed).
+        """
+        if self.has_room(key):
+            return
+        started = self._batch_no
+        self._waiters += 1
+        self._kicked = True
+        self._wakeup.set()
+        try:
+            while not self.has_room(key):
+                if self._stalled_batch > started:
+                    raise self.flush_error(
+                        "the write-behind queue is full and the disk is refusing writes",
+                        {k: p.error for k, p in self._pending.items() if p.error is not None},
+                    )
+                self._check_running()
                 await self._progress.wait()
-            finally:
-                self._waiters -= 1
+        finally:
+            self._waiters -= 1
 
     def put(self, key: str, data: bytes | None, *, fn: UpdateFn | None = None, base: bytes = b"") -> int:
         """Make ``data`` the state of ``key`` and queue it; return the change's sequence number.
@@ -184,7 +218,7 @@ class WriteBehind:
             if len(self._pending) == 1:
                 self._wakeup.set()  # the flusher sleeps without a deadline when idle
         else:
-            if p.seq > p.inflight_seq:
+            if p.seq > max(p.inflight_seq, p.visible_seq):
                 self._coalesced += 1  # the previous state will never be written
             self._pending_bytes += _size(data) - _size(p.data)
             p.data = data
@@ -201,11 +235,15 @@ class WriteBehind:
     async def wait_landed(self, key: str, seq: int) -> None:
         """Wait until change ``seq`` of ``key`` (or a newer one) is on disk.
 
+        Cancelling the wait leaves the change queued; it is written all the same.
+
         :raises StoreIOError: an attempt to write it failed after this call began
             (the change stays queued and is retried).
+        :raises StoreClosedError: the store closed before the change was written.
         """
         started = self._batch_no
         self._waiters += 1
+        self._kicked = True
         self._wakeup.set()
         try:
             while True:
@@ -214,6 +252,7 @@ class WriteBehind:
                     return
                 if p.error is not None and p.error_batch > started:
                     raise _as_store_error(p.error, key)
+                self._check_running()
                 await self._progress.wait()
         finally:
             self._waiters -= 1
@@ -222,26 +261,41 @@ class WriteBehind:
         """Wait until every change made before the call is on disk.
 
         :raises FlushError: some keys failed to write (they stay queued).
+        :raises StoreClosedError: the flusher has stopped (the store was closed).
         """
-        targets = {key: p.seq for key, p in self._pending.items()}
+        targets = [(key, p.seq) for key, p in self._pending.items()]
         started = self._batch_no
+        done = 0  # targets[:done] are on disk
+        failures_seen = -1  # force one full scan for errors
         self._waiters += 1
+        self._kicked = True
         self._wakeup.set()
         try:
             while True:
-                waiting = [
-                    (key, p)
-                    for key, seq in targets.items()
-                    if (p := self._pending.get(key)) is not None and p.landed_seq < seq
-                ]
-                if not waiting:
+                # Batches take keys in this order, so skipping the landed prefix and
+                # scanning the rest only after a failure keeps a flush of N keys O(N),
+                # not O(N^2 / batch size) on the event loop.
+                while done < len(targets):
+                    key, seq = targets[done]
+                    p = self._pending.get(key)
+                    if p is not None and p.landed_seq < seq:
+                        break
+                    done += 1
+                if done == len(targets):
                     return
-                failed = {
-                    key: p.error for key, p in waiting if p.error is not None and p.error_batch > started
-                }
-                if failed:
-                    raise self.flush_error("flush failed", failed)
-                targets = {key: targets[key] for key, _ in waiting}
+                if self._failures != failures_seen:
+                    failures_seen = self._failures
+                    failed = {
+                        key: p.error
+                        for key, seq in targets[done:]
+                        if (p := self._pending.get(key)) is not None
+                        and p.landed_seq < seq
+                        and p.error is not None
+                        and p.error_batch > started
+                    }
+                    if failed:
+                        raise self.flush_error("flush failed", failed)
+                self._check_running()
                 await self._progress.wait()
         finally:
             self._waiters -= 1
@@ -249,15 +303,43 @@ class WriteBehind:
     def _over_bounds(self) -> bool:
         return len(self._pending) >= self._max_keys or self._pending_bytes >= self._max_bytes
 
+    def _check_running(self) -> None:
+        if self._stopped:
+            raise StoreClosedError(
+                f"the store was closed with {len(self._pending)} session(s) not written to disk"
+            )
+
     def flush_error(self, what: str, failed: Mapping[str, BaseException | None]) -> FlushError:
         """A :class:`FlushError` naming the failed keys and how many changes are still queued."""
         failures = {key: error for key, error in failed.items() if error is not None}
         first_key, first = next(iter(failures.items()), ("?", None))
         message = (
             f"{what}: {len(failures)} session(s) could not be written, e.g. {first_key!r}: {first}; "
-            f"{len(self._pending)} change(s) are kept in memory and retried"
+            f"{len(self._pending)} session(s) with changes are kept in memory and retried"
         )
-        return FlushError(message, failures=failures, unwritten=len(self._pending))
+        error = FlushError(message, failures=failures, unwritten=len(self._pending))
+        error.__cause__ = first  # the traceback shows one real cause; .failures has them all
+        return error
+
+    def close_error(self, *, timeout: float, timed_out: bool) -> FlushError | None:
+        """The error of an ``aclose()`` that left changes unwritten; None if everything landed."""
+        left = len(self._pending)
+        if not left:
+            return None
+        failures = {key: p.error for key, p in self._pending.items() if p.error is not None}
+        if timed_out:
+            reason = (
+                f"the final flush did not finish within {timeout:g}s "
+                "(a slow or stuck disk; pass aclose(timeout=...) to wait longer)"
+            )
+        else:
+            first_key, first = next(iter(failures.items()), ("?", None))
+            reason = f"the disk refused them, e.g. {first_key!r}: {first}"
+        message = (
+            f"closing the store: {left} session(s) with changes were not written to disk "
+            f"and are lost: {reason}"
+        )
+        return FlushError(message, failures=failures, unwritten=left)
 
     def statistics(self, *, swept: int = 0) -> StoreStatistics:
         oldest = next(iter(self._pending.values()), None)
@@ -279,41 +361,49 @@ class WriteBehind:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The flusher: runs until cancelled (by the store's ``aclose``)."""
         task_status.started()
-        while True:
-            delay = self._delay()
-            if delay > 0:
-                self._wakeup = anyio.Event()
-                with anyio.move_on_after(delay):
-                    await self._wakeup.wait()
-                continue
-            await self._write_batch()
+        try:
+            while True:
+                delay = self._delay()
+                if delay > 0:
+                    self._wakeup = anyio.Event()
+                    with anyio.move_on_after(delay):
+                        await self._wakeup.wait()
+                    continue
+                await self._write_batch()
+        finally:
+            # Nobody will write any more: wake every waiter so it can tell (never a hang).
+            self._stopped = True
+            self._progress.set()
 
     def _delay(self) -> float:
         """Seconds until the next batch is due (``inf`` when idle, 0 for now)."""
         if not self._pending:
             return math.inf
         now = anyio.current_time()
-        urgent = self._waiters > 0 or self._retry_now
-        over = self._over_bounds()
-        if not (urgent or over) and now < self._backoff_until:
+        # After a failed batch the next attempt waits out the backoff, unless a caller
+        # asked for a write since (flush(), durable=True, write-through) or a conflict
+        # was re-applied. A full queue does not skip it: a dead disk must not spin us.
+        if now < self._backoff_until and not (self._kicked or self._retry_now):
             return self._backoff_until - now
-        if urgent or over or self.flush_interval <= 0:
+        if (
+            self._kicked
+            or self._retry_now
+            or self._waiters > 0
+            or self.flush_interval <= 0
+            or self._over_bounds()
+        ):
             return 0.0
         oldest = next(iter(self._pending.values()))
         return max(0.0, oldest.since + self.flush_interval - now)
 
     async def _write_batch(self) -> None:
-        self._retry_now = False
+        self._retry_now = self._kicked = False
         snapshot: list[tuple[_Pending, Write, int]] = []
         for key, p in self._pending.items():
-            if p.seq <= p.landed_seq:
-                continue
             p.inflight_seq = p.seq
             snapshot.append((p, Write(key, p.data, None if p.blind else p.base), p.seq))
             if len(snapshot) >= self._batch_size:
                 break
-        if not snapshot:
-            return
         self._batch_no += 1
         writes = [write for _, write, _ in snapshot]
         try:
@@ -339,11 +429,26 @@ class WriteBehind:
                 self._writes += 1
                 p.error = None
                 self._land(key, p, write, seq, now)
+            elif key in result.unsynced:
+                # The new bytes replaced the file but its fsync failed: the outcome is
+                # unknown, so the key is written again (not merely fsynced again). Its
+                # update functions are in the file now and are not applied again.
+                failed = True
+                self._failures += 1
+                p.error = result.unsynced[key]
+                p.error_batch = self._batch_no
+                self._make_visible(p, write, seq)
             elif key in result.conflicts:
                 self._conflicts += 1
                 # A blind change overwrites whatever is there; otherwise re-apply the
                 # functions to the newer value, and retry at once if that worked.
-                if p.blind or self._rebase_pending(key, p, result.conflicts[key]):
+                if p.blind:
+                    self._retry_now = True
+                elif p.seq == p.visible_seq:
+                    # Nothing of ours is left to apply: what was written (visibly,
+                    # without a successful fsync) has been superseded by a newer change.
+                    self._drop(key, p)
+                elif self._rebase_pending(key, p, result.conflicts[key]):
                     self._retry_now = True
                 else:
                     failed = True
@@ -355,23 +460,33 @@ class WriteBehind:
         if failed:
             self._backoff = min(max(self._backoff * 2, _FIRST_BACKOFF), _LONGEST_BACKOFF)
             self._backoff_until = now + self._backoff
-            self._stalled = not result.landed
+            self._stalled_batch = 0 if result.landed else self._batch_no
         else:
             self._backoff = 0.0
             self._backoff_until = -math.inf
-            self._stalled = False
+            self._stalled_batch = 0
+
+    def _drop(self, key: str, p: _Pending) -> None:
+        del self._pending[key]
+        self._pending_bytes -= _size(p.data)
+
+    def _make_visible(self, p: _Pending, write: Write, seq: int) -> None:
+        """``write`` (change ``seq``) is in the file: it is the new base of later changes."""
+        p.visible_seq = max(p.visible_seq, seq)
+        p.base = content_digest(write.data)
+        p.fns = [(fn_seq, fn) for fn_seq, fn in p.fns if fn_seq > seq]
 
     def _land(self, key: str, p: _Pending, write: Write, seq: int, now: float) -> None:
         if p.seq == seq:
-            del self._pending[key]
-            self._pending_bytes -= _size(p.data)
+            self._drop(key, p)
             return
         # Changed again while the batch was being written: what was written is
         # the new base, and only the functions applied after it stay pending.
         p.landed_seq = seq
-        p.base = content_digest(write.data)
-        p.fns = [(fn_seq, fn) for fn_seq, fn in p.fns if fn_seq > seq]
+        self._make_visible(p, write, seq)
         p.since = now
+        # Keep the dict ordered by `since` (the timer and statistics read the first key).
+        self._pending[key] = self._pending.pop(key)
 
     def _rebase_pending(self, key: str, p: _Pending, current: bytes | None) -> bool:
         """Re-apply ``key``'s pending functions to ``current``; False if that failed."""

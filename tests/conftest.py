@@ -68,3 +68,45 @@ def open_test_store(store_path: Path, mode: str) -> Callable[..., Any]:
         return aiosessions.open_store(store_path, **settings)
 
     return opener
+
+
+def plant_entry(store_path: Path, mode: str, key: str, raw: bytes | None) -> None:
+    """Change ``key``'s stored bytes behind the store's back, as another writer would.
+
+    ``raw`` is written verbatim (None removes the entry). In directory mode it becomes
+    ``<stem>.d/<name>/meta.json`` (tmp + rename); in JSON mode it must be one JSON
+    value and replaces the key's member of the legacy file.
+    """
+    import os
+
+    from aiosessions._keys import encode_key
+
+    if mode == "directory":
+        folder = store_path.with_name(store_path.stem + ".d") / encode_key(key)
+        if raw is None:
+            (folder / "meta.json").unlink()
+            folder.rmdir()
+            return
+        folder.mkdir(mode=0o700, exist_ok=True)
+        tmp = folder / ".planted.tmp"
+        tmp.write_bytes(raw)
+        os.replace(tmp, folder / "meta.json")
+        return
+    data = json.loads(store_path.read_text("utf-8"))
+    if raw is None:
+        del data[key]
+    else:
+        data[key] = json.loads(raw)
+    tmp = store_path.with_name(".planted.tmp")
+    tmp.write_text(json.dumps(data, indent=2), "utf-8")
+    os.replace(tmp, store_path)
+
+
+@pytest.fixture
+def plant(store_path: Path, mode: str) -> Callable[[str, bytes | None], None]:
+    """``plant(key, raw)``: :func:`plant_entry` on the parametrised store."""
+
+    def planter(key: str, raw: bytes | None) -> None:
+        plant_entry(store_path, mode, key, raw)
+
+    return planter

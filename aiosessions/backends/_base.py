@@ -36,6 +36,9 @@ class BatchResult:
     conflicts: dict[str, bytes | None] = field(default_factory=dict)
     #: Keys not written because of an error (already translated to the library's errors).
     failed: dict[str, BaseException] = field(default_factory=dict)
+    #: Keys whose new bytes replaced the file (readers see them) but whose fsync then
+    #: failed, so their durability is unknown: the queue writes them again.
+    unsynced: dict[str, BaseException] = field(default_factory=dict)
 
 
 class Backend(Protocol):

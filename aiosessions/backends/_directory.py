@@ -22,7 +22,7 @@ import anyio
 
 from .._entry import content_digest
 from .._errors import CorruptSessionError, LockTimeoutError, StoreFormatError, io_error
-from .._fs import FileSystem, Signature, TooLargeError, is_tmp_name
+from .._fs import FileSystem, Signature, TooLargeError, UnsyncedError, is_tmp_name
 from .._keys import MAX_KEY_BYTES, decode_name, encode_key, is_shortened, lock_stripe
 from .._layout import FORMAT_FILE, StorePaths, check_format, encode_format
 from .._locks import acquire_file_lock_sync, release_file_lock
@@ -40,6 +40,8 @@ CHUNK = 512
 #: Durable batches are split over this many worker threads: fsyncs issued in
 #: parallel share the filesystem's journal commits instead of queueing for one each.
 DURABLE_WRITERS = 4
+#: Entries up to this size are read on the event loop when the page cache holds them.
+INLINE_READ_MAX = 256 * 1024
 
 
 class _ReadCache:
@@ -101,6 +103,14 @@ class DirectoryBackend:
         self._locks_dir = -1
         self._trash = -1
         self._lock_fds: dict[int, int] = {}
+        #: A durable fsync of the store folder failed: the next durable batch fsyncs it
+        #: again even if it creates no folder (a retried write finds its folder there).
+        self._root_unsynced = False
+        #: Folders where a write failed and may have left its tmp file (its removal can fail
+        #: too, on a broken disk): the next write of the key, under its lock, removes it.
+        self._unclean: set[str] = set()
+        #: Deleted folders of this process still in the trash because removing them failed.
+        self._trash_left: set[str] = set()
         #: Orphaned tmp files and trash left by dead writers, removed by the sweep.
         self.swept = 0
 
@@ -115,7 +125,9 @@ class DirectoryBackend:
         try:
             await anyio.to_thread.run_sync(self._open_sync, create)
         except OSError as exc:
-            raise io_error(exc, f"opening the store {self.paths.directory}") from exc
+            raise io_error(
+                exc, f"opening the store {self.paths.directory}", path=str(self.paths.directory)
+            ) from exc
 
     def _open_sync(self, create: bool) -> None:
         fs = self._fs
@@ -163,6 +175,8 @@ class DirectoryBackend:
             self._fs.ensure_dir(str(folder))
 
     async def aclose(self) -> None:
+        if self._trash_left and self._trash >= 0:
+            await anyio.to_thread.run_sync(self._empty_trash_sync)
         self._close_fds()
 
     def _close_fds(self) -> None:
@@ -190,9 +204,22 @@ class DirectoryBackend:
                 self._cache.drop(key)
                 return None
             except OSError as exc:
-                raise io_error(exc, "reading", key=key) from exc
+                raise io_error(exc, "reading", key=key, path=self.location(key)) from exc
             if Signature.of(st) == hit[0]:
                 return hit[1]
+        else:
+            # Not cached: the same inline stat answers "absent" (every new session's
+            # first update) without a worker-thread hop.
+            try:
+                self._fs.stat(f"{name}/{META}", dir_fd=self._root)
+            except FileNotFoundError:
+                return None
+            except OSError:
+                pass  # the read in the worker thread reports it
+        cached = self._read_inline(name)
+        if cached is not None:
+            self._cache.put(key, cached[1], cached[0])
+            return cached[0]
         found = await anyio.to_thread.run_sync(self._read_sync, key, name)
         if isinstance(found, BaseException):
             raise found
@@ -202,6 +229,33 @@ class DirectoryBackend:
         data, signature = found
         self._cache.put(key, signature, data)
         return data
+
+    def _read_inline(self, name: str) -> tuple[bytes, Signature] | None:
+        """The entry's bytes when the page cache holds them all, read on the event loop.
+
+        An open + read + close of a cached file costs ~30 us here, a worker-thread
+        hop ~75-100 us (and it contends for the GIL with the flusher). The read never
+        waits for the disk (see ``FileSystem.read_file_cached``); anything unusual
+        (an error, a big or uncached file, a shortened name whose key file must be
+        checked) returns None and the worker-thread read handles it as before.
+        """
+        if is_shortened(name):
+            return None
+        fs = self._fs
+        try:
+            folder = fs.open_dir(name, dir_fd=self._root)
+        except OSError:
+            return None
+        try:
+            limit = min(self._max_entry_bytes, INLINE_READ_MAX)
+            return fs.read_file_cached(META, dir_fd=folder, max_bytes=limit)
+        except OSError:
+            return None
+        finally:
+            try:
+                fs.close(folder)
+            except OSError:
+                pass
 
     async def read_many(self, keys: Sequence[str]) -> list[bytes | BaseException | None]:
         found = await anyio.to_thread.run_sync(
@@ -216,17 +270,19 @@ class DirectoryBackend:
             found = self._fs.read_dir_file(name, META, dir_fd=self._root, max_bytes=self._max_entry_bytes)
             if found is not None and is_shortened(name):
                 self._check_key_file(key, name)
-        except TooLargeError:
-            return CorruptSessionError(
+        except TooLargeError as exc:
+            error = CorruptSessionError(
                 f"session {key!r}: {path} is larger than max_entry_bytes={self._max_entry_bytes}; "
                 "refusing to load it",
                 path=path,
                 key=key,
             )
+            error.__cause__ = exc  # returned, not raised: set what `raise ... from exc` would
+            return error
         except CorruptSessionError as exc:
             return exc
         except OSError as exc:
-            return io_error(exc, "reading", key=key)
+            return io_error(exc, "reading", key=key, path=path)
         return found
 
     def _check_key_file(self, key: str, name: str) -> None:
@@ -238,19 +294,24 @@ class DirectoryBackend:
             )
 
     async def exists(self, key: str) -> bool:
+        name = encode_key(key)
         try:
-            st = self._fs.stat(f"{encode_key(key)}/{META}", dir_fd=self._root)
+            st = self._fs.stat(f"{name}/{META}", dir_fd=self._root)
+            # That stat follows a symlink planted as the session folder: an entry
+            # counts only inside a real folder of the store (one more stat, ~3 us).
+            if stat_module.S_ISREG(st.st_mode) and not self._is_real_dir(name):
+                return False
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise io_error(exc, "checking", key=key) from exc
+            raise io_error(exc, "checking", key=key, path=self.location(key)) from exc
         return stat_module.S_ISREG(st.st_mode)
 
     async def key_chunks(self) -> AsyncIterator[list[str]]:
         try:
             names = await anyio.to_thread.run_sync(self._fs.listdir, self._root)
         except OSError as exc:
-            raise io_error(exc, f"listing {self.paths.directory}") from exc
+            raise io_error(exc, f"listing {self.paths.directory}", path=str(self.paths.directory)) from exc
         for start in range(0, len(names), CHUNK):
             keys = await anyio.to_thread.run_sync(self._keys_of_sync, names[start : start + CHUNK])
             if keys:
@@ -267,14 +328,22 @@ class DirectoryBackend:
                     if found is None:
                         continue
                     key = found[0].decode("utf-8")
+                    if encode_key(key) != name:
+                        continue  # a key file naming another key: fsck reports it
                 else:
                     key = decode_name(name)
                 st = self._fs.stat(f"{name}/{META}", dir_fd=self._root)
+                if not self._is_real_dir(name):
+                    continue  # a symlink planted as a session folder: never followed
             except (OSError, ValueError):
                 continue  # not a session (yet, or any more); fsck reports strays
             if stat_module.S_ISREG(st.st_mode):
                 keys.append(key)
         return keys
+
+    def _is_real_dir(self, name: str) -> bool:
+        """Whether ``name`` in the store folder is a folder, not a symlink to one."""
+        return stat_module.S_ISDIR(self._fs.stat(name, dir_fd=self._root).st_mode)
 
     # -- writes ----------------------------------------------------------------------
 
@@ -293,6 +362,7 @@ class DirectoryBackend:
                 result.landed += r.landed
                 result.conflicts.update(r.conflicts)
                 result.failed.update(r.failed)
+                result.unsynced.update(r.unsynced)
                 signatures.update(s)
 
             async with anyio.create_task_group() as tg:
@@ -307,7 +377,7 @@ class DirectoryBackend:
                 self._cache.drop(key)
             else:
                 self._cache.put(key, signatures[key], written)
-        for key in (*result.conflicts, *result.failed):
+        for key in (*result.conflicts, *result.failed, *result.unsynced):
             self._cache.drop(key)
         return result
 
@@ -317,6 +387,8 @@ class DirectoryBackend:
         result = BatchResult()
         signatures: dict[str, Signature] = {}
         namespace_changed: list[str] = []  # keys whose write created or removed a folder
+        if self._trash_left:
+            self._empty_trash_sync()
         for stripe, writes in groups:
             try:
                 fd = self._lock_fd(stripe)
@@ -324,7 +396,11 @@ class DirectoryBackend:
                     self._fs, fd, timeout=self._lock_timeout, what=f"{self.location()}/{LOCKS}/{stripe:02x}"
                 )
             except (LockTimeoutError, OSError) as exc:
-                error = io_error(exc, "locking") if isinstance(exc, OSError) else exc
+                error = (
+                    exc
+                    if isinstance(exc, LockTimeoutError)
+                    else io_error(exc, "locking", path=f"{self.location()}/{LOCKS}/{stripe:02x}")
+                )
                 for write in writes:
                     result.failed[write.key] = error
                 continue
@@ -336,25 +412,31 @@ class DirectoryBackend:
                     except CorruptSessionError as exc:
                         result.failed[write.key] = exc
                     except OSError as exc:
+                        self._unclean.add(encode_key(write.key))
                         action = "deleting" if write.data is None else "writing"
-                        result.failed[write.key] = io_error(exc, action, key=write.key)
+                        result.failed[write.key] = io_error(
+                            exc, action, key=write.key, path=self.location(write.key)
+                        )
             finally:
                 try:
                     release_file_lock(self._fs, fd)
                 except OSError:
                     pass  # closing the descriptor at aclose releases it in any case
-        if durable and namespace_changed:
+        if durable and (namespace_changed or self._root_unsynced):
             try:
                 self._fs.fsync(self._root)
+                self._root_unsynced = False
             except OSError as exc:
-                # The outcome is unknown after a failed fsync: report these as not written,
-                # so they stay queued and are written again (not merely fsynced again).
-                error = io_error(exc, "syncing the store directory")
+                # The outcome is unknown after a failed fsync: report these as unsynced
+                # (visible, durability unknown), so they stay queued and are written
+                # again (not merely fsynced again).
+                self._root_unsynced = True
+                error = io_error(exc, "syncing the store directory", path=self.location())
                 for key in namespace_changed:
                     if key in signatures or key in result.landed:
                         result.landed.remove(key)
                         signatures.pop(key, None)
-                        result.failed[key] = error
+                        result.unsynced[key] = error
         return result, signatures
 
     def _lock_fd(self, stripe: int) -> int:
@@ -378,12 +460,25 @@ class DirectoryBackend:
             removed = self._delete_sync(name)
             result.landed.append(write.key)
             return removed
-        created = fs.ensure_dir(name, dir_fd=root)
-        folder = fs.open_dir(name, dir_fd=root)
         try:
+            # Most writes replace an existing session: open its folder at once
+            # (mkdir would fail with EEXIST and cost a stat on top).
+            folder, created = fs.open_dir(name, dir_fd=root), False
+        except FileNotFoundError:
+            created = fs.ensure_dir(name, dir_fd=root)
+            folder = fs.open_dir(name, dir_fd=root)
+        try:
+            if name in self._unclean:
+                self._remove_tmp_files(name, folder)
             if is_shortened(name):
                 self._write_key_file(write.key, name, folder, durable)
-            signatures[write.key] = fs.write_atomic(META, write.data, dir_fd=folder, durable=durable)
+            try:
+                signatures[write.key] = fs.write_atomic(META, write.data, dir_fd=folder, durable=durable)
+            except UnsyncedError as exc:
+                result.unsynced[write.key] = io_error(
+                    exc, "syncing", key=write.key, path=self.location(write.key)
+                )
+                return created
         finally:
             fs.close(folder)
         result.landed.append(write.key)
@@ -410,8 +505,31 @@ class DirectoryBackend:
         try:
             self._fs.remove_tree(doomed, dir_fd=self._trash)
         except OSError:
-            pass  # out of the store already; the sweep removes what is left
+            self._trash_left.add(doomed)  # out of the store already; retried with the next batch
         return True
+
+    def _remove_tmp_files(self, name: str, folder: int) -> None:
+        """Remove the tmp files of failed writes from a session folder (best effort).
+
+        Called under the key's stripe lock: every writer of this folder, in any process,
+        holds that lock while its tmp file exists, so any tmp file here is a leftover.
+        """
+        try:
+            for inner in self._fs.listdir(folder):
+                if is_tmp_name(inner):
+                    self._fs.unlink(inner, dir_fd=folder)
+        except OSError:
+            return  # still broken: try again with the next write
+        self._unclean.discard(name)
+
+    def _empty_trash_sync(self) -> None:
+        """Retry removing deleted folders whose removal failed (best effort)."""
+        for doomed in list(self._trash_left):
+            try:
+                self._fs.remove_tree(doomed, dir_fd=self._trash)
+            except OSError:
+                continue
+            self._trash_left.discard(doomed)
 
     # -- upkeep ----------------------------------------------------------------------
 
@@ -446,9 +564,12 @@ class DirectoryBackend:
                 for inner in fs.listdir(folder):
                     try:
                         if name == TRASH:
-                            if fs.stat(inner, dir_fd=folder).st_mtime < cutoff:
-                                fs.remove_tree(inner, dir_fd=folder)
-                                swept += 1
+                            # A trashed folder left the store in one rename: it is garbage
+                            # at once, whatever its age (a renamed folder keeps its mtime,
+                            # so age tells nothing; the deleter's own removal may have
+                            # failed on a broken disk and never be retried).
+                            fs.remove_tree(inner, dir_fd=folder)
+                            swept += 1
                         elif is_tmp_name(inner) and fs.stat(inner, dir_fd=folder).st_mtime < cutoff:
                             fs.unlink(inner, dir_fd=folder)
                             swept += 1
