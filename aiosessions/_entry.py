@@ -274,4 +274,7 @@ def content_digest(data: bytes | None) -> bytes:
     """A short digest of stored bytes, to tell whether a file changed (``b""`` = absent)."""
     if data is None:
         return b""
-    return hashlib.blake2b(data, digest_size=16).digest()
+    # update() digests the stored entry on the event loop. SHA-256 runs on the CPU's
+    # SHA extensions (x86 SHA-NI, ARMv8): 2.3x faster than hashlib's BLAKE2b here
+    # (80 vs 180 us for a 125 KB entry; see docs/benchmarks.md).
+    return hashlib.sha256(data).digest()[:16]

@@ -81,7 +81,36 @@ def _escape(char: str) -> str:
     return "".join(f"%{byte:02x}" for byte in char.encode("utf-8"))
 
 
+def _ascii_token(char: str) -> str:
+    if char in _LITERAL or char == ".":
+        return char  # a first or last "." is escaped by _encode_full
+    if char == ":":
+        return "~"
+    if "A" <= char <= "Z":
+        return "^" + char.lower()
+    return _escape(char)
+
+
+#: Every ASCII character's token, for str.translate: keys are encoded on every
+#: read and write, and nearly all are ASCII (one C call instead of a Python loop).
+_ASCII_TOKENS = str.maketrans({chr(code): _ascii_token(chr(code)) for code in range(128)})
+
+
 def _encode_full(key: str) -> str:
+    if key.isascii():
+        name = key.translate(_ASCII_TOKENS)
+        if key[0] == ".":
+            name = "%2e" + name[1:]
+        if key[-1] == "." and len(key) > 1:
+            name = name[:-1] + "%2e"
+    else:
+        name = _encode_loop(key)
+    if name.split(".", 1)[0] in _RESERVED:
+        name = _escape(name[0]) + name[1:]
+    return name
+
+
+def _encode_loop(key: str) -> str:
     last = len(key) - 1
     parts: list[str] = []
     for index, char in enumerate(key):
@@ -95,10 +124,7 @@ def _encode_full(key: str) -> str:
             parts.append(".")
         else:
             parts.append(_escape(char))
-    name = "".join(parts)
-    if name.split(".", 1)[0] in _RESERVED:
-        name = _escape(name[0]) + name[1:]
-    return name
+    return "".join(parts)
 
 
 def encode_key(key: str) -> str:

@@ -241,6 +241,9 @@ class WriteBehind:
             (the change stays queued and is retried).
         :raises StoreClosedError: the store closed before the change was written.
         """
+        p = self._pending.get(key)
+        if p is None or p.landed_seq >= seq:
+            return  # before kicking: a stale kick would write the next change at once
         started = self._batch_no
         self._waiters += 1
         self._kicked = True
@@ -264,6 +267,8 @@ class WriteBehind:
         :raises StoreClosedError: the flusher has stopped (the store was closed).
         """
         targets = [(key, p.seq) for key, p in self._pending.items()]
+        if not targets:
+            return  # before kicking: a stale kick would write the next change at once
         started = self._batch_no
         done = 0  # targets[:done] are on disk
         failures_seen = -1  # force one full scan for errors
