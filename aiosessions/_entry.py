@@ -16,9 +16,15 @@ from typing import Any, Generic, TypeVar, Union, cast
 import msgspec
 from msgspec import UNSET, UnsetType
 
-__all__ = ["Codec", "Entry", "SessionEntry", "codec_for", "content_digest", "recency_of"]
+__all__ = ["DECODE_ERRORS", "Codec", "Entry", "SessionEntry", "codec_for", "content_digest", "recency_of"]
 
 T = TypeVar("T")
+
+#: What msgspec raises for bytes that are not what was expected: ``DecodeError`` (and its
+#: ``ValidationError``), but also ``UnicodeDecodeError`` for invalid UTF-8 inside a string and
+#: ``RecursionError`` for JSON nested deeper than about a thousand levels (both found by
+#: fuzzing). Every decode of bytes read from disk catches all three.
+DECODE_ERRORS: tuple[type[Exception], ...] = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 class Entry(msgspec.Struct, kw_only=True):

@@ -31,7 +31,9 @@ DIR_MODE = 0o700
 TMP_SUFFIX = ".tmp"
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO planted where a file should be must not wait for a writer
+# (forever, in a worker thread no cancel scope can stop); for regular files it changes nothing.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 #: preadv2 flag (Linux 4.14+): fail with EAGAIN instead of waiting for the disk.
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -55,6 +57,10 @@ class Signature(NamedTuple):
 
 class TooLargeError(OSError):
     """A file larger than the caller allows (EFBIG)."""
+
+
+class NotRegularFileError(IsADirectoryError):
+    """A directory, FIFO, socket or device where a regular file should be."""
 
 
 class UnsyncedError(OSError):
@@ -164,15 +170,20 @@ class FileSystem:
         """Read a whole file; None if it does not exist.
 
         :raises TooLargeError: the file is larger than ``max_bytes``.
+        :raises NotRegularFileError: a folder, FIFO, socket or device is there instead.
         """
         try:
             fd = self.open(name, _READ_FLAGS, dir_fd=dir_fd)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # a socket, or a device with nothing behind it
+                raise NotRegularFileError(errno.ENXIO, "not a regular file", name) from exc
+            raise
         try:
             st = self.fstat(fd)
             if not stat_module.S_ISREG(st.st_mode):
-                raise IsADirectoryError(errno.EISDIR, "not a regular file", name)
+                raise NotRegularFileError(errno.EISDIR, "not a regular file", name)
             if max_bytes is not None and st.st_size > max_bytes:
                 raise TooLargeError(
                     errno.EFBIG, f"file is {st.st_size} bytes, the limit is {max_bytes}", name

@@ -15,8 +15,9 @@ from typing import Literal
 
 import msgspec
 
+from ._entry import DECODE_ERRORS
 from ._errors import StoreFormatError
-from ._fs import FileSystem
+from ._fs import FileSystem, NotRegularFileError, TooLargeError
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "StorePaths", "detect_mode", "encode_format"]
 
@@ -62,7 +63,7 @@ def check_format(data: bytes, where: Path) -> None:
     """Accept the bytes of a FORMAT marker, or raise :class:`StoreFormatError` saying why not."""
     try:
         marker = msgspec.json.decode(data, type=_Format)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise StoreFormatError(f"{where} is not a valid aiosessions FORMAT marker: {exc}") from exc
     if marker.format != FORMAT_NAME:
         raise StoreFormatError(f"{where} names format {marker.format!r}, not {FORMAT_NAME!r}")
@@ -82,7 +83,11 @@ def detect_mode(fs: FileSystem, paths: StorePaths) -> Mode | None:
 
     :raises StoreFormatError: the marker exists but is invalid or of another version.
     """
-    found = fs.read_file(str(paths.directory / FORMAT_FILE), max_bytes=4096)
+    marker = paths.directory / FORMAT_FILE
+    try:
+        found = fs.read_file(str(marker), max_bytes=4096)
+    except (TooLargeError, NotRegularFileError) as exc:
+        raise StoreFormatError(f"{marker} is not a valid aiosessions FORMAT marker: {exc.strerror}") from None
     if found is not None:
         check_format(found[0], paths.directory / FORMAT_FILE)
         return "directory"

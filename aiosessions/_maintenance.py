@@ -38,6 +38,7 @@ from typing import Any, Literal
 import anyio
 import msgspec
 
+from ._entry import DECODE_ERRORS
 from ._errors import SessionStoreError, StoreFormatError, io_error
 from ._fs import FileSystem, is_tmp_name
 from ._keys import MAX_KEY_BYTES, decode_name, encode_key, is_shortened, lock_stripe
@@ -459,7 +460,7 @@ class _Checker:
             return
         try:
             probe = msgspec.json.decode(found[0], type=_FormatProbe)
-        except msgspec.DecodeError:
+        except DECODE_ERRORS:
             probe = _FormatProbe()
         if probe.format == FORMAT_NAME and isinstance(probe.version, int) and probe.version > FORMAT_VERSION:
             raise StoreFormatError(
@@ -565,7 +566,7 @@ class _Checker:
             return False
         try:
             _object_decoder.decode(found[0])
-        except msgspec.DecodeError:
+        except DECODE_ERRORS:
             return False
         return True
 

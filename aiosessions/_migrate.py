@@ -39,6 +39,7 @@ from typing import Any, Literal
 import anyio
 import msgspec
 
+from ._entry import DECODE_ERRORS
 from ._errors import (
     CorruptSessionError,
     MigrationError,
@@ -257,7 +258,7 @@ class _Migration:
             ]
         try:
             record = msgspec.json.decode(found[0], type=_Record)
-        except msgspec.DecodeError:
+        except DECODE_ERRORS:
             return [f"{self.paths.directory / RECORD} is unreadable; {name} was moved aside, not merged"]
         if record.blake2b != digest:
             return [
@@ -622,7 +623,7 @@ async def _read_all(paths: StorePaths, fs: FileSystem) -> dict[str, msgspec.Raw]
                     continue  # deleted while we listed
                 try:
                     _object_decoder.decode(data)
-                except msgspec.DecodeError as exc:
+                except DECODE_ERRORS as exc:
                     where = backend.location(key)
                     raise CorruptSessionError(
                         f"session {key!r}: {where} is not a JSON object ({exc}); "

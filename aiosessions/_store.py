@@ -11,9 +11,8 @@ from typing import Any, Generic, Literal, TypeVar, overload
 
 import anyio
 import anyio.abc
-import msgspec
 
-from ._entry import Codec, SessionEntry, codec_for, content_digest, recency_of
+from ._entry import DECODE_ERRORS, Codec, SessionEntry, codec_for, content_digest, recency_of
 from ._errors import CorruptSessionError, StoreClosedError, StoreFormatError, io_error
 from ._fs import FileSystem
 from ._keys import validate_key
@@ -124,7 +123,7 @@ class SessionStore(Generic[T]):
             return None
         try:
             return recency_of(data)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise self._corrupt(key, exc) from exc
 
     async def contains(self, key: str) -> bool:
@@ -343,7 +342,7 @@ class SessionStore(Generic[T]):
     def _decode(self, key: str, data: bytes) -> T:
         try:
             return self._codec.decode(data)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise self._corrupt(key, exc) from exc
 
     def _corrupt(self, key: str, exc: Exception) -> CorruptSessionError:

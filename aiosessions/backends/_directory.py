@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractContextManager
+from typing import Literal
 
 import anyio
 
@@ -212,16 +213,12 @@ class DirectoryBackend:
                 raise io_error(exc, "reading", key=key, path=self.location(key)) from exc
             if Signature.of(st) == hit[0]:
                 return hit[1]
-        else:
-            # Not cached: the same inline stat answers "absent" (every new session's
-            # first update) without a worker-thread hop.
-            try:
-                self._fs.stat(f"{name}/{META}", dir_fd=self._root)
-            except FileNotFoundError:
-                return None
-            except OSError:
-                pass  # the read in the worker thread reports it
+        # Not cached (or replaced): read inline when the page cache holds the file; a
+        # missing folder answers "absent" (every new session's first update) at once.
         cached = self._read_inline(name)
+        if cached is False:
+            self._cache.drop(key)
+            return None
         if cached is not None:
             self._cache.put(key, cached[1], cached[0])
             return cached[0]
@@ -235,8 +232,9 @@ class DirectoryBackend:
         self._cache.put(key, signature, data)
         return data
 
-    def _read_inline(self, name: str) -> tuple[bytes, Signature] | None:
-        """The entry's bytes when the page cache holds them all, read on the event loop.
+    def _read_inline(self, name: str) -> tuple[bytes, Signature] | Literal[False] | None:
+        """The entry's bytes when the page cache holds them all, read on the event loop;
+        False when the session does not exist.
 
         An open + read + close of a cached file costs ~30 us here, a worker-thread
         hop ~75-100 us (and it contends for the GIL with the flusher). The read never
@@ -244,11 +242,19 @@ class DirectoryBackend:
         (an error, a big or uncached file, a shortened name whose key file must be
         checked) returns None and the worker-thread read handles it as before.
         """
-        if is_shortened(name):
-            return None
         fs = self._fs
+        if is_shortened(name):
+            try:
+                fs.stat(f"{name}/{META}", dir_fd=self._root)
+            except FileNotFoundError:
+                return False
+            except OSError:
+                pass  # the read in the worker thread reports it
+            return None
         try:
             folder = fs.open_dir(name, dir_fd=self._root)
+        except FileNotFoundError:
+            return False
         except OSError:
             return None
         try:

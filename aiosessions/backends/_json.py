@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 import anyio
 import msgspec
 
-from .._entry import content_digest
+from .._entry import DECODE_ERRORS, content_digest
 from .._errors import CorruptSessionError, LockTimeoutError, StoreFormatError, StoreIOError, io_error
 from .._fs import TMP_SUFFIX, FileSystem, Signature, UnsyncedError, is_tmp_name
 from .._layout import FORMAT_FILE, StorePaths
@@ -41,7 +41,7 @@ def decode_legacy(data: bytes, path: str) -> Entries:
         )
     try:
         return _decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise CorruptSessionError(f"{path} is not a JSON object of sessions: {exc}", path=path) from exc
 
 
