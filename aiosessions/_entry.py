@@ -10,13 +10,12 @@ loses or alters data the program did not touch.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Generic, TypeVar, Union, cast
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
-__all__ = ["DECODE_ERRORS", "Codec", "Entry", "SessionEntry", "codec_for", "content_digest", "recency_of"]
+__all__ = ["DECODE_ERRORS", "Codec", "Entry", "SessionEntry", "codec_for", "recency_of"]
 
 T = TypeVar("T")
 
@@ -274,13 +273,3 @@ def recency_of(data: bytes) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     return None
-
-
-def content_digest(data: bytes | None) -> bytes:
-    """A short digest of stored bytes, to tell whether a file changed (``b""`` = absent)."""
-    if data is None:
-        return b""
-    # update() digests the stored entry on the event loop. SHA-256 runs on the CPU's
-    # SHA extensions (x86 SHA-NI, ARMv8): 2.3x faster than hashlib's BLAKE2b here
-    # (80 vs 180 us for a 125 KB entry; see docs/benchmarks.md).
-    return hashlib.sha256(data).digest()[:16]

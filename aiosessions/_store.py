@@ -12,7 +12,7 @@ from typing import Any, Generic, Literal, TypeVar, overload
 import anyio
 import anyio.abc
 
-from ._entry import DECODE_ERRORS, Codec, SessionEntry, codec_for, content_digest, recency_of
+from ._entry import DECODE_ERRORS, Codec, SessionEntry, codec_for, recency_of
 from ._errors import CorruptSessionError, StoreClosedError, StoreFormatError, io_error
 from ._fs import FileSystem
 from ._keys import validate_key
@@ -231,10 +231,10 @@ class SessionStore(Generic[T]):
                 self._check_open()
                 pending = self._queue.pending(key)
                 if pending is not None:
-                    stored, base = pending[0], b""
+                    stored, base = pending[0], None
                     break
-                stored = await self._backend.read(key)
-                base = content_digest(stored)
+                # The stored bytes are the compare-and-swap base of this change.
+                stored = base = await self._backend.read(key)
                 self._check_open()
                 # Other writers may have filled the queue during the read: queue only
                 # with room, so the bounds hold however many updates run at once.

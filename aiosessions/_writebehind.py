@@ -6,9 +6,10 @@ pending keys in batches, one worker-thread hop per batch. Many changes to one
 key before its write become one write of the final state.
 
 ``update()`` stays correct across processes by compare-and-swap: a pending key
-remembers the digest of the stored bytes its updates were applied to (its
-*base*) and the update functions themselves. The backend writes it only if the
-file still has that digest, under the cross-process lock; otherwise it returns
+remembers the stored bytes its updates were applied to (its *base*: usually the
+very bytes object the read cache holds) and the update functions themselves. The
+backend writes it only if the file still holds exactly those bytes, compared in
+the worker thread under the cross-process lock; otherwise it returns
 the current bytes, the functions are applied again to them on the event loop,
 and the key is written in the next batch. A ``set`` or ``delete`` is blind
 (last writer wins) and drops the functions before it.
@@ -34,7 +35,6 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._entry import content_digest
 from ._errors import FlushError, SessionStoreError, StoreClosedError, StoreIOError
 from .backends import Backend, BatchResult, Write
 
@@ -100,7 +100,7 @@ class _Pending:
         self.visible_seq = seq - 1  # >= landed_seq: in the file, perhaps not durable
         self.inflight_seq = 0
         self.blind_seq = 0  # the newest set/delete; blind while newer than visible_seq
-        self.base = b""
+        self.base: bytes | None = None  # the stored bytes the pending functions were applied to
         self.fns: list[tuple[int, UpdateFn]] = []
         self.since = since
         self.error: BaseException | None = None
@@ -201,11 +201,13 @@ class WriteBehind:
         finally:
             self._waiters -= 1
 
-    def put(self, key: str, data: bytes | None, *, fn: UpdateFn | None = None, base: bytes = b"") -> int:
+    def put(
+        self, key: str, data: bytes | None, *, fn: UpdateFn | None = None, base: bytes | None = None
+    ) -> int:
         """Make ``data`` the state of ``key`` and queue it; return the change's sequence number.
 
         ``fn`` is the update function that produced ``data`` from the stored state
-        whose digest is ``base`` (when ``key`` was not pending); without ``fn`` the
+        ``base`` (when ``key`` was not pending; None: absent); without ``fn`` the
         change is a blind set or delete. Never awaits, so it is atomic on the loop.
         """
         self._seq += 1
@@ -406,7 +408,7 @@ class WriteBehind:
         snapshot: list[tuple[_Pending, Write, int]] = []
         for key, p in self._pending.items():
             p.inflight_seq = p.seq
-            snapshot.append((p, Write(key, p.data, None if p.blind else p.base), p.seq))
+            snapshot.append((p, Write(key, p.data, p.base, p.blind), p.seq))
             if len(snapshot) >= self._batch_size:
                 break
         self._batch_no += 1
@@ -478,7 +480,7 @@ class WriteBehind:
     def _make_visible(self, p: _Pending, write: Write, seq: int) -> None:
         """``write`` (change ``seq``) is in the file: it is the new base of later changes."""
         p.visible_seq = max(p.visible_seq, seq)
-        p.base = content_digest(write.data)
+        p.base = write.data
         p.fns = [(fn_seq, fn) for fn_seq, fn in p.fns if fn_seq > seq]
 
     def _land(self, key: str, p: _Pending, write: Write, seq: int, now: float) -> None:
@@ -504,7 +506,7 @@ class WriteBehind:
             return False
         self._pending_bytes += _size(data) - _size(p.data)
         p.data = data
-        p.base = content_digest(current)
+        p.base = current
         self._seq += 1
         p.seq = self._seq  # a new state: the previous one was never written
         return True

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from msgspec import UNSET, UnsetType
 
 from aiosessions import Entry, SessionEntry
-from aiosessions._entry import codec_for, content_digest, recency_of
+from aiosessions._entry import codec_for, recency_of
 
 SESSION = codec_for(SessionEntry)
 DICT = codec_for(dict)
@@ -338,14 +338,6 @@ def test_non_object_json_is_a_decode_error(entry_type: Any, data: bytes) -> None
         codec_for(entry_type).decode(data)
     with pytest.raises(msgspec.DecodeError):
         recency_of(data)
-
-
-def test_content_digest() -> None:
-    digests = {content_digest(None), content_digest(b""), content_digest(b"{}"), content_digest(b"{} ")}
-    assert len(digests) == 4
-    assert content_digest(None) == b""
-    assert content_digest(b"{}") == content_digest(json.dumps({}).encode())
-    assert len(content_digest(b"")) == 16
 
 
 # -- arbitrary JSON objects ---------------------------------------------------------------

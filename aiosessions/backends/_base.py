@@ -21,9 +21,11 @@ class Write:
 
     key: str
     data: bytes | None
-    #: Compare-and-swap guard: the :func:`content_digest` the stored entry must
-    #: still have (``b""`` = absent) for the write to happen; ``None`` writes blindly.
+    #: Compare-and-swap guard: unless ``blind``, the write happens only if the stored
+    #: entry's bytes still equal ``expected`` (None: the entry must be absent). The
+    #: comparison runs in the worker thread, under the key's cross-process lock.
     expected: bytes | None = None
+    blind: bool = True
 
 
 @dataclass(slots=True)

@@ -24,7 +24,6 @@ from typing import Literal
 
 import anyio
 
-from .._entry import content_digest
 from .._errors import CorruptSessionError, LockTimeoutError, StoreFormatError, io_error
 from .._fs import FileSystem, NotRegularFileError, Signature, TooLargeError, UnsyncedError, is_tmp_name
 from .._keys import MAX_KEY_BYTES, decode_name, encode_key, is_shortened, lock_stripe
@@ -467,10 +466,10 @@ class DirectoryBackend:
     ) -> bool:
         """Apply one write under its stripe lock; return whether a folder came or went."""
         fs, root, name = self._fs, self._root, encode_key(write.key)
-        if write.expected is not None:
+        if not write.blind:
             found = fs.read_dir_file(name, META, dir_fd=root)
             current = None if found is None else found[0]
-            if content_digest(current) != write.expected:
+            if current != write.expected:
                 result.conflicts[write.key] = current
                 return False
         if write.data is None:

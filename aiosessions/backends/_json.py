@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 import anyio
 import msgspec
 
-from .._entry import DECODE_ERRORS, content_digest
+from .._entry import DECODE_ERRORS
 from .._errors import CorruptSessionError, LockTimeoutError, StoreFormatError, StoreIOError, io_error
 from .._fs import TMP_SUFFIX, FileSystem, Signature, UnsyncedError, is_tmp_name
 from .._layout import FORMAT_FILE, StorePaths
@@ -269,9 +269,9 @@ class JsonBackend:
         changed = False
         for write in writes:
             raw = updated.get(write.key)
-            if write.expected is not None:
+            if not write.blind:
                 current = None if raw is None else bytes(raw)
-                if content_digest(current) != write.expected:
+                if current != write.expected:
                     result.conflicts[write.key] = current
                     continue
             if write.data is None:
