@@ -199,7 +199,7 @@ class WriteBehind:
                 self._check_running()
                 await self._progress.wait()
         finally:
-            self._waiters -= 1
+            self._leave()
 
     def put(
         self, key: str, data: bytes | None, *, fn: UpdateFn | None = None, base: bytes | None = None
@@ -260,7 +260,7 @@ class WriteBehind:
                 self._check_running()
                 await self._progress.wait()
         finally:
-            self._waiters -= 1
+            self._leave()
 
     async def flush(self) -> None:
         """Wait until every change made before the call is on disk.
@@ -305,7 +305,14 @@ class WriteBehind:
                 self._check_running()
                 await self._progress.wait()
         finally:
-            self._waiters -= 1
+            self._leave()
+
+    def _leave(self) -> None:
+        """A waiter is done. A kick asks for a write on behalf of waiters: with none
+        left it is stale, and would write the next change before its time."""
+        self._waiters -= 1
+        if self._waiters == 0:
+            self._kicked = False
 
     def _over_bounds(self) -> bool:
         return len(self._pending) >= self._max_keys or self._pending_bytes >= self._max_bytes
