@@ -22,7 +22,7 @@ import secrets
 import stat as stat_module
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 __all__ = ["FileSystem", "Signature", "TMP_SUFFIX", "UnsyncedError", "is_tmp_name"]
 
@@ -134,7 +134,32 @@ class FileSystem:
     def flock(self, fd: int, operation: int) -> None:
         fcntl.flock(fd, operation)
 
+    #: The system-call methods above. Everything below is built on them, so a
+    #: subclass that wraps these sees (and can fail) every call the library makes.
+    SYSCALLS: ClassVar[tuple[str, ...]] = (
+        "open",
+        "close",
+        "read",
+        "write",
+        "fsync",
+        "fstat",
+        "stat",
+        "rename",
+        "mkdir",
+        "rmdir",
+        "unlink",
+        "scandir",
+        "listdir",
+        "flock",
+    )
+
     # -- compound operations, built only from the calls above ------------------------------
+
+    def write_all(self, fd: int, data: bytes) -> None:
+        """Write all of ``data`` (``write`` may take less than asked for)."""
+        view = memoryview(data)
+        while view:
+            view = view[self.write(fd, view) :]
 
     def open_dir(self, path: str, *, dir_fd: int | None = None) -> int:
         """Open a directory without following a symlink in its last component."""
@@ -258,10 +283,7 @@ class FileSystem:
         fd = self.open(tmp, _CREATE_FLAGS, FILE_MODE, dir_fd=dir_fd)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    written = self.write(fd, view)
-                    view = view[written:]
+                self.write_all(fd, data)
                 if durable:
                     self.fsync(fd)
                 signature = Signature.of(self.fstat(fd))

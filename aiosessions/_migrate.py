@@ -166,9 +166,7 @@ def _write_new(fs: FileSystem, name: str, data: bytes, *, dir_fd: int, durable: 
     """
     fd = fs.open(name, _CREATE_FLAGS, FILE_MODE, dir_fd=dir_fd)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[fs.write(fd, view) :]
+        fs.write_all(fd, data)
         if durable:
             fs.fsync(fd)
     finally:

@@ -18,22 +18,7 @@ import anyio
 
 from aiosessions import FileSystem, migrate
 
-SYSCALLS = (
-    "open",
-    "close",
-    "read",
-    "write",
-    "fsync",
-    "fstat",
-    "stat",
-    "rename",
-    "mkdir",
-    "rmdir",
-    "unlink",
-    "scandir",
-    "listdir",
-    "flock",
-)
+SYSCALLS = FileSystem.SYSCALLS
 
 
 class FreezingFileSystem(FileSystem):

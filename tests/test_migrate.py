@@ -44,22 +44,7 @@ pytestmark = pytest.mark.asyncio
 
 HERE = Path(__file__).resolve().parent
 LONG_KEY = "agent:main:" + "x" * 300
-SYSCALLS = (
-    "open",
-    "close",
-    "read",
-    "write",
-    "fsync",
-    "fstat",
-    "stat",
-    "rename",
-    "mkdir",
-    "rmdir",
-    "unlink",
-    "scandir",
-    "listdir",
-    "flock",
-)
+SYSCALLS = FileSystem.SYSCALLS
 
 
 class FaultyFileSystem(FileSystem):

@@ -128,22 +128,7 @@ def record(test: str, **figures: Any) -> None:
 # -- fault injection ------------------------------------------------------------------------
 
 #: Every system call of FileSystem; each counts as one fault point.
-PRIMITIVES = (
-    "open",
-    "close",
-    "read",
-    "write",
-    "fsync",
-    "fstat",
-    "stat",
-    "rename",
-    "mkdir",
-    "rmdir",
-    "unlink",
-    "scandir",
-    "listdir",
-    "flock",
-)
+PRIMITIVES = FileSystem.SYSCALLS
 
 
 class FaultFS(FileSystem):
