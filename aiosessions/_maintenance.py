@@ -31,7 +31,7 @@ import stat as stat_module
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +44,7 @@ from ._fs import FileSystem, is_tmp_name
 from ._keys import MAX_KEY_BYTES, decode_name, encode_key, is_shortened, lock_stripe
 from ._layout import FORMAT_FILE, FORMAT_NAME, FORMAT_VERSION, StorePaths, detect_mode, encode_format
 from ._locks import acquire_file_lock_sync, release_file_lock
-from ._migrate import RECORD, STAGING_SUFFIX, _check_entries
+from ._migrate import RECORD, STAGING_SUFFIX, _check_entries, _stamp
 from ._store import DEFAULT_LOCK_TIMEOUT, DEFAULT_TMP_MAX_AGE, open_store
 from .backends._directory import CHUNK, KEY_FILE, LOCK_STRIPES, LOCKS, META, TRASH
 from .backends._json import decode_legacy
@@ -302,10 +302,6 @@ class FsckReport:
 class _FormatProbe(msgspec.Struct):
     format: Any = None
     version: Any = None
-
-
-def _stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
 class _Checker:

@@ -155,6 +155,7 @@ def _digest(data: bytes) -> str:
 
 
 def _stamp() -> str:
+    """A UTC timestamp for backup and quarantine names (sortable, no ':' for Windows)."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
