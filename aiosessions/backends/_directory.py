@@ -44,7 +44,7 @@ CHUNK = 512
 #: issued in parallel share the filesystem's journal commits instead of queueing
 #: for one each; without fsync, renames onto existing files (which start writeback
 #: on ext4) overlap too (+35% for 2,000 distinct keys, docs/benchmarks.md).
-DURABLE_WRITERS = 4
+BATCH_WRITERS = 4
 #: Entries up to this size are read on the event loop when the page cache holds them.
 INLINE_READ_MAX = 256 * 1024
 
@@ -370,8 +370,8 @@ class DirectoryBackend:
         groups = sorted(stripes.items())
         result = BatchResult()
         signatures: dict[str, Signature] = {}
-        if len(groups) > 1 and len(writes) >= 2 * DURABLE_WRITERS:
-            parts = [groups[i::DURABLE_WRITERS] for i in range(DURABLE_WRITERS)]
+        if len(groups) > 1 and len(writes) >= 2 * BATCH_WRITERS:
+            parts = [groups[i::BATCH_WRITERS] for i in range(BATCH_WRITERS)]
 
             async def run(part: list[tuple[int, list[Write]]]) -> None:
                 r, s = await anyio.to_thread.run_sync(self._write_sync, part, durable)
