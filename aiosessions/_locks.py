@@ -17,8 +17,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import anyio
 
@@ -35,6 +33,9 @@ class _Slot:
     __slots__ = ("lock", "users")
 
     def __init__(self) -> None:
+        # Not fast_acquire: taking even a free lock is a checkpoint, and for a write
+        # whose entry is cached it is the only one. Without it a task looping over
+        # writes would never let another task (or the flusher) run.
         self.lock = anyio.Lock()
         self.users = 0
 
@@ -49,20 +50,40 @@ class KeyLocks:
         """How many keys have a lock right now (held or waited for)."""
         return len(self._slots)
 
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        """Hold the lock of ``key`` for the body of the ``async with``."""
-        slot = self._slots.get(key)
+    def hold(self, key: str) -> _Hold:
+        """Hold the lock of ``key`` for the body of an ``async with``."""
+        return _Hold(self._slots, key)
+
+
+class _Hold:
+    """``async with locks.hold(key)``: a plain class, cheaper than a generator-based one."""
+
+    __slots__ = ("_key", "_slot", "_slots")
+
+    def __init__(self, slots: dict[str, _Slot], key: str) -> None:
+        self._slots = slots
+        self._key = key
+
+    async def __aenter__(self) -> None:
+        slot = self._slots.get(self._key)
         if slot is None:
-            slot = self._slots[key] = _Slot()
+            slot = self._slots[self._key] = _Slot()
         slot.users += 1
+        self._slot = slot
         try:
-            async with slot.lock:
-                yield
-        finally:
-            slot.users -= 1
-            if slot.users == 0:
-                del self._slots[key]
+            await slot.lock.acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._slot.lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        self._slot.users -= 1
+        if self._slot.users == 0:
+            del self._slots[self._key]
 
 
 def _try_lock(fs: FileSystem, fd: int) -> bool:

@@ -552,3 +552,33 @@ async def test_lock_table_is_empty_after_100k_distinct_keys(
         assert len(await all_keys(store)) == kept
     expected = {f"k{i}": {"i": i, "seen": False} for i in range(kept)}
     assert on_disk(store_path, mode) == expected
+
+
+async def test_writes_are_checkpoints_so_a_busy_writer_cannot_starve_other_tasks(
+    open_test_store: Callable[..., Any],
+) -> None:
+    """A write whose entry is pending touches no disk; it must still let other tasks run.
+
+    The per-key lock's acquire is the scheduling point: a lock that skipped it when
+    free (anyio's fast_acquire) would let this loop run to the end before the other
+    task gets a single turn.
+    """
+    async with open_test_store(entry_type=dict) as store:
+        await store.set("k", {"n": 0})
+        turns = 0
+
+        async def other() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await anyio.sleep(0)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(other)
+            await anyio.sleep(0)
+            before = turns
+            for _ in range(50):
+                await store.update("k", lambda e: {"n": e["n"] + 1})
+            assert turns - before >= 25, "update() never yielded to the other task"
+            group.cancel_scope.cancel()
+        assert (await store.get("k")) == {"n": 50}
