@@ -11,6 +11,7 @@ from typing import Any, Generic, Literal, TypeVar, overload
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from ._entry import DECODE_ERRORS, Codec, SessionEntry, codec_for, recency_of
 from ._errors import CorruptSessionError, StoreClosedError, StoreFormatError, io_error
@@ -104,6 +105,9 @@ class SessionStore(Generic[T]):
         :raises CorruptSessionError: the stored entry does not decode (this key only).
         :raises StoreIOError: the disk failed.
         """
+        # A checkpoint even when the answer is in memory (trio's rule for every async
+        # call): a task reading cached entries in a loop must still let others run.
+        await anyio.lowlevel.checkpoint()
         self._check_open()
         validate_key(key)
         pending = self._queue.pending(key)
@@ -115,6 +119,9 @@ class SessionStore(Generic[T]):
 
         Decodes only that member of the one entry.
         """
+        # A checkpoint even when the answer is in memory (trio's rule for every async
+        # call): a task reading cached entries in a loop must still let others run.
+        await anyio.lowlevel.checkpoint()
         self._check_open()
         validate_key(key)
         pending = self._queue.pending(key)
@@ -128,6 +135,9 @@ class SessionStore(Generic[T]):
 
     async def contains(self, key: str) -> bool:
         """Whether ``key`` has an entry (without decoding it)."""
+        # A checkpoint even when the answer is in memory (trio's rule for every async
+        # call): a task reading cached entries in a loop must still let others run.
+        await anyio.lowlevel.checkpoint()
         self._check_open()
         validate_key(key)
         pending = self._queue.pending(key)

@@ -582,3 +582,29 @@ async def test_writes_are_checkpoints_so_a_busy_writer_cannot_starve_other_tasks
             assert turns - before >= 25, "update() never yielded to the other task"
             group.cancel_scope.cancel()
         assert (await store.get("k")) == {"n": 50}
+
+
+async def test_reads_are_checkpoints_even_when_the_entry_is_in_memory(
+    open_test_store: Callable[..., Any],
+) -> None:
+    """get(), updated_at() and contains() of a pending (in-memory) entry still let other tasks run."""
+    async with open_test_store(entry_type=dict) as store:
+        await store.set("k", {"updatedAt": 1})
+        turns = 0
+
+        async def other() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await anyio.sleep(0)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(other)
+            await anyio.sleep(0)
+            before = turns
+            for _ in range(20):
+                await store.get("k")
+                await store.updated_at("k")
+                await store.contains("k")
+            assert turns - before >= 30, "reads never yielded to the other task"
+            group.cancel_scope.cancel()
