@@ -554,6 +554,30 @@ async def test_lock_table_is_empty_after_100k_distinct_keys(
     assert on_disk(store_path, mode) == expected
 
 
+class _TurnCounter:
+    """Counts the turns a busy task gets while the body of ``async with`` runs."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+
+    async def _spin(self) -> None:
+        while True:
+            self.turns += 1
+            await anyio.sleep(0)
+
+    async def __aenter__(self) -> _TurnCounter:
+        self._group = anyio.create_task_group()
+        await self._group.__aenter__()
+        self._group.start_soon(self._spin)
+        await anyio.sleep(0)
+        self.turns = 0
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self._group.cancel_scope.cancel()
+        await self._group.__aexit__(None, None, None)
+
+
 async def test_writes_are_checkpoints_so_a_busy_writer_cannot_starve_other_tasks(
     open_test_store: Callable[..., Any],
 ) -> None:
@@ -565,22 +589,10 @@ async def test_writes_are_checkpoints_so_a_busy_writer_cannot_starve_other_tasks
     """
     async with open_test_store(entry_type=dict) as store:
         await store.set("k", {"n": 0})
-        turns = 0
-
-        async def other() -> None:
-            nonlocal turns
-            while True:
-                turns += 1
-                await anyio.sleep(0)
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(other)
-            await anyio.sleep(0)
-            before = turns
+        async with _TurnCounter() as other:
             for _ in range(50):
                 await store.update("k", lambda e: {"n": e["n"] + 1})
-            assert turns - before >= 25, "update() never yielded to the other task"
-            group.cancel_scope.cancel()
+            assert other.turns >= 25, "update() never yielded to the other task"
         assert (await store.get("k")) == {"n": 50}
 
 
@@ -590,21 +602,9 @@ async def test_reads_are_checkpoints_even_when_the_entry_is_in_memory(
     """get(), updated_at() and contains() of a pending (in-memory) entry still let other tasks run."""
     async with open_test_store(entry_type=dict) as store:
         await store.set("k", {"updatedAt": 1})
-        turns = 0
-
-        async def other() -> None:
-            nonlocal turns
-            while True:
-                turns += 1
-                await anyio.sleep(0)
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(other)
-            await anyio.sleep(0)
-            before = turns
+        async with _TurnCounter() as other:
             for _ in range(20):
                 await store.get("k")
                 await store.updated_at("k")
                 await store.contains("k")
-            assert turns - before >= 30, "reads never yielded to the other task"
-            group.cancel_scope.cancel()
+            assert other.turns >= 30, "reads never yielded to the other task"
