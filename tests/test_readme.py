@@ -26,3 +26,20 @@ def test_quick_start_has_exactly_two_commands() -> None:
 def test_ci_runs_the_readme_test_command_verbatim() -> None:
     ci = (ROOT / ".ci" / "run").read_text("utf-8")
     assert quick_start_commands()[1] in ci.splitlines()
+
+
+def test_the_example_runs() -> None:
+    """examples/quickstart.py, which the README points to, runs and shows the coalescing."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "messages=100" in done.stdout
+    assert "meta.json" in done.stdout
