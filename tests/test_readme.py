@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,9 +32,6 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
 
 def test_the_example_runs() -> None:
     """examples/quickstart.py, which the README points to, runs and shows the coalescing."""
-    import subprocess
-    import sys
-
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py")],
         capture_output=True,
