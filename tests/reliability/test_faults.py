@@ -428,15 +428,4 @@ def _record_tally(op: str, mode: str, err_name: str, persistent: bool, tally: Ta
 async def test_fault_loop(tmp_path: Path, mode: str, op_name: str, err_name: str, persistent: bool) -> None:
     """Every system call of the operation fails in turn; nothing is lost or torn."""
     tally = await fault_loop(tmp_path, mode, OPS[op_name], ERRNOS[err_name], persistent)
-    assert tally.injected > 0
-    record(
-        "fault_loop",
-        mode=mode,
-        op=op_name,
-        errno=err_name,
-        persistent=persistent,
-        fault_points=tally.runs - 1,
-        injected=tally.injected,
-        errors=tally.errors,
-        primitives=sorted(tally.points),
-    )
+    _record_tally(op_name, mode, err_name, persistent, tally)
