@@ -41,7 +41,7 @@ class SessionStoreError(Exception):
 
 
 class InvalidKeyError(SessionStoreError, ValueError):
-    """A session key that the store cannot accept (empty, not a str, NUL, lone surrogate)."""
+    """A session key the store cannot accept: not a str, empty, NUL, a lone surrogate, or too long."""
 
     def __init__(self, key: object, problem: str) -> None:
         self.key = key

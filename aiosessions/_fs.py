@@ -178,6 +178,20 @@ class FileSystem:
         finally:
             self.close(fd)
 
+    def ensure_dirs(self, path: str) -> None:
+        """Create ``path`` and any missing parent folders (each 0700)."""
+        missing = []
+        folder = os.path.abspath(path)
+        while True:
+            try:
+                self.stat(folder)
+                break
+            except FileNotFoundError:
+                missing.append(folder)
+                folder = os.path.dirname(folder)
+        for each in reversed(missing):
+            self.ensure_dir(each)
+
     def ensure_dir(self, path: str, *, dir_fd: int | None = None) -> bool:
         """Create a directory (0700) unless it exists; return whether it was created."""
         try:

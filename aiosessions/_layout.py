@@ -45,9 +45,8 @@ class StorePaths:
     def of(cls, path: str | os.PathLike[str]) -> StorePaths:
         """Derive the paths from ``X/foo.json`` (or from ``X/foo.d``, the directory itself)."""
         given = Path(os.fspath(path)).absolute()
-        stem = given.stem if given.suffix else given.name
+        stem = given.stem
         if given.suffix == ".d":
-            stem = given.name[: -len(".d")]
             given = given.with_name(stem + ".json")
         if not stem:
             raise StoreFormatError(f"{path!r} does not name a store file (expected e.g. sessions.json)")

@@ -64,11 +64,8 @@ class SessionStore(Generic[T]):
             durable=fsync,
             max_pending_keys=max_pending_keys,
             max_pending_bytes=max_pending_bytes,
-            # The legacy file is rewritten whole for each batch: one batch per flush,
-            # not one rewrite per 1,024 keys.
-            batch_size=1024 if backend.mode == "directory" else max_pending_keys,
+            batch_size=backend.batch_size or max_pending_keys,
         )
-        self._write_through = flush_interval <= 0
         self._closed = False
         self._opened = False
         self._background: anyio.CancelScope | None = None
@@ -79,7 +76,7 @@ class SessionStore(Generic[T]):
     @property
     def mode(self) -> Literal["directory", "json"]:
         """``"directory"`` (one folder per session) or ``"json"`` (the legacy file)."""
-        return "directory" if self._backend.mode == "directory" else "json"
+        return self._backend.mode
 
     @property
     def path(self) -> str:
@@ -105,13 +102,7 @@ class SessionStore(Generic[T]):
         :raises CorruptSessionError: the stored entry does not decode (this key only).
         :raises StoreIOError: the disk failed.
         """
-        # A checkpoint even when the answer is in memory (trio's rule for every async
-        # call): a task reading cached entries in a loop must still let others run.
-        await anyio.lowlevel.checkpoint()
-        self._check_open()
-        validate_key(key)
-        pending = self._queue.pending(key)
-        data = pending[0] if pending is not None else await self._backend.read(key)
+        data = await self._stored(key)
         return None if data is None else self._decode(key, data)
 
     async def updated_at(self, key: str) -> int | None:
@@ -119,13 +110,7 @@ class SessionStore(Generic[T]):
 
         Decodes only that member of the one entry.
         """
-        # A checkpoint even when the answer is in memory (trio's rule for every async
-        # call): a task reading cached entries in a loop must still let others run.
-        await anyio.lowlevel.checkpoint()
-        self._check_open()
-        validate_key(key)
-        pending = self._queue.pending(key)
-        data = pending[0] if pending is not None else await self._backend.read(key)
+        data = await self._stored(key)
         if data is None:
             return None
         try:
@@ -135,15 +120,26 @@ class SessionStore(Generic[T]):
 
     async def contains(self, key: str) -> bool:
         """Whether ``key`` has an entry (without decoding it)."""
-        # A checkpoint even when the answer is in memory (trio's rule for every async
-        # call): a task reading cached entries in a loop must still let others run.
-        await anyio.lowlevel.checkpoint()
-        self._check_open()
-        validate_key(key)
-        pending = self._queue.pending(key)
+        pending = await self._begin_read(key)
         if pending is not None:
             return pending[0] is not None
         return await self._backend.exists(key)
+
+    async def _begin_read(self, key: str) -> tuple[bytes | None] | None:
+        """The start of every read: a checkpoint, the checks, and the key's pending state.
+
+        A checkpoint even when the answer is in memory (trio's rule for every async
+        call): a task reading cached entries in a loop must still let others run.
+        """
+        await anyio.lowlevel.checkpoint()
+        self._check_open()
+        validate_key(key)
+        return self._queue.pending(key)
+
+    async def _stored(self, key: str) -> bytes | None:
+        """The bytes of ``key`` as this process sees them: pending, else on disk."""
+        pending = await self._begin_read(key)
+        return pending[0] if pending is not None else await self._backend.read(key)
 
     async def keys(self) -> AsyncIterator[str]:
         """Every key, in no particular order, listed from disk a chunk at a time.
@@ -277,7 +273,7 @@ class SessionStore(Generic[T]):
         return True
 
     async def _settle(self, key: str, seq: int, durable: bool) -> None:
-        if durable or self._write_through:
+        if durable or self._queue.write_through:
             await self._queue.wait_landed(key, seq)
 
     def _rebase(self, key: str, current: bytes | None, fns: list[Callable[[Any], Any]]) -> bytes | None:

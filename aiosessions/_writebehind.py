@@ -46,10 +46,6 @@ Rebase = Callable[[str, "bytes | None", list[UpdateFn]], "bytes | None"]
 
 _FIRST_BACKOFF = 0.05
 _LONGEST_BACKOFF = 5.0
-#: Keys per batch: bounds a batch's latency and the time its keys are in flight.
-#: (The store passes ``max_pending_keys`` in legacy JSON mode, where each batch
-#: rewrites the whole file, so that a flush is one rewrite.)
-DEFAULT_BATCH_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -127,7 +123,7 @@ class WriteBehind:
         durable: bool,
         max_pending_keys: int,
         max_pending_bytes: int,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int,
     ) -> None:
         self._backend = backend
         self._rebase = rebase
@@ -150,6 +146,11 @@ class WriteBehind:
         self._stalled_batch = 0  # the last batch that failed and wrote nothing (0: none since)
         self._stopped = False
         self._writes = self._coalesced = self._flushes = self._failures = self._conflicts = 0
+
+    @property
+    def write_through(self) -> bool:
+        """Whether every change is written at once (``flush_interval=0``)."""
+        return self.flush_interval <= 0
 
     # -- the caller's side -----------------------------------------------------------------
 

@@ -2,8 +2,8 @@
 
 The store does keys, validation, locks, the write-behind queue, codecs and
 errors once; a backend only reads raw entry bytes, writes batches of them and
-lists keys. Each async method does its blocking work in at most one
-worker-thread hop (batches included).
+lists keys. Blocking work runs in worker threads, a whole batch or chunk per
+hop; cheap reads of what the page cache holds may run inline on the event loop.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from .._layout import Mode
 
 __all__ = ["Backend", "BatchResult", "Write"]
 
@@ -46,8 +48,16 @@ class BatchResult:
 class Backend(Protocol):
     """Raw storage of entry bytes by key."""
 
-    #: ``"directory"`` or ``"json"``.
-    mode: str
+    @property
+    def mode(self) -> Mode:
+        """``"directory"`` or ``"json"``."""
+        ...
+
+    @property
+    def batch_size(self) -> int | None:
+        """Most keys per batch; None: everything pending (a batch rewrites the whole store)."""
+        ...
+
     #: Orphaned tmp files (and trash) removed by :meth:`maintain` so far.
     swept: int
 

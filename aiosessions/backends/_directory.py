@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Literal
+from typing import Final, Literal
 
 import anyio
 
@@ -86,7 +86,9 @@ class _ReadCache:
 class DirectoryBackend:
     """One directory per session; every path is opened relative to the store's folder."""
 
-    mode = "directory"
+    mode: Final = "directory"
+    #: Bounds a batch's latency and the time its keys are in flight.
+    batch_size: Final = 1024
 
     def __init__(
         self,
@@ -138,7 +140,7 @@ class DirectoryBackend:
         fs = self._fs
         directory = str(self.paths.directory)
         if create:
-            self._ensure_parents()
+            fs.ensure_dirs(str(self.paths.directory.parent))
             fs.ensure_dir(directory)
         root = fs.open_dir(directory)
         try:
@@ -165,19 +167,6 @@ class DirectoryBackend:
             self._close_fds()
             raise
         self._root = root
-
-    def _ensure_parents(self) -> None:
-        missing = []
-        parent = self.paths.directory.parent
-        while True:
-            try:
-                self._fs.stat(str(parent))
-                break
-            except FileNotFoundError:
-                missing.append(parent)
-                parent = parent.parent
-        for folder in reversed(missing):
-            self._fs.ensure_dir(str(folder))
 
     async def aclose(self) -> None:
         if self._trash_left and self._trash >= 0:
@@ -449,7 +438,7 @@ class DirectoryBackend:
                 self._root_unsynced = True
                 error = io_error(exc, "syncing the store directory", path=self.location())
                 for key in namespace_changed:
-                    if key in signatures or key in result.landed:
+                    if key in result.landed:
                         result.landed.remove(key)
                         signatures.pop(key, None)
                         result.unsynced[key] = error
@@ -572,8 +561,7 @@ class DirectoryBackend:
             done = False
             while not done:
                 swept, done = await anyio.to_thread.run_sync(sweep_next)
-                self.swept += swept
-            self.swept += await anyio.to_thread.run_sync(self._sweep_sync, [TRASH])
+                self.swept += swept  # the listing includes .trash, swept like the rest
         except OSError:
             pass  # best effort; fsck reports what is left
         finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Final
 
 import anyio
 import msgspec
@@ -53,7 +54,9 @@ def encode_legacy(entries: Entries) -> bytes:
 class JsonBackend:
     """All sessions in one JSON file."""
 
-    mode = "json"
+    mode: Final = "json"
+    #: Each batch rewrites the whole file: one batch per flush, not one rewrite per 1,024 keys.
+    batch_size: Final = None
 
     def __init__(self, paths: StorePaths, fs: FileSystem, *, lock_timeout: float, tmp_max_age: float) -> None:
         self.paths = paths
@@ -89,17 +92,7 @@ class JsonBackend:
     def _open_sync(self, create: bool) -> tuple[Entries, Signature]:
         fs = self._fs
         if create:
-            folder = self.paths.file.parent
-            missing = []
-            while True:
-                try:
-                    fs.stat(str(folder))
-                    break
-                except FileNotFoundError:
-                    missing.append(folder)
-                    folder = folder.parent
-            for path in reversed(missing):
-                fs.ensure_dir(str(path))
+            fs.ensure_dirs(str(self.paths.file.parent))
         self._folder = fs.open_dir(str(self.paths.file.parent))
         self._lock = fs.open_lock_file(self.paths.lock.name, dir_fd=self._folder)
         if not create:
