@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import ClassVar, NamedTuple
 
-__all__ = ["FileSystem", "Signature", "TMP_SUFFIX", "UnsyncedError", "is_tmp_name"]
+__all__ = ["FileSystem", "Signature", "TMP_SUFFIX", "UnsyncedError", "is_tmp_for", "is_tmp_name"]
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -70,6 +70,19 @@ class UnsyncedError(OSError):
     survive a crash is unknown. Retrying the fsync proves nothing after a failed
     fsync: the caller writes the file again.
     """
+
+
+def is_tmp_for(target: str, name: str) -> bool:
+    """Whether ``name`` is a tmp file :meth:`FileSystem.write_atomic` makes for ``target``.
+
+    Exactly its pattern: ``.X.json.json.<pid>-<rand>.tmp`` belongs to ``X.json.json``,
+    not to ``X.json``, although both start with ``.X.json.``.
+    """
+    prefix = f".{target}."
+    if not (name.startswith(prefix) and name.endswith(TMP_SUFFIX)):
+        return False
+    pid, dash, rand = name[len(prefix) : -len(TMP_SUFFIX)].partition("-")
+    return bool(dash) and pid.isdigit() and len(rand) > 0 and all(c in "0123456789abcdef" for c in rand)
 
 
 def is_tmp_name(name: str) -> bool:

@@ -40,7 +40,7 @@ import msgspec
 
 from ._entry import DECODE_ERRORS
 from ._errors import SessionStoreError, StoreFormatError, io_error
-from ._fs import FileSystem, is_tmp_name
+from ._fs import FileSystem, is_tmp_for, is_tmp_name
 from ._keys import MAX_KEY_BYTES, decode_name, encode_key, is_shortened, lock_stripe
 from ._layout import FORMAT_FILE, FORMAT_NAME, FORMAT_VERSION, StorePaths, detect_mode, encode_format
 from ._locks import acquire_file_lock_sync, release_file_lock
@@ -407,9 +407,8 @@ class _Checker:
             # Under the store lock no legacy writer is mid-rewrite: every tmp file is an orphan.
             acquire_file_lock_sync(fs, lock, timeout=self.lock_timeout, what=str(paths.lock))
             try:
-                prefix = f".{paths.file.name}."
                 for name in fs.listdir(self.parent):
-                    if name.startswith(prefix) and is_tmp_name(name):
+                    if is_tmp_for(paths.file.name, name):
                         action = ""
                         if self.repair:
                             fs.unlink(name, dir_fd=self.parent)

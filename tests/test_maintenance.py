@@ -365,3 +365,18 @@ async def test_fsck_corrupt_legacy_file_is_reported_not_rewritten(tmp_path: Path
     assert path.read_bytes() == b""
     with pytest.raises(StoreFormatError, match="no session store"):
         await fsck(tmp_path / "other.json")
+
+
+@pytest.mark.asyncio
+async def test_fsck_repair_of_a_legacy_store_spares_another_stores_tmp_file(tmp_path: Path) -> None:
+    """``.X.json.json.<pid>-<rand>.tmp`` is a write of the store X.json.json, not an orphan of X.json."""
+    path = tmp_path / "X.json"
+    path.write_text("{}\n", encoding="utf-8")
+    ours = tmp_path / ".X.json.123-ab12cd34.tmp"
+    theirs = tmp_path / ".X.json.json.123-ab12cd34.tmp"
+    ours.write_bytes(b"{")
+    theirs.write_bytes(b"{")
+    report = await fsck(path, repair=True)
+    assert [problem.path for problem in report.problems] == [str(ours)]
+    assert not ours.exists()
+    assert theirs.exists()

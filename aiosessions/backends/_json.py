@@ -9,7 +9,6 @@ queue in front, a burst of changes still costs one rewrite.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Final
@@ -19,7 +18,7 @@ import msgspec
 
 from .._entry import DECODE_ERRORS
 from .._errors import CorruptSessionError, LockTimeoutError, StoreFormatError, StoreIOError, io_error
-from .._fs import TMP_SUFFIX, FileSystem, Signature, UnsyncedError, is_tmp_name
+from .._fs import FileSystem, Signature, UnsyncedError, is_tmp_for
 from .._layout import FORMAT_FILE, StorePaths
 from .._locks import acquire_file_lock_sync, release_file_lock
 from ._base import BatchResult, Write
@@ -147,10 +146,9 @@ class JsonBackend:
 
     def _sweep_sync(self) -> int:
         cutoff = time.time() - self._tmp_max_age
-        prefix = f".{self._name}."
         swept = 0
         for name in self._fs.listdir(self._folder):
-            if name.startswith(prefix) and is_tmp_name(name):
+            if is_tmp_for(self._name, name):
                 try:
                     if self._fs.stat(name, dir_fd=self._folder).st_mtime < cutoff:
                         self._fs.unlink(name, dir_fd=self._folder)
@@ -165,11 +163,9 @@ class JsonBackend:
         Every writer of the legacy file holds the store lock while its tmp file exists,
         so a ``.<name>.*.tmp`` beside the file now is a leftover.
         """
-        # Exactly write_atomic's names: ``.X.json.json.<pid>-<rand>.tmp`` is another store's.
-        ours = re.compile(rf"\.{re.escape(self._name)}\.\d+-[0-9a-f]+{re.escape(TMP_SUFFIX)}")
         try:
             for name in self._fs.listdir(self._folder):
-                if ours.fullmatch(name):
+                if is_tmp_for(self._name, name):
                     self._fs.unlink(name, dir_fd=self._folder)
         except OSError:
             return  # still broken: try again with the next rewrite
