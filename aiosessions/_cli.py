@@ -1,9 +1,10 @@
 """The ``aiosessions`` command: look inside a store, migrate it, keep it tidy.
 
 Installed as a console script (``aiosessions``) and runnable as
-``python -m aiosessions``. Only this module imports :mod:`argparse`, and
-:mod:`rich` (the ``cli`` extra) only inside the functions that draw a table or
-a progress bar on a terminal; ``import aiosessions`` imports neither. Without
+``python -m aiosessions``. Only this module and ``_bench`` (for the options of
+``bench``) import :mod:`argparse`, and :mod:`rich` (the ``cli`` extra) only
+inside the functions that draw a table or a progress bar on a terminal;
+``import aiosessions`` imports neither. Without
 rich, or when the output is not a terminal, the output is plain text.
 
 Exit status: 0 success; 1 an error (one line on stderr); 2 a usage error;
@@ -32,7 +33,7 @@ from ._fs import FileSystem
 from ._layout import StorePaths, detect_mode
 from ._maintenance import FsckReport, fsck, prune
 from ._migrate import MigrationReport, export_bytes, export_json, migrate
-from ._store import open_store
+from ._store import DEFAULT_LOCK_TIMEOUT, open_store
 
 __all__ = ["main"]
 
@@ -385,8 +386,9 @@ async def cmd_prune(args: argparse.Namespace) -> int:
     for key in report.spared:
         print(f"kept    {key} (updated meanwhile)")
     print(
-        f"{verb} {len(report.removed)} of {report.total} sessions ({len(report.stale)} stale, "
-        f"{len(report.capped)} over the cap); {report.kept} left"
+        f"{verb} {len(report.removed)} of {report.total} sessions "
+        f"({len(set(report.stale) - set(report.spared))} stale, "
+        f"{len(set(report.capped) - set(report.spared))} over the cap); {report.kept} left"
     )
     return EXIT_OK
 
@@ -471,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave out entries that cannot be migrated (they stay in the backup) instead of refusing",
     )
     p.add_argument("--no-fsync", action="store_true", help="do not fsync (only for throwaway copies)")
-    p.add_argument("--lock-timeout", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument("--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT, metavar="SECONDS")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = command(

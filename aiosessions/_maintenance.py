@@ -44,7 +44,7 @@ from ._fs import FileSystem, is_tmp_for, is_tmp_name
 from ._keys import MAX_KEY_BYTES, decode_name, encode_key, is_shortened, lock_stripe
 from ._layout import FORMAT_FILE, FORMAT_NAME, FORMAT_VERSION, StorePaths, detect_mode, encode_format
 from ._locks import acquire_file_lock_sync, release_file_lock
-from ._migrate import RECORD, STAGING_SUFFIX, _check_entries, _stamp
+from ._migrate import RECORD, STAGING_SUFFIX, _check_entries, _stamp, object_decoder
 from ._store import DEFAULT_LOCK_TIMEOUT, DEFAULT_TMP_MAX_AGE, open_store
 from .backends._directory import CHUNK, KEY_FILE, LOCK_STRIPES, LOCKS, META, TRASH
 from .backends._json import decode_legacy
@@ -53,8 +53,6 @@ __all__ = ["FsckProblem", "FsckReport", "PruneReport", "fsck", "plan_prune", "pr
 
 #: Where ``fsck --repair`` moves what it will not delete, inside ``<stem>.d``.
 QUARANTINE = ".quarantine"
-
-_object_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
 # -- prune --------------------------------------------------------------------------------
@@ -68,9 +66,11 @@ class PruneReport:
     path: str
     #: Sessions in the store before pruning.
     total: int
-    #: Keys removed because their ``updatedAt`` was older than the cutoff.
+    #: Keys chosen because their ``updatedAt`` was older than the cutoff (those also in
+    #: ``spared`` were kept).
     stale: tuple[str, ...]
-    #: Keys removed to bring the store down to ``max_entries``, oldest first.
+    #: Keys chosen to bring the store down to ``max_entries``, oldest first (those also in
+    #: ``spared`` were kept).
     capped: tuple[str, ...]
     #: Keys that were candidates but changed meanwhile (another process updated them): kept.
     spared: tuple[str, ...]
@@ -560,7 +560,7 @@ class _Checker:
         if found is None:
             return False
         try:
-            _object_decoder.decode(found[0])
+            object_decoder.decode(found[0])
         except DECODE_ERRORS:
             return False
         return True

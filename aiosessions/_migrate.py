@@ -52,7 +52,8 @@ from ._fs import FILE_MODE, FileSystem
 from ._keys import encode_key, is_shortened, validate_key
 from ._layout import FORMAT_FILE, StorePaths, check_format, encode_format
 from ._locks import acquire_file_lock, release_file_lock
-from .backends._directory import KEY_FILE, LOCKS, META, TRASH, DirectoryBackend
+from ._store import DEFAULT_LOCK_TIMEOUT
+from .backends._directory import BATCH_WRITERS, KEY_FILE, LOCKS, META, TRASH, DirectoryBackend
 from .backends._json import decode_legacy, encode_legacy
 
 __all__ = ["MigrationReport", "export_json", "migrate"]
@@ -65,12 +66,10 @@ BACKUP_INFIX = ".pre-directory-migration."
 RECORD = ".migration.json"
 #: Entries written per worker-thread hop.
 BATCH = 256
-#: Worker threads writing at once when durable: parallel fsyncs share journal commits.
-DURABLE_WORKERS = 4
-DEFAULT_LOCK_TIMEOUT = 10.0
 
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_object_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+#: Decodes a JSON object without decoding its members (also used by fsck).
+object_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 Progress = Callable[[int, int], object]
 
@@ -113,7 +112,6 @@ class _Record(msgspec.Struct, rename="camel", omit_defaults=True):
     entries: int
     migrated_at: str
     skipped: dict[str, str] = {}
-    format: str = "aiosessions.migration"
 
 
 @dataclass
@@ -126,7 +124,6 @@ class _Plan:
     size: int = 0
     digest: str = ""
     warnings: list[str] = field(default_factory=list)
-    data: bytes = b""
 
 
 def _describe(first: int) -> str:
@@ -243,8 +240,7 @@ class _Migration:
             entries=entries,
             problems=_check_entries(entries),
             size=len(data),
-            digest=_digest(data),
-            data=data,  # keeps the buffer the Raw slices point into alive
+            digest=_digest(data),  # the Raw entries keep the buffer they point into alive
         )
 
     def _compare_with_record(self, digest: str) -> list[str]:
@@ -510,7 +506,8 @@ async def _build(job: _Migration, plan: _Plan, total: int, progress: Progress | 
     """Write every session into the staging folder, seal it; remove it again on failure."""
     try:
         await anyio.to_thread.run_sync(job.prepare)
-        workers = DURABLE_WORKERS if job.durable else 1
+        # Parallel fsyncs share journal commits, as in the directory backend's batches.
+        workers = BATCH_WRITERS if job.durable else 1
         # Small stores still get several batches, so that the workers' fsyncs overlap.
         size = max(8, min(BATCH, -(-total // (4 * workers))))
         batches = _batches(plan.entries, plan.problems, size)
@@ -621,7 +618,7 @@ async def _read_all(paths: StorePaths, fs: FileSystem) -> dict[str, msgspec.Raw]
                 if data is None:
                     continue  # deleted while we listed
                 try:
-                    _object_decoder.decode(data)
+                    object_decoder.decode(data)
                 except DECODE_ERRORS as exc:
                     where = backend.location(key)
                     raise CorruptSessionError(
