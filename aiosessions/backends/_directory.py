@@ -264,18 +264,19 @@ class DirectoryBackend:
 
     def _read_sync(self, key: str, name: str) -> tuple[bytes, Signature] | BaseException | None:
         """Read one entry; errors are returned (translated), so a batch read goes on."""
-        path = self.location(key)
         try:
             found = self._fs.read_dir_file(name, META, dir_fd=self._root, max_bytes=self._max_entry_bytes)
             if found is not None and is_shortened(name):
                 self._check_key_file(key, name)
         except NotRegularFileError as exc:
+            path = str(self.paths.directory / name / META)
             error = CorruptSessionError(
                 f"session {key!r}: {path} is not a regular file; run `aiosessions fsck`", path=path, key=key
             )
             error.__cause__ = exc
             return error
         except TooLargeError as exc:
+            path = str(self.paths.directory / name / META)
             error = CorruptSessionError(
                 f"session {key!r}: {path} is larger than max_entry_bytes={self._max_entry_bytes}; "
                 "refusing to load it",
@@ -287,7 +288,7 @@ class DirectoryBackend:
         except CorruptSessionError as exc:
             return exc
         except OSError as exc:
-            return io_error(exc, "reading", key=key, path=path)
+            return io_error(exc, "reading", key=key, path=str(self.paths.directory / name / META))
         return found
 
     def _check_key_file(self, key: str, name: str) -> None:
