@@ -28,12 +28,13 @@ import anyio
 import msgspec
 
 from . import __version__, _bench
+from ._defaults import DEFAULT_LOCK_TIMEOUT
 from ._errors import SessionStoreError
 from ._fs import FileSystem
 from ._layout import StorePaths, detect_mode
 from ._maintenance import FsckReport, fsck, prune
 from ._migrate import MigrationReport, export_bytes, export_json, migrate
-from ._store import DEFAULT_LOCK_TIMEOUT, open_store
+from ._store import open_store
 
 __all__ = ["main"]
 

@@ -6,12 +6,12 @@ subclasses that builtin too::
 
     SessionStoreError
     ├── InvalidKeyError        (also ValueError)   a key that cannot name a session
-    ├── CorruptSessionError                        a file that does not decode; names the file
+    ├── CorruptSessionError                        a stored entry that does not decode; says where
     ├── StoreFormatError                           not a store, or a store of another format/version
     ├── StoreClosedError                           the store was used after aclose()
     ├── LockTimeoutError       (also TimeoutError) a cross-process lock was not acquired in time
     ├── MigrationError                             migrate() refused or failed; nothing was lost
-    └── StoreIOError           (also OSError)      the disk failed; carries errno and the path
+    └── StoreIOError           (also OSError)      the storage (a disk or a server) failed; says where
         └── FlushError                             queued changes could not be written; lists the keys
 
 Errors raised because of another exception are raised ``from`` it, so the
@@ -51,12 +51,23 @@ class InvalidKeyError(SessionStoreError, ValueError):
 
 
 class CorruptSessionError(SessionStoreError):
-    """A stored file could not be decoded; only the session it holds is affected."""
+    """A stored entry (or file) could not be decoded; only the session it holds is affected.
 
-    def __init__(self, message: str, *, path: str, key: str | None = None) -> None:
-        self.path = path
+    ``where`` says where it is stored: a file's path, or a server and key; ``path``
+    is the same value under its 0.1 name. ``key`` names the session when known.
+    """
+
+    def __init__(
+        self, message: str, *, where: str | None = None, key: str | None = None, path: str | None = None
+    ) -> None:
+        self.where: str = where if where is not None else (path or "")
         self.key = key
         super().__init__(message)
+
+    @property
+    def path(self) -> str:
+        """The same as :attr:`where` (its name in 0.1, when every store was a file)."""
+        return self.where
 
 
 class StoreFormatError(SessionStoreError):
@@ -83,17 +94,28 @@ class MigrationError(SessionStoreError):
 
 
 class StoreIOError(SessionStoreError, OSError):
-    """The filesystem failed (disk full, I/O error, permission...).
+    """The storage failed: a disk (full, I/O error, permission...) or a server (down, refused).
 
-    ``errno`` and ``filename`` are those of the underlying :class:`OSError`;
-    ``key`` names the session when there is one.
+    ``where`` names the file or server; ``errno`` and ``filename`` are those of the
+    underlying :class:`OSError` when a file is involved (``errno`` is EIO for a
+    file error without one, None for a server); ``key`` names the session when
+    there is one.
     """
 
     def __init__(
-        self, err: int | None, message: str, filename: str | None = None, *, key: str | None = None
+        self,
+        err: int | None,
+        message: str,
+        filename: str | None = None,
+        *,
+        key: str | None = None,
+        where: str | None = None,
     ) -> None:
-        super().__init__(err if err is not None else _errno.EIO, message, filename)
+        if err is None and where is None:
+            err = _errno.EIO
+        super().__init__(err, message, filename)
         self.key = key
+        self.where = where if where is not None else filename
 
     def __str__(self) -> str:
         text = str(self.strerror)
@@ -115,7 +137,7 @@ class FlushError(StoreIOError):
         first = next(iter(self.failures.values()), None)
         err = first.errno if isinstance(first, OSError) else None
         filename = first.filename if isinstance(first, OSError) else None
-        super().__init__(err, message, filename)
+        super().__init__(err, message, filename, where=getattr(first, "where", None))
 
 
 def io_error(exc: OSError, action: str, *, key: str | None = None, path: str | None = None) -> StoreIOError:

@@ -38,6 +38,7 @@ from typing import Any, Literal
 import anyio
 import msgspec
 
+from ._defaults import DEFAULT_LOCK_TIMEOUT, DEFAULT_TMP_MAX_AGE
 from ._entry import DECODE_ERRORS
 from ._errors import SessionStoreError, StoreFormatError, io_error
 from ._fs import FileSystem, is_tmp_for, is_tmp_name
@@ -45,7 +46,7 @@ from ._keys import MAX_KEY_BYTES, decode_name, encode_key, is_shortened, lock_st
 from ._layout import FORMAT_FILE, FORMAT_NAME, FORMAT_VERSION, StorePaths, detect_mode, encode_format
 from ._locks import acquire_file_lock_sync, release_file_lock
 from ._migrate import RECORD, STAGING_SUFFIX, _check_entries, _stamp, object_decoder
-from ._store import DEFAULT_LOCK_TIMEOUT, DEFAULT_TMP_MAX_AGE, open_store
+from ._store import open_store
 from .backends._directory import CHUNK, KEY_FILE, LOCK_STRIPES, LOCKS, META, TRASH
 from .backends._json import decode_legacy
 

@@ -39,6 +39,7 @@ from typing import Any, Literal
 import anyio
 import msgspec
 
+from ._defaults import DEFAULT_LOCK_TIMEOUT
 from ._entry import DECODE_ERRORS
 from ._errors import (
     CorruptSessionError,
@@ -52,7 +53,6 @@ from ._fs import FILE_MODE, FileSystem
 from ._keys import encode_key, is_shortened, validate_key
 from ._layout import FORMAT_FILE, StorePaths, check_format, encode_format
 from ._locks import acquire_file_lock, release_file_lock
-from ._store import DEFAULT_LOCK_TIMEOUT
 from .backends._directory import BATCH_WRITERS, KEY_FILE, LOCKS, META, TRASH, DirectoryBackend
 from .backends._json import decode_legacy, encode_legacy
 
@@ -603,12 +603,13 @@ async def _read_all(paths: StorePaths, fs: FileSystem) -> dict[str, msgspec.Raw]
     backend = DirectoryBackend(
         paths,
         fs,
+        create=False,
         lock_timeout=DEFAULT_LOCK_TIMEOUT,
         max_entry_bytes=2**31,
         cache_bytes=0,
         tmp_max_age=float("inf"),
     )
-    await backend.open(create=False)
+    await backend.open()
     entries: dict[str, msgspec.Raw] = {}
     try:
         async for keys in backend.key_chunks():

@@ -2,38 +2,44 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import warnings
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import Any, Generic, TypedDict, TypeVar, Union, overload
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from ._defaults import (
+    DEFAULT_CACHE_BYTES,
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_MAX_ENTRY_BYTES,
+    DEFAULT_MAX_PENDING_BYTES,
+    DEFAULT_MAX_PENDING_KEYS,
+    DEFAULT_TMP_MAX_AGE,
+)
 from ._entry import DECODE_ERRORS, Codec, SessionEntry, codec_for, recency_of
-from ._errors import CorruptSessionError, StoreClosedError, StoreFormatError, io_error
+from ._errors import CorruptSessionError, StoreClosedError
 from ._fs import FileSystem
 from ._keys import validate_key
-from ._layout import Mode, StorePaths, detect_mode
+from ._layout import StorePaths
 from ._locks import KeyLocks
 from ._writebehind import StoreStatistics, WriteBehind
-from .backends import Backend, DirectoryBackend, JsonBackend
+from .backends import Backend
+from .backends._files import file_backend
 
 __all__ = ["SessionStore", "open_store"]
 
 T = TypeVar("T")
 
-DEFAULT_FLUSH_INTERVAL = 0.05
-DEFAULT_LOCK_TIMEOUT = 10.0
-DEFAULT_CLOSE_TIMEOUT = 30.0
-DEFAULT_MAX_PENDING_KEYS = 10_000
-DEFAULT_MAX_PENDING_BYTES = 64 * 1024 * 1024
-DEFAULT_MAX_ENTRY_BYTES = 16 * 1024 * 1024
-DEFAULT_CACHE_BYTES = 16 * 1024 * 1024
-DEFAULT_TMP_MAX_AGE = 15 * 60.0
+#: URL schemes opened by the Redis backend (``pip install "aiosessions[redis]"``).
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class SessionStore(Generic[T]):
@@ -74,14 +80,19 @@ class SessionStore(Generic[T]):
     # -- properties ------------------------------------------------------------------
 
     @property
-    def mode(self) -> Literal["directory", "json"]:
-        """``"directory"`` (one folder per session) or ``"json"`` (the legacy file)."""
+    def mode(self) -> str:
+        """The backend's kind: ``"directory"`` (one folder per session), ``"json"`` (the legacy file) ..."""
         return self._backend.mode
 
     @property
     def path(self) -> str:
-        """Where the sessions live: the ``<stem>.d`` folder or the legacy JSON file."""
+        """Where the sessions live: the ``<stem>.d`` folder, the legacy JSON file, a server."""
         return self._backend.location()
+
+    @property
+    def backend(self) -> Backend:
+        """The backend holding the entries."""
+        return self._backend
 
     @property
     def entry_type(self) -> type[T]:
@@ -296,7 +307,7 @@ class SessionStore(Generic[T]):
 
     def statistics(self) -> StoreStatistics:
         """Counters of the write-behind queue: pending, writes, coalesced, flushes, failures ..."""
-        return self._queue.statistics(swept=self._backend.swept)
+        return self._queue.statistics(swept=self._backend.counters().get("swept", 0))
 
     async def aclose(self, *, timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
         """Flush what is queued (for at most ``timeout`` seconds), stop the flusher, close files.
@@ -352,11 +363,11 @@ class SessionStore(Generic[T]):
             raise self._corrupt(key, exc) from exc
 
     def _corrupt(self, key: str, exc: Exception) -> CorruptSessionError:
-        path = self._backend.location(key)
+        where = self._backend.location(key)
         return CorruptSessionError(
-            f"session {key!r} in {path} is not a valid entry: {exc} "
+            f"session {key!r} in {where} is not a valid entry: {exc} "
             "(other sessions are unaffected; `aiosessions fsck --repair` quarantines it)",
-            path=path,
+            where=where,
             key=key,
         )
 
@@ -373,16 +384,11 @@ class _StoreContext(Generic[T]):
     """What :func:`open_store` returns: ``async with`` it to get the store."""
 
     def __init__(
-        self,
-        paths: StorePaths,
-        make: Callable[[Mode], tuple[Backend, SessionStore[T]]],
-        mode: Mode | None,
-        fs: FileSystem,
+        self, make_backend: Callable[[], Awaitable[Backend]], codec: Codec[T], options: _StoreOptions
     ) -> None:
-        self._paths = paths
-        self._make = make
-        self._mode = mode
-        self._fs = fs
+        self._make_backend = make_backend
+        self._codec = codec
+        self._options = options
         self._store: SessionStore[T] | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
 
@@ -394,24 +400,10 @@ class _StoreContext(Generic[T]):
     async def __aenter__(self) -> SessionStore[T]:
         if self._store is not None:
             raise RuntimeError("this open_store() context is already in use")
+        backend = await self._make_backend()
+        store = SessionStore(backend, self._codec, **self._options)
         try:
-            detected = await anyio.to_thread.run_sync(detect_mode, self._fs, self._paths)
-        except OSError as exc:
-            raise io_error(exc, f"opening the store {self._paths.file}", path=str(self._paths.file)) from exc
-        mode = self._mode or detected or "directory"
-        if self._mode == "json" and detected == "directory":
-            raise StoreFormatError(
-                f"{self._paths.file} was migrated to {self._paths.directory}; "
-                "open it in directory mode (mode=None), or export_json() it back first"
-            )
-        if self._mode == "directory" and detected == "json":
-            raise StoreFormatError(
-                f"{self._paths.file} is a legacy JSON store; run aiosessions.migrate() first, "
-                "or open it with mode='json'"
-            )
-        backend, store = self._make(mode)
-        try:
-            await backend.open(create=detected is None)
+            await backend.open()
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await backend.aclose()  # a failed open (say, a corrupt file) keeps no descriptor
@@ -440,79 +432,97 @@ class _StoreContext(Generic[T]):
             await self._task_group.__aexit__(None, None, None)
 
 
+class _StoreOptions(TypedDict):
+    flush_interval: float
+    fsync: bool
+    max_pending_keys: int
+    max_pending_bytes: int
+
+
+Target = Union[str, "os.PathLike[str]", Backend]
+
+
 @overload
 def open_store(
-    path: str | os.PathLike[str],
+    target: Target,
     *,
-    mode: Mode | None = None,
     flush_interval: float = DEFAULT_FLUSH_INTERVAL,
     fsync: bool = True,
     max_pending_keys: int = DEFAULT_MAX_PENDING_KEYS,
     max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
+    mode: str | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     tmp_max_age: float = DEFAULT_TMP_MAX_AGE,
     filesystem: FileSystem | None = None,
 ) -> _StoreContext[SessionEntry]: ...
 @overload
 def open_store(
-    path: str | os.PathLike[str],
+    target: Target,
     *,
     entry_type: type[T],
-    mode: Mode | None = None,
     flush_interval: float = DEFAULT_FLUSH_INTERVAL,
     fsync: bool = True,
     max_pending_keys: int = DEFAULT_MAX_PENDING_KEYS,
     max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
+    mode: str | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     tmp_max_age: float = DEFAULT_TMP_MAX_AGE,
     filesystem: FileSystem | None = None,
 ) -> _StoreContext[T]: ...
 def open_store(
-    path: str | os.PathLike[str],
+    target: Target,
     *,
     entry_type: type[Any] = SessionEntry,
-    mode: Mode | None = None,
     flush_interval: float = DEFAULT_FLUSH_INTERVAL,
     fsync: bool = True,
     max_pending_keys: int = DEFAULT_MAX_PENDING_KEYS,
     max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
+    mode: str | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     tmp_max_age: float = DEFAULT_TMP_MAX_AGE,
     filesystem: FileSystem | None = None,
 ) -> _StoreContext[Any]:
-    """Open the session store at ``path``; use as ``async with open_store(path) as store:``.
+    """Open a session store; use as ``async with open_store(target) as store:``.
 
-    ``path`` names the store file, ``X/sessions.json``; a directory store lives
-    in ``X/sessions.d/``. An existing directory store (with its FORMAT marker)
-    opens in directory mode, else an existing ``sessions.json`` in legacy JSON
-    mode, else a new directory store is made.
+    ``target`` is where the sessions live:
+
+    * a path naming the store file, ``X/sessions.json``: a directory store lives
+      in ``X/sessions.d/``. An existing directory store (with its FORMAT marker)
+      opens in directory mode, else an existing ``sessions.json`` in legacy JSON
+      mode, else a new directory store is made;
+    * a ``redis://``, ``rediss://`` or ``unix://`` URL: the Redis backend
+      (``pip install "aiosessions[redis]"``);
+    * any object implementing :class:`aiosessions.backends.Backend`, built with
+      its own options (say ``DirectoryBackend(path, lock_timeout=5)``).
 
     :param entry_type: what entries decode to: :class:`SessionEntry` (default),
         a subclass of :class:`Entry` or any ``msgspec.Struct``, or ``dict``.
-    :param mode: ``"directory"`` or ``"json"`` to insist on one kind (``"json"``
-        makes a new legacy file); None detects it.
     :param flush_interval: seconds a change may wait in memory before its batch
-        is written; 0 writes through (each call returns once on disk).
-    :param fsync: fsync files and folders before a write counts as flushed.
+        is written; 0 writes through (each call returns once stored).
+    :param fsync: make every batch durable before it counts as flushed (files:
+        fsync of files and folders; see the backend for what it means there).
     :param max_pending_keys: writers wait while this many keys are unwritten.
     :param max_pending_bytes: writers wait while this many bytes are unwritten.
-    :param lock_timeout: seconds to wait for another process's lock before
-        :class:`LockTimeoutError`.
-    :param max_entry_bytes: a ``meta.json`` larger than this is refused as corrupt.
-    :param cache_bytes: bytes of recently used entries kept to answer reads
-        after one ``stat`` (their freshness is checked on every read).
-    :param tmp_max_age: tmp files older than this (seconds) are orphans, swept
-        in the background after open.
-    :param filesystem: the :class:`FileSystem` doing every blocking call (tests
-        pass one that injects faults).
+    :param max_entry_bytes: the largest entry stored or read back.
+    :param mode: file stores only: ``"directory"`` or ``"json"`` to insist on one
+        kind (``"json"`` makes a new legacy file); None detects it.
+    :param lock_timeout: file stores only: seconds to wait for another process's
+        lock before :class:`LockTimeoutError`.
+    :param cache_bytes: file stores only: bytes of recently used entries kept to
+        answer reads after one ``stat`` (their freshness is checked on every read).
+    :param tmp_max_age: file stores only: tmp files older than this (seconds) are
+        orphans, swept in the background after open.
+    :param filesystem: file stores only: the :class:`FileSystem` doing every
+        blocking call (tests pass one that injects faults).
     :raises StoreFormatError: ``mode`` contradicts what is on disk, or the
         FORMAT marker is of another version.
+    :raises TypeError: file-store options given with a URL or a backend object.
     """
     if flush_interval < 0 or not (flush_interval < float("inf")):
         raise ValueError(f"flush_interval must be >= 0 and finite, not {flush_interval!r}")
@@ -526,30 +536,78 @@ def open_store(
     if mode not in (None, "directory", "json"):
         raise ValueError(f"mode must be 'directory', 'json' or None, not {mode!r}")
     codec = codec_for(entry_type)
-    paths = StorePaths.of(path)
-    fs = filesystem if filesystem is not None else FileSystem()
+    options = _StoreOptions(
+        flush_interval=flush_interval,
+        fsync=fsync,
+        max_pending_keys=max_pending_keys,
+        max_pending_bytes=max_pending_bytes,
+    )
+    make_backend: Callable[[], Awaitable[Backend]]
+    is_path = isinstance(target, os.PathLike) or (
+        isinstance(target, str) and not target.startswith(REDIS_SCHEMES)
+    )
+    if not is_path:
+        _refuse_file_options(
+            mode=mode,
+            lock_timeout=lock_timeout,
+            cache_bytes=cache_bytes,
+            tmp_max_age=tmp_max_age,
+            filesystem=filesystem,
+        )
+    if isinstance(target, str) and not is_path:
+        url = target
 
-    def make(chosen: Mode) -> tuple[Backend, SessionStore[Any]]:
-        backend: Backend
-        if chosen == "directory":
-            backend = DirectoryBackend(
+        async def make_backend() -> Backend:
+            return _redis_backend(url)
+
+    elif isinstance(target, (str, os.PathLike)):
+        paths = StorePaths.of(target)
+        fs = filesystem if filesystem is not None else FileSystem()
+
+        async def make_backend() -> Backend:
+            return await file_backend(
                 paths,
                 fs,
+                mode,
                 lock_timeout=lock_timeout,
                 max_entry_bytes=max_entry_bytes,
                 cache_bytes=cache_bytes,
                 tmp_max_age=tmp_max_age,
             )
-        else:
-            backend = JsonBackend(paths, fs, lock_timeout=lock_timeout, tmp_max_age=tmp_max_age)
-        store = SessionStore(
-            backend,
-            codec,
-            flush_interval=flush_interval,
-            fsync=fsync,
-            max_pending_keys=max_pending_keys,
-            max_pending_bytes=max_pending_bytes,
-        )
-        return backend, store
 
-    return _StoreContext(paths, make, mode, fs)
+    else:
+        backend = target
+
+        async def make_backend() -> Backend:
+            return backend
+
+    return _StoreContext(make_backend, codec, options)
+
+
+def _refuse_file_options(**given: object) -> None:
+    """File-store options make no sense for a URL or a backend object: say so, not ignore them."""
+    defaults: dict[str, object] = {
+        "mode": None,
+        "lock_timeout": DEFAULT_LOCK_TIMEOUT,
+        "cache_bytes": DEFAULT_CACHE_BYTES,
+        "tmp_max_age": DEFAULT_TMP_MAX_AGE,
+        "filesystem": None,
+    }
+    wrong = sorted(name for name, value in given.items() if value != defaults[name])
+    if wrong:
+        raise TypeError(
+            f"{', '.join(wrong)}: options of file stores; a URL or a backend object takes its own "
+            "options (pass them to the backend's constructor)"
+        )
+
+
+def _redis_backend(url: str) -> Backend:
+    """The Redis backend for ``url``, imported only now: ``import aiosessions`` needs no redis."""
+    try:
+        module = importlib.import_module("aiosessions.backends._redis")
+    except ImportError as exc:
+        raise ImportError(
+            f'opening {url.split("@")[-1]!r} needs the Redis backend: pip install "aiosessions[redis]"'
+        ) from exc
+    backend: Backend = module.RedisBackend.from_url(url)
+    return backend

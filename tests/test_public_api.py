@@ -140,3 +140,13 @@ def test_errors_can_be_raised_and_caught_as_builtins() -> None:
     )
     assert flush.errno == 5 and flush.filename == "/y" and flush.unwritten == 2
     assert isinstance(flush, aiosessions.StoreIOError)
+
+
+def test_backends_module_exports_the_protocol_and_the_file_backends() -> None:
+    import aiosessions.backends as backends
+
+    public = {name for name, value in vars(backends).items() if not name.startswith("_")}
+    public -= {"annotations"}
+    public = {name for name in public if not isinstance(getattr(backends, name), types.ModuleType)}
+    assert public == set(backends.__all__)
+    assert {"Backend", "BatchResult", "Write", "DirectoryBackend", "JsonBackend"} <= public

@@ -1,4 +1,13 @@
-"""Storage backends: one protocol, a directory-per-session store and the legacy JSON file."""
+"""Storage backends: the public protocol, the directory store and the legacy JSON file.
+
+Hand any of them, or your own implementation of :class:`Backend`, to
+:func:`aiosessions.open_store`::
+
+    from aiosessions.backends import DirectoryBackend
+
+    async with open_store(DirectoryBackend("state/sessions.json", lock_timeout=5)) as store:
+        ...
+"""
 
 from __future__ import annotations
 

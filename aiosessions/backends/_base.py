@@ -1,56 +1,88 @@
-"""The one small protocol every backend implements.
+"""The one protocol every backend implements, and what a backend must guarantee.
 
-The store does keys, validation, locks, the write-behind queue, codecs and
-errors once; a backend only reads raw entry bytes, writes batches of them and
-lists keys. Blocking work runs in worker threads, a whole batch or chunk per
-hop; cheap reads of what the page cache holds may run inline on the event loop.
+The store does keys, validation, per-key locks, the write-behind queue, codecs,
+limits and errors once; a backend only reads raw entry bytes, writes batches of
+them and lists keys. Anything that implements :class:`Backend` can be handed to
+:func:`aiosessions.open_store`; the contract suite in the repository's
+``tests/contract.py`` checks a backend against these promises.
+
+What a backend guarantees:
+
+* **Whole entries.** :meth:`Backend.read` returns exactly the bytes of one
+  :meth:`Backend.write_batch` (never a mix of two writes), or None.
+* **Compare-and-swap per key.** A :class:`Write` that is not ``blind`` lands only
+  if the stored bytes still equal ``expected`` (None: the key must be absent), checked
+  atomically with the write against every other writer: other processes and hosts
+  included. Otherwise it is reported in :attr:`BatchResult.conflicts` with the
+  bytes found, and nothing is written for that key.
+* **Each write alone.** Every write of a batch lands, conflicts or fails on its
+  own; a failure of one key never marks another failed. A batch costs one
+  worker-thread hop or one network round trip (or a few, for a cluster), never
+  one per key.
+* **Durable.** With ``durable=True``, a key reported landed survives a crash of
+  the process and of the machine as far as the engine can promise it (a file
+  backend: fsync of the file and its folder; a server: the server's own
+  acknowledgement and persistence settings, documented by the backend).
+* **Fresh reads.** A change another process or host has written is seen by the
+  next :meth:`Backend.read`; a backend may cache, but must validate.
+* **Listing in chunks.** :meth:`Backend.key_chunks` yields keys a chunk at a time
+  without reading entries; keys changed while listing may or may not be seen, but
+  a key that exists throughout is listed exactly once.
+* **Errors of the library.** Failures are :class:`~aiosessions.StoreIOError` (or
+  another :class:`~aiosessions.SessionStoreError`) naming the key and where it
+  lives; an entry that cannot be read back is
+  :class:`~aiosessions.CorruptSessionError`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
-
-from .._layout import Mode
 
 __all__ = ["Backend", "BatchResult", "Write"]
 
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """One change in a batch: new bytes for ``key``, or ``None`` to delete it."""
+    """One change in a batch: new bytes for ``key``, or ``None`` to delete it.
+
+    Unless ``blind``, the write is a compare-and-swap: it happens only if the
+    stored entry's bytes still equal ``expected`` (None: the entry must be absent).
+    """
 
     key: str
     data: bytes | None
-    #: Compare-and-swap guard: unless ``blind``, the write happens only if the stored
-    #: entry's bytes still equal ``expected`` (None: the entry must be absent). The
-    #: comparison runs in the worker thread, under the key's cross-process lock.
     expected: bytes | None = None
     blind: bool = True
 
 
 @dataclass(slots=True)
 class BatchResult:
-    """What became of each write of a batch."""
+    """What became of each write of a batch.
 
-    #: Keys written (or deleted) and now on disk.
+    Attributes:
+        landed: Keys written (or deleted) and now stored.
+        conflicts: Keys not written because the stored entry changed: their current
+            bytes (None = absent).
+        failed: Keys not written because of an error (already one of the library's
+            errors, naming the key).
+        unsynced: Keys whose new bytes replaced the stored ones (readers see them) but
+            whose durability is unknown (a failed fsync): the queue writes them again.
+    """
+
     landed: list[str] = field(default_factory=list)
-    #: Keys not written because the stored entry changed: its current bytes (None = absent).
     conflicts: dict[str, bytes | None] = field(default_factory=dict)
-    #: Keys not written because of an error (already translated to the library's errors).
     failed: dict[str, BaseException] = field(default_factory=dict)
-    #: Keys whose new bytes replaced the file (readers see them) but whose fsync then
-    #: failed, so their durability is unknown: the queue writes them again.
     unsynced: dict[str, BaseException] = field(default_factory=dict)
 
 
 class Backend(Protocol):
-    """Raw storage of entry bytes by key."""
+    """Raw storage of entry bytes by key (see the module docstring for the guarantees)."""
 
     @property
-    def mode(self) -> Mode:
-        """``"directory"`` or ``"json"``."""
+    def mode(self) -> str:
+        """What kind of backend this is: ``"directory"``, ``"json"``, ``"redis"`` ..."""
         ...
 
     @property
@@ -58,19 +90,16 @@ class Backend(Protocol):
         """Most keys per batch; None: everything pending (a batch rewrites the whole store)."""
         ...
 
-    #: Orphaned tmp files (and trash) removed by :meth:`maintain` so far.
-    swept: int
-
     def location(self, key: str | None = None) -> str:
-        """The path that holds ``key`` (or the store itself), for messages."""
+        """Where ``key`` (or the whole store) lives, for messages: a path, a server and key."""
         ...
 
-    async def open(self, *, create: bool) -> None:
-        """Open (creating a new empty store when ``create``)."""
+    async def open(self) -> None:
+        """Connect or open files, detecting or creating the store as the backend's options say."""
         ...
 
     async def aclose(self) -> None:
-        """Release file descriptors; idempotent."""
+        """Release files and connections; idempotent. Called once nothing else is running."""
         ...
 
     async def read(self, key: str) -> bytes | None:
@@ -86,13 +115,17 @@ class Backend(Protocol):
         ...
 
     async def write_batch(self, writes: Sequence[Write], *, durable: bool) -> BatchResult:
-        """Apply ``writes`` under the cross-process lock(s); each lands, conflicts or fails alone."""
+        """Apply ``writes``; each lands, conflicts or fails alone (see the guarantees)."""
         ...
 
-    def key_chunks(self) -> AsyncIterator[list[str]]:
-        """Every stored key, a chunk at a time, without reading entries."""
+    def key_chunks(self, prefix: str = "") -> AsyncIterator[list[str]]:
+        """Every stored key starting with ``prefix``, a chunk at a time, without reading entries."""
         ...
 
     async def maintain(self) -> None:
-        """Background upkeep after open (the orphaned-tmp sweep); returns when done."""
+        """Background upkeep after open (say, sweeping orphaned files); returns when done."""
+        ...
+
+    def counters(self) -> Mapping[str, int]:
+        """The backend's own counters for :meth:`SessionStore.statistics` (say, ``{"swept": 3}``)."""
         ...

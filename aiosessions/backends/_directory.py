@@ -18,12 +18,18 @@ import secrets
 import stat as stat_module
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Final, Literal
 
 import anyio
 
+from .._defaults import (
+    DEFAULT_CACHE_BYTES,
+    DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_MAX_ENTRY_BYTES,
+    DEFAULT_TMP_MAX_AGE,
+)
 from .._errors import CorruptSessionError, LockTimeoutError, StoreFormatError, io_error
 from .._fs import FileSystem, NotRegularFileError, Signature, TooLargeError, UnsyncedError, is_tmp_name
 from .._keys import MAX_KEY_BYTES, decode_name, encode_key, is_shortened, lock_stripe
@@ -92,14 +98,28 @@ class DirectoryBackend:
 
     def __init__(
         self,
-        paths: StorePaths,
-        fs: FileSystem,
+        path: StorePaths | str | os.PathLike[str],
+        filesystem: FileSystem | None = None,
         *,
-        lock_timeout: float,
-        max_entry_bytes: int,
-        cache_bytes: int,
-        tmp_max_age: float,
+        create: bool = True,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        tmp_max_age: float = DEFAULT_TMP_MAX_AGE,
     ) -> None:
+        """A directory store at ``path`` (``X/sessions.json`` or ``X/sessions.d``).
+
+        :param create: make a new empty store at :meth:`open` when there is none
+            (False: a missing store is :class:`StoreFormatError`).
+        :param lock_timeout: seconds to wait for another process's lock stripe.
+        :param max_entry_bytes: a ``meta.json`` larger than this is refused as corrupt.
+        :param cache_bytes: bytes of recently used entries kept, checked by ``stat``.
+        :param tmp_max_age: seconds after which a tmp file or trash is an orphan.
+        :param filesystem: the :class:`FileSystem` doing every blocking call.
+        """
+        paths = path if isinstance(path, StorePaths) else StorePaths.of(path)
+        fs = filesystem if filesystem is not None else FileSystem()
+        self._create = create
         self.paths = paths
         self._fs = fs
         self._lock_timeout = lock_timeout
@@ -128,9 +148,18 @@ class DirectoryBackend:
             return str(self.paths.directory)
         return str(self.paths.directory / encode_key(key) / META)
 
-    async def open(self, *, create: bool) -> None:
+    def counters(self) -> Mapping[str, int]:
+        return {"swept": self.swept}
+
+    async def open(self) -> None:
         try:
-            await anyio.to_thread.run_sync(self._open_sync, create)
+            await anyio.to_thread.run_sync(self._open_sync, self._create)
+        except FileNotFoundError as exc:
+            if self._create:
+                raise io_error(
+                    exc, f"opening the store {self.paths.directory}", path=str(self.paths.directory)
+                ) from exc
+            raise StoreFormatError(f"there is no directory store at {self.paths.directory}") from exc
         except OSError as exc:
             raise io_error(
                 exc, f"opening the store {self.paths.directory}", path=str(self.paths.directory)
@@ -313,13 +342,15 @@ class DirectoryBackend:
             raise io_error(exc, "checking", key=key, path=self.location(key)) from exc
         return stat_module.S_ISREG(st.st_mode)
 
-    async def key_chunks(self) -> AsyncIterator[list[str]]:
+    async def key_chunks(self, prefix: str = "") -> AsyncIterator[list[str]]:
         try:
             names = await anyio.to_thread.run_sync(self._fs.listdir, self._root)
         except OSError as exc:
             raise io_error(exc, f"listing {self.paths.directory}", path=str(self.paths.directory)) from exc
         for start in range(0, len(names), CHUNK):
             keys = await anyio.to_thread.run_sync(self._keys_of_sync, names[start : start + CHUNK])
+            if prefix:
+                keys = [key for key in keys if key.startswith(prefix)]
             if keys:
                 yield keys
 

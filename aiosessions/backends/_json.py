@@ -9,13 +9,15 @@ queue in front, a burst of changes still costs one rewrite.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Final
 
 import anyio
 import msgspec
 
+from .._defaults import DEFAULT_LOCK_TIMEOUT, DEFAULT_TMP_MAX_AGE
 from .._entry import DECODE_ERRORS
 from .._errors import CorruptSessionError, LockTimeoutError, StoreFormatError, StoreIOError, io_error
 from .._fs import FileSystem, Signature, UnsyncedError, is_tmp_for
@@ -57,7 +59,25 @@ class JsonBackend:
     #: Each batch rewrites the whole file: one batch per flush, not one rewrite per 1,024 keys.
     batch_size: Final = None
 
-    def __init__(self, paths: StorePaths, fs: FileSystem, *, lock_timeout: float, tmp_max_age: float) -> None:
+    def __init__(
+        self,
+        path: StorePaths | str | os.PathLike[str],
+        filesystem: FileSystem | None = None,
+        *,
+        create: bool = True,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        tmp_max_age: float = DEFAULT_TMP_MAX_AGE,
+    ) -> None:
+        """The legacy store at ``path`` (``X/sessions.json``).
+
+        :param create: write a new empty file at :meth:`open` when there is none.
+        :param lock_timeout: seconds to wait for another process's store lock.
+        :param tmp_max_age: seconds after which a tmp file is an orphan.
+        :param filesystem: the :class:`FileSystem` doing every blocking call.
+        """
+        paths = path if isinstance(path, StorePaths) else StorePaths.of(path)
+        fs = filesystem if filesystem is not None else FileSystem()
+        self._create = create
         self.paths = paths
         self._tmp_max_age = tmp_max_age
         #: Orphaned tmp files of the legacy file removed by the background sweep.
@@ -82,9 +102,12 @@ class JsonBackend:
     def location(self, key: str | None = None) -> str:
         return str(self.paths.file)
 
-    async def open(self, *, create: bool) -> None:
+    def counters(self) -> Mapping[str, int]:
+        return {"swept": self.swept}
+
+    async def open(self) -> None:
         try:
-            self._entries, self._signature = await anyio.to_thread.run_sync(self._open_sync, create)
+            self._entries, self._signature = await anyio.to_thread.run_sync(self._open_sync, self._create)
         except OSError as exc:
             raise io_error(exc, f"opening the store {self.paths.file}", path=str(self.paths.file)) from exc
 
@@ -197,8 +220,8 @@ class JsonBackend:
     async def exists(self, key: str) -> bool:
         return key in await self._fresh()
 
-    async def key_chunks(self) -> AsyncIterator[list[str]]:
-        keys = list(await self._fresh())
+    async def key_chunks(self, prefix: str = "") -> AsyncIterator[list[str]]:
+        keys = [key for key in await self._fresh() if key.startswith(prefix)]
         for start in range(0, len(keys), 4096):
             yield keys[start : start + 4096]
 
