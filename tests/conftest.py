@@ -1,9 +1,10 @@
-"""Shared fixtures: store paths for both backends, and the shared fixture files."""
+"""Shared fixtures: store paths for both backends, and the fixture files in tests/fixtures/."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -11,21 +12,31 @@ import pytest
 
 import aiosessions
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FIXTURES = SHARED / "fixtures"
+#: The fixture files, part of the repository (copied from the project brief's shared fixtures),
+#: so that a clean clone runs every test.
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """With ``AIOSESSIONS_NO_SKIP=1`` (CI sets it) a skipped test fails: CI runs every test."""
+    report = yield
+    if os.environ.get("AIOSESSIONS_NO_SKIP") == "1" and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped where every test must run (AIOSESSIONS_NO_SKIP=1): {reason}"
+    return report
 
 
 def _fixture(name: str) -> Path:
     path = FIXTURES / name
-    if not SHARED.is_dir():
-        pytest.skip(f"{SHARED} is absent: the shared fixtures are not available here")
-    assert path.is_file(), f"{path} is missing although {SHARED} exists"
+    assert path.is_file(), f"{path} is missing: it is part of the repository"
     return path
 
 
 @pytest.fixture
 def openclaw_sessions() -> dict[str, Any]:
-    """The OpenClaw-shaped sessions.json of ../shared/fixtures, as parsed JSON."""
+    """The OpenClaw-shaped sessions.json of tests/fixtures, as parsed JSON."""
     data: dict[str, Any] = json.loads(_fixture("openclaw-sessions.json").read_text("utf-8"))
     return data
 
@@ -37,7 +48,7 @@ def openclaw_sessions_path() -> Path:
 
 @pytest.fixture
 def hostile_keys() -> list[str]:
-    """The hostile keys of ../shared/fixtures (some of them invalid on purpose)."""
+    """The hostile keys of tests/fixtures (some of them invalid on purpose)."""
     keys: list[str] = json.loads(_fixture("hostile-keys.json").read_text("utf-8"))
     return keys
 

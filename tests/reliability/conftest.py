@@ -33,9 +33,10 @@ import aiosessions
 from aiosessions import FileSystem
 from aiosessions._keys import decode_name
 
-#: The shared hostile keys (../shared/fixtures/hostile-keys.json), or none when it is absent.
-_HOSTILE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "hostile-keys.json"
-FIXTURE_KEYS: list[str] = json.loads(_HOSTILE.read_text("utf-8")) if _HOSTILE.is_file() else []
+#: The fixture files of the repository (tests/fixtures).
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+#: The hostile keys of tests/fixtures/hostile-keys.json.
+FIXTURE_KEYS: list[str] = json.loads((FIXTURES / "hostile-keys.json").read_text("utf-8"))
 
 # -- sizes ------------------------------------------------------------------------------
 
@@ -608,13 +609,3 @@ async def wait_swept(store: Any, at_least: int = 1) -> None:
     with anyio.fail_after(30):
         while store.statistics().swept < at_least:
             await anyio.sleep(0.001)
-
-
-def library_exports() -> set[str]:
-    return set(aiosessions.__all__)
-
-
-def skip_unless_exported(*names: str) -> None:
-    missing = [name for name in names if name not in library_exports()]
-    if missing:
-        pytest.skip(f"aiosessions does not export {', '.join(missing)} yet")

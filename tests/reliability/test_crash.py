@@ -27,7 +27,7 @@ import pytest
 
 import aiosessions
 
-from .conftest import Scale, disk_state, open_plain, record, skip_unless_exported, tmp_files, wait_swept
+from .conftest import Scale, disk_state, open_plain, record, tmp_files, wait_swept
 
 CHILD = Path(__file__).with_name("_child.py")
 KEYS = ["agent:main:telegram:direct:1", "agent:main:Telegram:direct:1", "cron:../../x", "k:" + "ü" * 120]
@@ -226,7 +226,6 @@ def _legacy_entries(count: int) -> dict[str, Any]:
 @pytest.mark.slow
 def test_sigkill_migrate(tmp_path: Path, scale: Scale, seed: int) -> None:
     """SIGKILL migrate() at random moments: one complete store is authoritative; a rerun finishes."""
-    skip_unless_exported("migrate")
     rng = random.Random(seed)
     entries = _legacy_entries(300 if not scale.soak else 2000)
     legacy = json.dumps(entries, indent=2).encode()
@@ -292,7 +291,6 @@ async def _migrate_again(store_path: Path) -> None:
 @pytest.mark.parametrize("mode", ["directory", "json"])
 def test_sigkill_prune(tmp_path: Path, scale: Scale, seed: int, mode: str) -> None:
     """SIGKILL prune() at random moments: fresh entries untouched, stale ones whole or gone."""
-    skip_unless_exported("prune")
     rng = random.Random(seed)
     now = 1_800_000_000.0
     fresh = {f"fresh:{i}": {"sessionId": f"f{i}", "updatedAt": int(now * 1000)} for i in range(50)}

@@ -34,7 +34,6 @@ from .conftest import (
     open_plain,
     plant_old_orphan,
     record,
-    skip_unless_exported,
     tmp_files,
     wait_swept,
 )
@@ -380,7 +379,6 @@ def _check_pruned(work: Path, mode: str, entries: dict[str, Any], finished: bool
 @pytest.mark.parametrize(("err_name", "persistent"), _fault_params())
 async def test_fault_loop_migrate(tmp_path: Path, err_name: str, persistent: bool) -> None:
     """Every call of migrate() fails in turn: one store stays authoritative, a rerun finishes."""
-    skip_unless_exported("migrate")
 
     async def run(store_path: Path, fs: FaultFS) -> object:
         return await aiosessions.migrate(store_path, filesystem=fs, lock_timeout=2)
@@ -395,7 +393,6 @@ async def test_fault_loop_migrate(tmp_path: Path, err_name: str, persistent: boo
 @pytest.mark.parametrize(("err_name", "persistent"), _fault_params())
 async def test_fault_loop_prune(tmp_path: Path, mode: str, err_name: str, persistent: bool) -> None:
     """Every call of prune() fails in turn: stale entries go or stay whole, a rerun finishes."""
-    skip_unless_exported("prune")
 
     async def run(store_path: Path, fs: FaultFS) -> object:
         return await aiosessions.prune(
