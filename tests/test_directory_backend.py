@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -415,3 +418,90 @@ async def test_another_stores_write_is_seen_on_the_next_get(tmp_path: Path) -> N
             await writer.set(key, {"v": "back"})
             await writer.flush()
             assert await reader.get(key) == {"v": "back"}
+
+
+# -- parallel writer threads keep their own outcome ----------------------------------------------
+
+
+class _OneRootFsyncFails(aiosessions.FileSystem):
+    """The store folder's fsyncs of one batch run together; the first of them fails (EIO).
+
+    The others reach the disk at the same moment but return only after the failing thread has
+    finished its part of the batch: the order in which a slow thread's success would wipe out
+    a fast thread's failure. Later fsyncs of the store folder succeed and are counted.
+    """
+
+    def __init__(self, root: Path, together: int) -> None:
+        self._root = root
+        self._barrier = threading.Barrier(together)
+        self._lock = threading.Lock()
+        self._failing: int | None = None
+        self.armed = False
+        self.root_fsyncs_after = 0
+
+    def fsync(self, fd: int) -> None:
+        if not self._is_root(fd):
+            return super().fsync(fd)
+        if not self.armed:
+            with self._lock:
+                self.root_fsyncs_after += self._failing is not None
+            return super().fsync(fd)
+        self._barrier.wait(timeout=30)
+        with self._lock:
+            if self._failing is None:
+                self._failing = threading.get_ident()
+                self.armed = False
+                raise OSError(errno.EIO, "injected", "sessions.d")
+        super().fsync(fd)
+        self._wait_until_out_of_the_library(self._failing)
+
+    def _is_root(self, fd: int) -> bool:
+        st = os.fstat(fd)
+        return stat.S_ISDIR(st.st_mode) and os.path.samestat(st, os.stat(self._root))
+
+    @staticmethod
+    def _wait_until_out_of_the_library(ident: int) -> None:
+        """Until the failing thread has left aiosessions (its batch part is done), bounded."""
+        package = os.path.dirname(aiosessions.__file__)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            frame = sys._current_frames().get(ident)
+            inside = False
+            while frame is not None:
+                inside = inside or frame.f_code.co_filename.startswith(package)
+                frame = frame.f_back
+            if not inside:
+                return
+            time.sleep(0.001)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+@pytest.mark.anyio
+async def test_a_failed_folder_fsync_is_not_cleared_by_another_threads_success(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """Issue 9.8: one writer thread's EIO on fsyncing the store folder must survive the other
+    threads' successful fsyncs, so that the new session folders of the failed part get their
+    directory entries fsynced when they are written again."""
+    from aiosessions._keys import lock_stripe
+
+    path = tmp_path / "sessions.json"
+    keys: dict[int, str] = {}
+    i = 0
+    while len(keys) < 16:  # 16 stripes: the batch is split over the 4 writer threads
+        keys.setdefault(lock_stripe(f"agent:main:new:{i}", 64), f"agent:main:new:{i}")
+        i += 1
+    fs = _OneRootFsyncFails(tmp_path / "sessions.d", together=4)
+    async with aiosessions.open_store(path, flush_interval=3600, entry_type=dict, filesystem=fs) as store:
+        for key in keys.values():
+            await store.set(key, {"sessionId": key})
+        fs.armed = True
+        with pytest.raises(aiosessions.FlushError):
+            await store.flush()  # every new folder is created; one thread's store fsync fails
+        assert not fs.armed
+        await store.flush()  # the failed part is written again: its folders already exist
+        assert fs.root_fsyncs_after >= 1, "the store folder was never fsynced again after the EIO"
+    for key in keys.values():
+        assert json.loads((tmp_path / "sessions.d" / encode_key(key) / "meta.json").read_bytes()) == {
+            "sessionId": key
+        }

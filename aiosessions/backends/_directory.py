@@ -16,6 +16,7 @@ import itertools
 import os
 import secrets
 import stat as stat_module
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -130,11 +131,18 @@ class DirectoryBackend:
         self._locks_dir = -1
         self._trash = -1
         self._lock_fds: dict[int, int] = {}
+        #: The writer threads of a batch share the state below; it changes under this lock.
+        self._state_lock = threading.Lock()
         #: A durable fsync of the store folder failed: the next durable batch fsyncs it
         #: again even if it creates no folder (a retried write finds its folder there).
         self._root_unsynced = False
+        #: Failed fsyncs of the store folder so far: a success clears ``_root_unsynced``
+        #: only if no failure happened since that fsync began (a thread whose fsync ran
+        #: beside the failing one proves nothing about the failed thread's folders).
+        self._root_failures = 0
         #: Folders where a write failed and may have left its tmp file (its removal can fail
         #: too, on a broken disk): the next write of the key, under its lock, removes it.
+        #: Not under ``_state_lock``: a batch gives each stripe (so each folder) to one thread.
         self._unclean: set[str] = set()
         #: Deleted folders of this process still in the trash because removing them failed.
         self._trash_left: set[str] = set()
@@ -424,8 +432,7 @@ class DirectoryBackend:
         result = BatchResult()
         signatures: dict[str, Signature] = {}
         namespace_changed: list[str] = []  # keys whose write created or removed a folder
-        if self._trash_left:
-            self._empty_trash_sync()
+        self._empty_trash_sync()
         for stripe, writes in groups:
             try:
                 fd = self._lock_fd(stripe)
@@ -459,21 +466,29 @@ class DirectoryBackend:
                     release_file_lock(self._fs, fd)
                 except OSError:
                     pass  # closing the descriptor at aclose releases it in any case
-        if durable and (namespace_changed or self._root_unsynced):
+        with self._state_lock:
+            failures_before = self._root_failures
+            sync_root = durable and (namespace_changed or self._root_unsynced)
+        if sync_root:
             try:
                 self._fs.fsync(self._root)
-                self._root_unsynced = False
             except OSError as exc:
                 # The outcome is unknown after a failed fsync: report these as unsynced
                 # (visible, durability unknown), so they stay queued and are written
                 # again (not merely fsynced again).
-                self._root_unsynced = True
+                with self._state_lock:
+                    self._root_unsynced = True
+                    self._root_failures += 1
                 error = io_error(exc, "syncing the store directory", path=self.location())
                 for key in namespace_changed:
                     if key in result.landed:
                         result.landed.remove(key)
                         signatures.pop(key, None)
                         result.unsynced[key] = error
+            else:
+                with self._state_lock:
+                    if self._root_failures == failures_before:
+                        self._root_unsynced = False
         return result, signatures
 
     def _lock_fd(self, stripe: int) -> int:
@@ -542,7 +557,8 @@ class DirectoryBackend:
         try:
             self._fs.remove_tree(doomed, dir_fd=self._trash)
         except OSError:
-            self._trash_left.add(doomed)  # out of the store already; retried with the next batch
+            with self._state_lock:  # out of the store already; retried with the next batch
+                self._trash_left.add(doomed)
         return True
 
     def _remove_tmp_files(self, name: str, folder: int) -> None:
@@ -560,13 +576,21 @@ class DirectoryBackend:
         self._unclean.discard(name)
 
     def _empty_trash_sync(self) -> None:
-        """Retry removing deleted folders whose removal failed (best effort)."""
-        for doomed in list(self._trash_left):
+        """Retry removing deleted folders whose removal failed (best effort).
+
+        Each writer thread takes the whole set, so two threads never remove one folder.
+        """
+        with self._state_lock:
+            doomed, self._trash_left = self._trash_left, set()
+        left = set()
+        for name in doomed:
             try:
-                self._fs.remove_tree(doomed, dir_fd=self._trash)
+                self._fs.remove_tree(name, dir_fd=self._trash)
             except OSError:
-                continue
-            self._trash_left.discard(doomed)
+                left.add(name)
+        if left:
+            with self._state_lock:
+                self._trash_left |= left
 
     # -- upkeep ----------------------------------------------------------------------
 
