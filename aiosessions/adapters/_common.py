@@ -1,0 +1,203 @@
+"""What the framework adapters share: holding a store, the clock, key parts, prefix listing.
+
+Frameworks open their storage in one task (a startup hook, a fixture) and close it
+in another (a shutdown hook): :class:`StoreHandle` opens its store lazily on first
+use and closes it from whichever task asks, or uses a store the caller opened and
+leaves closing it to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+
+import aiosessions
+
+from .._store import SessionStore, open_store
+from ..backends import Backend
+
+__all__ = [
+    "Record",
+    "StoreHandle",
+    "StoreTarget",
+    "deleting",
+    "items_with_prefix",
+    "key_part",
+    "next_updated_at",
+    "now_ms",
+]
+
+#: A stored entry of the adapters: a JSON object.
+Record = dict[str, Any]
+#: What an adapter is made from: a store path or URL, a backend object (all as for
+#: ``open_store``), or a store opened by the caller.
+StoreTarget = str | os.PathLike[str] | Backend | SessionStore[Record]
+
+
+#: What an update function returns to delete the entry (``aiosessions.DELETE``; before
+#: that sentinel existed, None).
+_DELETE: Any = getattr(aiosessions, "DELETE", None)
+
+
+def deleting(fn: Callable[[Record | None], Record | None]) -> Callable[[Record | None], Any]:
+    """``fn`` for ``store.update``, where ``fn`` returns None for "no entry" (delete it)."""
+
+    def apply(current: Record | None) -> Any:
+        result = fn(current)
+        return _DELETE if result is None else result
+
+    return apply
+
+
+def now_ms() -> int:
+    """Wall-clock epoch milliseconds: what ``updatedAt`` and expiry times hold."""
+    return time.time_ns() // 1_000_000
+
+
+def next_updated_at(previous: Record | None) -> int:
+    """The ``updatedAt`` of a new version of ``previous``: the clock, but always later.
+
+    Written inside ``store.update`` (compare-and-swap), so it grows with every version
+    of a key even across processes, and tells a reader whether a key changed.
+    """
+    now = now_ms()
+    if previous is not None:
+        before = previous.get("updatedAt")
+        if isinstance(before, int) and not isinstance(before, bool) and before >= now:
+            return before + 1
+    return now
+
+
+_PART_ESCAPES = str.maketrans({"%": "%25", ":": "%3A", "\x00": "%00"})
+
+
+def key_part(value: str) -> str:
+    """``value`` made safe as one ``:``-separated part of a session key, readably.
+
+    Only ``%``, ``:`` and NUL are escaped (``%25``, ``%3A``, ``%00``), so the part
+    never contains the separator and distinct values give distinct parts.
+    """
+    return value.translate(_PART_ESCAPES)
+
+
+async def items_with_prefix(store: SessionStore[Record], prefix: str) -> AsyncIterator[tuple[str, Record]]:
+    """Every ``(key, entry)`` whose key starts with ``prefix``.
+
+    The one place the adapters list by prefix. Uses the store's prefix listing when it
+    has one (cost proportional to the matches); until then it filters ``keys()``.
+    """
+    items: Callable[..., AsyncIterator[tuple[str, Record]]] = store.items
+    try:
+        listing = items(prefix=prefix)
+    except TypeError:
+        # TODO(listing): remove once keys(prefix=)/items(prefix=) land in the store.
+        async for key, entry in store.items():
+            if key.startswith(prefix):
+                yield key, entry
+        return
+    async for key, entry in listing:
+        yield key, entry
+
+
+class StoreHandle:
+    """The store an adapter works on.
+
+    Made from a path or URL, the store is opened (``entry_type=dict``) on first use and
+    closed by :meth:`aclose`, from any task; a later use opens it again. Made from an
+    open store, it uses that store and never closes it.
+    """
+
+    def __init__(self, target: StoreTarget, *, what: str, options: dict[str, Any] | None = None) -> None:
+        if not isinstance(target, (str, os.PathLike, SessionStore)) and not hasattr(target, "write_batch"):
+            raise TypeError(
+                f"{what} needs a store path, a store URL or an open store, not {type(target).__name__}"
+            )
+        self._owned = not isinstance(target, SessionStore)
+        if isinstance(target, SessionStore):
+            if target.entry_type is not dict:
+                raise TypeError(
+                    f"{what} keeps JSON objects: open the store with entry_type=dict "
+                    f"(this one holds {target.entry_type.__name__} entries), or pass its path"
+                )
+            if options:
+                raise TypeError(f"{what}: store options apply only when it opens the store itself")
+            self._store: SessionStore[Record] | None = target
+        else:
+            self._store = None
+        self._target = target
+        self._options = dict(options or {})
+        self._close: Callable[[], Awaitable[None]] | None = None
+        self._opening = anyio.Lock()
+
+    @property
+    def owned(self) -> bool:
+        """Whether the adapter opened (and so closes) the store."""
+        return self._owned
+
+    @property
+    def current(self) -> SessionStore[Record] | None:
+        """The store if it is open now, else None (nothing is opened)."""
+        store = self._store
+        return store if store is not None and not store.closed else None
+
+    async def store(self) -> SessionStore[Record]:
+        """The open store, opening it first if the adapter owns it and it is not open."""
+        store = self._store
+        if store is not None and (not store.closed or not self._owned):
+            return store
+        async with self._opening:
+            if self._store is None or self._store.closed:
+                self._store, self._close = await _open_owned(self._target, self._options)
+            return self._store
+
+    async def aclose(self) -> None:
+        """Close the store if the adapter opened it (flushing what is queued); idempotent."""
+        if not self._owned:
+            return
+        async with self._opening:
+            close, self._close = self._close, None
+            if close is not None:
+                await close()
+
+
+async def _open_owned(
+    target: StoreTarget, options: dict[str, Any]
+) -> tuple[SessionStore[Record], Callable[[], Awaitable[None]]]:
+    """Open a dict store that may be closed from another task than the one that opened it.
+
+    A task of its own holds ``async with open_store(...)`` until the close function
+    is called, which works from any task on asyncio (the frameworks' loop).
+    """
+    assert not isinstance(target, SessionStore)
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[SessionStore[Record]] = loop.create_future()
+    stop = asyncio.Event()
+
+    async def hold() -> None:
+        try:
+            async with open_store(target, entry_type=dict, **options) as store:
+                ready.set_result(store)
+                await stop.wait()
+        except BaseException as exc:
+            if ready.done():
+                raise
+            ready.set_exception(exc)
+
+    holder = loop.create_task(hold(), name=f"aiosessions store {target!r}")
+    try:
+        store = await asyncio.shield(ready)
+    except BaseException:
+        stop.set()
+        await asyncio.shield(holder)
+        raise
+
+    async def close() -> None:
+        stop.set()
+        await asyncio.shield(holder)
+
+    return store, close

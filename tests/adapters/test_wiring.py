@@ -1,0 +1,44 @@
+"""Packaging: importing aiosessions imports no framework; each adapter shows its wiring in five lines."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+FRAMEWORKS = ["aiogram", "telegram", "aiohttp", "aiohttp_session"]
+
+
+def test_importing_aiosessions_imports_no_framework() -> None:
+    code = (
+        "import sys, aiosessions, aiosessions.adapters, aiosessions.adapters._values, "
+        "aiosessions.adapters._lease\n"
+        f"print([m for m in {FRAMEWORKS!r} if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def wiring(module: str) -> list[str]:
+    """The literal block after "Wiring it in" in the module's docstring, as lines."""
+    doc = importlib.import_module(module).__doc__ or ""
+    block = re.search(r"Wiring it in.*?::\n\n((?:    .*\n|\n)+)", doc)
+    assert block is not None, f"{module}'s docstring shows no wiring"
+    return [line[4:] for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_aiohttp_wiring_runs(tmp_path: Path) -> None:
+    pytest.importorskip("aiohttp_session", reason="the aiohttp extra is not installed")
+    from aiohttp import web
+
+    lines = wiring("aiosessions.adapters.aiohttp")
+    assert len(lines) == 5, lines
+    code = "\n".join(lines).replace('"state/sessions.json"', repr(str(tmp_path / "sessions.json")))
+    namespace: dict[str, Any] = {"app": web.Application()}
+    exec(code, namespace)
+    assert namespace["storage"].on_cleanup in namespace["app"].on_cleanup
