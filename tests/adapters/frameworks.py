@@ -23,6 +23,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITES = Path(__file__).resolve().parent / "suites"
+#: The backends each framework's suite runs on, every test once per backend, in one run.
+BACKENDS = ["directory", "json"]
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,9 @@ def run(workdir: Path, args: list[str], env: dict[str, str] | None = None, timeo
     done = subprocess.run(
         [
             *(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs"),
-            *("--rootdir", str(workdir), "-c", str(workdir / "pytest.ini"), *args),
+            *("--rootdir", str(workdir), "-c", str(workdir / "pytest.ini")),
+            # Its own temporary folder: not the shared /tmp/pytest-of-<user> other runs clean up.
+            *("--basetemp", str(workdir / ".tmp"), *args),
         ],
         cwd=workdir,
         env=environment,

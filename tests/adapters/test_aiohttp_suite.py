@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .frameworks import Outcome, prepare, run, sdist_cache
+from .frameworks import BACKENDS, Outcome, prepare, run, sdist_cache
 
 __all__ = ["sdist_cache"]
 
@@ -31,8 +31,7 @@ filterwarnings =
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["directory", "json"])
-def test_redis_storage_suite(sdist_cache: Path, tmp_path: Path, backend: str) -> None:
+def test_redis_storage_suite(sdist_cache: Path, tmp_path: Path) -> None:
     workdir = prepare(
         sdist_cache,
         tmp_path,
@@ -44,9 +43,14 @@ def test_redis_storage_suite(sdist_cache: Path, tmp_path: Path, backend: str) ->
     )
     deselect = [f"--deselect=tests/test_redis_storage.py::{name}" for name in NOT_APPLICABLE]
     outcome: Outcome = run(
-        workdir, ["tests/test_redis_storage.py", *deselect], env={"AIOSESSIONS_SUITE_STORE": backend}
+        workdir,
+        ["tests/test_redis_storage.py", *deselect],
+        env={"AIOSESSIONS_SUITE_STORES": ",".join(BACKENDS)},
     )
     assert (outcome.returncode, outcome.failed, outcome.errors, outcome.skipped) == (0, 0, 0, 0), (
         outcome.output
     )
-    assert (outcome.passed, outcome.deselected) == (13, len(NOT_APPLICABLE)), outcome.output
+    assert (outcome.passed, outcome.deselected) == (
+        13 * len(BACKENDS),
+        len(NOT_APPLICABLE) * len(BACKENDS),
+    ), outcome.output

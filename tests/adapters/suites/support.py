@@ -10,21 +10,29 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from aiosessions.adapters._common import Record, StoreHandle, items_with_prefix
 
-#: Which backend the suite runs on: "directory", "json" or "redis".
-BACKEND = os.environ.get("AIOSESSIONS_SUITE_STORE", "directory")
+#: The backends every test of the suite runs on, once each ("directory", "json", "redis").
+BACKENDS = os.environ.get("AIOSESSIONS_SUITE_STORES", "directory").split(",")
 
 
-def store_target(folder: Path) -> tuple[Any, dict[str, Any]]:
+@pytest.fixture(autouse=True, params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Autouse and parametrised: every test of the framework's files runs on each backend."""
+    return str(request.param)
+
+
+def store_target(folder: Path, backend: str) -> tuple[Any, dict[str, Any]]:
     """Where the store of one test lives, and the options to open it with."""
-    if BACKEND == "directory":
+    if backend == "directory":
         return folder / "sessions.json", {"fsync": False}
-    if BACKEND == "json":
+    if backend == "json":
         return folder / "sessions.json", {"fsync": False, "mode": "json"}
-    if BACKEND == "redis":
+    if backend == "redis":
         return os.environ["AIOSESSIONS_SUITE_REDIS_URL"], {}
-    raise AssertionError(f"unknown AIOSESSIONS_SUITE_STORE {BACKEND!r}")
+    raise AssertionError(f"unknown backend {backend!r}")
 
 
 async def snapshot(handle: StoreHandle, prefix: str = "") -> dict[str, Record]:
