@@ -13,6 +13,7 @@ from ._entry import Entry as Entry
 from ._entry import SessionEntry as SessionEntry
 from ._errors import CorruptSessionError as CorruptSessionError
 from ._errors import FlushError as FlushError
+from ._errors import InvalidEntryError as InvalidEntryError
 from ._errors import InvalidKeyError as InvalidKeyError
 from ._errors import LockTimeoutError as LockTimeoutError
 from ._errors import MigrationError as MigrationError
@@ -29,6 +30,7 @@ from ._maintenance import prune as prune
 from ._migrate import MigrationReport as MigrationReport
 from ._migrate import export_json as export_json
 from ._migrate import migrate as migrate
+from ._store import DELETE as DELETE
 from ._store import SessionStore as SessionStore
 from ._store import open_store as open_store
 from ._writebehind import StoreStatistics as StoreStatistics
@@ -37,11 +39,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CorruptSessionError",
+    "DELETE",
     "Entry",
     "FileSystem",
     "FlushError",
     "FsckProblem",
     "FsckReport",
+    "InvalidEntryError",
     "InvalidKeyError",
     "LockTimeoutError",
     "MigrationError",

@@ -10,12 +10,22 @@ loses or alters data the program did not touch.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Generic, TypeVar, Union, cast
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
-__all__ = ["DECODE_ERRORS", "Codec", "Entry", "SessionEntry", "codec_for", "recency_of"]
+__all__ = [
+    "DECODE_ERRORS",
+    "MAX_NESTING",
+    "Codec",
+    "Entry",
+    "SessionEntry",
+    "codec_for",
+    "recency_of",
+    "storable",
+]
 
 T = TypeVar("T")
 
@@ -272,4 +282,34 @@ def recency_of(data: bytes) -> int | None:
     value = _recency_decoder.decode(data).updatedAt
     if isinstance(value, int) and not isinstance(value, bool):
         return value
+    return None
+
+
+#: The deepest nesting of arrays and objects an entry may have. msgspec decodes about
+#: a thousand levels, fewer when the caller's stack is already deep; entries are
+#: refused well before that, so whatever is stored can be read back from any stack.
+MAX_NESTING = 256
+
+_OPENERS = frozenset(b"[{")
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def storable(data: bytes, max_bytes: int) -> str | None:
+    """Why the encoded entry ``data`` could not be read back, or None if it can.
+
+    Cheap for real entries: a nesting of N levels needs N brackets, so the exact
+    depth is computed only for the rare entry with more than :data:`MAX_NESTING`.
+    """
+    if len(data) > max_bytes:
+        return f"it is {len(data):,} bytes of JSON, over the store's max_entry_bytes of {max_bytes:,}"
+    if len(data) > 2 * MAX_NESTING and data.count(b"[") + data.count(b"{") > MAX_NESTING:
+        depth = deepest = 0
+        for byte in _STRING.sub(b"", data):
+            if byte in _OPENERS:
+                depth += 1
+                deepest = max(deepest, depth)
+            elif byte in (0x5D, 0x7D):  # ] }
+                depth -= 1
+        if deepest > MAX_NESTING:
+            return f"it nests {deepest} levels of arrays and objects, over the limit of {MAX_NESTING}"
     return None

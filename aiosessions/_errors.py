@@ -6,6 +6,7 @@ subclasses that builtin too::
 
     SessionStoreError
     ├── InvalidKeyError        (also ValueError)   a key that cannot name a session
+    ├── InvalidEntryError      (also ValueError)   an entry the store could not give back
     ├── CorruptSessionError                        a stored entry that does not decode; says where
     ├── StoreFormatError                           not a store, or a store of another format/version
     ├── StoreClosedError                           the store was used after aclose()
@@ -26,6 +27,7 @@ from collections.abc import Mapping
 __all__ = [
     "CorruptSessionError",
     "FlushError",
+    "InvalidEntryError",
     "InvalidKeyError",
     "LockTimeoutError",
     "MigrationError",
@@ -48,6 +50,18 @@ class InvalidKeyError(SessionStoreError, ValueError):
         self.problem = problem
         shown = repr(key) if len(repr(key)) <= 80 else repr(key)[:77] + "..."
         super().__init__(f"invalid session key {shown}: {problem}")
+
+
+class InvalidEntryError(SessionStoreError, ValueError):
+    """An entry the store refuses because it could not give it back: too large, nested too deep.
+
+    Raised by ``set()`` and ``update()`` before anything is written.
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"the entry for session {key!r} was not stored: {problem}")
 
 
 class CorruptSessionError(SessionStoreError):

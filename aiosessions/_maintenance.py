@@ -46,7 +46,7 @@ from ._keys import MAX_KEY_BYTES, decode_name, encode_key, is_shortened, lock_st
 from ._layout import FORMAT_FILE, FORMAT_NAME, FORMAT_VERSION, StorePaths, detect_mode, encode_format
 from ._locks import acquire_file_lock_sync, release_file_lock
 from ._migrate import RECORD, STAGING_SUFFIX, _check_entries, _stamp, object_decoder
-from ._store import open_store
+from ._store import DELETE, _Delete, open_store
 from .backends._directory import CHUNK, KEY_FILE, LOCK_STRIPES, LOCKS, META, TRASH
 from .backends._json import decode_legacy
 
@@ -207,16 +207,16 @@ def _unchanged(seen: int | None) -> Callable[[int | None], bool]:
 
 def _drop_if(
     key: str, spared: list[str], still: Callable[[int | None], bool]
-) -> Callable[[dict[str, Any] | None], dict[str, Any] | None]:
+) -> Callable[[dict[str, Any] | None], dict[str, Any] | _Delete]:
     """An update function deleting the entry if ``still(updatedAt)`` holds when it is applied.
 
     It is applied again if another process changed the entry first, so the
     decision is made on the value actually replaced.
     """
 
-    def fn(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    def fn(entry: dict[str, Any] | None) -> dict[str, Any] | _Delete:
         if entry is None or still(_recency(entry)):
-            return None
+            return DELETE
         spared.append(key)
         return entry
 

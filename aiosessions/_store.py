@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import os
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from types import TracebackType
-from typing import Any, Generic, TypedDict, TypeVar, Union, overload
+from typing import Any, Final, Generic, TypedDict, TypeVar, Union, overload
 
 import anyio
 import anyio.abc
@@ -24,8 +25,8 @@ from ._defaults import (
     DEFAULT_MAX_PENDING_KEYS,
     DEFAULT_TMP_MAX_AGE,
 )
-from ._entry import DECODE_ERRORS, Codec, SessionEntry, codec_for, recency_of
-from ._errors import CorruptSessionError, StoreClosedError
+from ._entry import DECODE_ERRORS, Codec, SessionEntry, codec_for, recency_of, storable
+from ._errors import CorruptSessionError, InvalidEntryError, StoreClosedError
 from ._fs import FileSystem
 from ._keys import validate_key
 from ._layout import StorePaths
@@ -34,7 +35,7 @@ from ._writebehind import StoreStatistics, WriteBehind
 from .backends import Backend
 from .backends._files import file_backend
 
-__all__ = ["SessionStore", "open_store"]
+__all__ = ["DELETE", "SessionStore", "open_store"]
 
 T = TypeVar("T")
 
@@ -42,12 +43,37 @@ T = TypeVar("T")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
+class _Delete:
+    """The type of :data:`DELETE`."""
+
+    _instance: _Delete | None = None
+
+    def __new__(cls) -> _Delete:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "aiosessions.DELETE"
+
+    def __reduce__(self) -> str:
+        return "DELETE"
+
+
+#: Returned by an :meth:`SessionStore.update` function to delete the session.
+DELETE: Final = _Delete()
+
+#: Only the openers make stores: a store needs its background flusher to be started.
+_OPENER = object()
+
+
 class SessionStore(Generic[T]):
     """Sessions by key: read, set, update and delete them from async code.
 
-    Made by :func:`open_store`; see there for the options. Reads see this
-    process's changes at once and another process's flushed changes on the next
-    read. Changes are queued and written in batches by a background flusher.
+    Made by :func:`open_store` (never directly); see there for the options. Reads
+    see this process's changes at once and another process's flushed changes on
+    the next read. Changes are queued and written in batches by a background
+    flusher; :meth:`aclose` writes what is left.
     """
 
     def __init__(
@@ -59,9 +85,17 @@ class SessionStore(Generic[T]):
         fsync: bool,
         max_pending_keys: int,
         max_pending_bytes: int,
+        max_entry_bytes: int,
+        _opener: object = None,
     ) -> None:
+        if _opener is not _OPENER:
+            raise TypeError(
+                "a SessionStore is made by open_store(): `async with open_store(path) as store:` "
+                "or `store = await open_store(path)`"
+            )
         self._backend = backend
         self._codec = codec
+        self._max_entry_bytes = max_entry_bytes
         self._locks = KeyLocks()
         self._queue = WriteBehind(
             backend,
@@ -74,14 +108,22 @@ class SessionStore(Generic[T]):
         )
         self._closed = False
         self._opened = False
+        # The background tasks (flusher, upkeep): their scope, and whether they are over.
         self._background: anyio.CancelScope | None = None
         self._background_done = anyio.Event()
+        # Calls using the backend right now: its files close only once they are done.
+        self._users = 0
+        self._idle: anyio.Event | None = None
+        # Set when a close could not wait for a stuck call: the last one out closes.
+        self._close_backend_later = False
+        self._close_done: anyio.Event | None = None
+        self._close_error: BaseException | None = None
 
     # -- properties ------------------------------------------------------------------
 
     @property
     def mode(self) -> str:
-        """The backend's kind: ``"directory"`` (one folder per session), ``"json"`` (the legacy file) ..."""
+        """The backend's kind: ``"directory"``, ``"json"`` (the legacy file), ``"redis"`` ..."""
         return self._backend.mode
 
     @property
@@ -111,7 +153,8 @@ class SessionStore(Generic[T]):
 
         :raises InvalidKeyError: ``key`` is not a valid key.
         :raises CorruptSessionError: the stored entry does not decode (this key only).
-        :raises StoreIOError: the disk failed.
+        :raises StoreIOError: the storage failed.
+        :raises StoreClosedError: the store is closed.
         """
         data = await self._stored(key)
         return None if data is None else self._decode(key, data)
@@ -134,7 +177,11 @@ class SessionStore(Generic[T]):
         pending = await self._begin_read(key)
         if pending is not None:
             return pending[0] is not None
-        return await self._backend.exists(key)
+        self._enter()
+        try:
+            return await self._backend.exists(key)
+        finally:
+            await self._leave()
 
     async def _begin_read(self, key: str) -> tuple[bytes | None] | None:
         """The start of every read: a checkpoint, the checks, and the key's pending state.
@@ -148,27 +195,50 @@ class SessionStore(Generic[T]):
         return self._queue.pending(key)
 
     async def _stored(self, key: str) -> bytes | None:
-        """The bytes of ``key`` as this process sees them: pending, else on disk."""
+        """The bytes of ``key`` as this process sees them: pending, else stored."""
         pending = await self._begin_read(key)
-        return pending[0] if pending is not None else await self._backend.read(key)
+        return pending[0] if pending is not None else await self._read(key)
+
+    async def _read(self, key: str) -> bytes | None:
+        self._enter()
+        try:
+            return await self._backend.read(key)
+        finally:
+            await self._leave()
 
     async def keys(self) -> AsyncIterator[str]:
-        """Every key, in no particular order, listed from disk a chunk at a time.
+        """Every key, in no particular order, listed a chunk at a time.
 
         Entries are not read. Changes made while iterating may or may not be seen.
+
+        :raises StoreClosedError: the store was closed (also while iterating).
         """
         self._check_open()
         pending = self._queue.pending_keys()
-        async for chunk in self._backend.key_chunks():
-            for key in chunk:
-                exists = pending.pop(key, None)
-                if exists is None:
-                    # Not pending when we began; it may have become a pending delete since.
-                    now = self._queue.pending(key)
-                    if now is None or now[0] is not None:
+        chunks = self._backend.key_chunks()
+        try:
+            while True:
+                await anyio.lowlevel.checkpoint()  # every chunk, even one answered from memory
+                self._enter()
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                finally:
+                    await self._leave()
+                for key in chunk:
+                    exists = pending.pop(key, None)
+                    if exists is None:
+                        # Not pending when we began; it may have become a pending delete since.
+                        now = self._queue.pending(key)
+                        if now is None or now[0] is not None:
+                            yield key
+                    elif exists:
                         yield key
-                elif exists:
-                    yield key
+        finally:
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()
         for key, exists in pending.items():
             if exists:
                 yield key
@@ -193,7 +263,13 @@ class SessionStore(Generic[T]):
         if not keys:
             return
         clean = [key for key in keys if self._queue.pending(key) is None]
-        stored = dict(zip(clean, await self._backend.read_many(clean), strict=True)) if clean else {}
+        stored: dict[str, bytes | BaseException | None] = {}
+        if clean:
+            self._enter()
+            try:
+                stored = dict(zip(clean, await self._backend.read_many(clean), strict=True))
+            finally:
+                await self._leave()
         for key in keys:
             pending = self._queue.pending(key)
             data = pending[0] if pending is not None else stored.get(key)
@@ -215,14 +291,16 @@ class SessionStore(Generic[T]):
         """Make ``entry`` the entry of ``key`` (last writer wins).
 
         Returns once the change is visible to this process and queued; with
-        ``durable=True`` (or ``flush_interval=0``), once it is on disk.
+        ``durable=True`` (or ``flush_interval=0``), once it is stored.
 
         :raises TypeError: ``entry`` is not of the store's entry type.
+        :raises InvalidEntryError: the entry could not be read back (too large, nested
+            too deep); nothing is written.
         :raises StoreIOError: with ``durable``, the write failed (it stays queued).
         """
         self._check_open()
         validate_key(key)
-        data = self._codec.encode(entry)
+        data = self._encode(key, entry)
         async with self._locks.hold(key):
             await self._queue.wait_for_room(key)
             self._check_open()
@@ -230,15 +308,21 @@ class SessionStore(Generic[T]):
         await self._settle(key, seq, durable)
 
     async def update(
-        self, key: str, fn: Callable[[T | None], T | None], *, durable: bool = False
+        self, key: str, fn: Callable[[T | None], T | _Delete], *, durable: bool = False
     ) -> T | None:
         """Apply ``fn`` to the entry of ``key`` (None if absent) and store its result.
 
-        ``fn`` returns the new entry, or None to delete it. It runs with the key
-        locked, so concurrent updates in this process never interleave. If
+        ``fn`` returns the new entry, or :data:`aiosessions.DELETE` to delete the
+        session (returning None is a :class:`TypeError`: a function that changes the
+        entry in place and forgets ``return`` must not delete it). ``fn`` runs with
+        the key locked, so concurrent updates in this process never interleave. If
         another process changes the key before this change is written, ``fn`` is
         applied again to that process's value before writing (so no update is
-        lost); keep ``fn`` free of side effects. Returns ``fn``'s result.
+        lost); keep ``fn`` free of side effects. Returns the new entry (None when
+        deleted).
+
+        :raises TypeError: ``fn`` returned None, or is a coroutine function.
+        :raises InvalidEntryError: the new entry could not be read back; nothing changes.
         """
         self._check_open()
         validate_key(key)
@@ -251,7 +335,7 @@ class SessionStore(Generic[T]):
                     stored, base = pending[0], None
                     break
                 # The stored bytes are the compare-and-swap base of this change.
-                stored = base = await self._backend.read(key)
+                stored = base = await self._read(key)
                 self._check_open()
                 # Other writers may have filled the queue during the read: queue only
                 # with room, so the bounds hold however many updates run at once.
@@ -259,14 +343,10 @@ class SessionStore(Generic[T]):
                     break
             current = None if stored is None else self._decode(key, stored)
             result = fn(current)
-            if inspect.isawaitable(result):
-                if inspect.iscoroutine(result):
-                    result.close()  # no "coroutine ... was never awaited" warning on top
-                raise TypeError("update() takes a plain function, not a coroutine function")
-            data = None if result is None else self._codec.encode(result)
+            data = self._encode_result(key, result)
             seq = self._queue.put(key, data, fn=fn, base=base)
         await self._settle(key, seq, durable)
-        return result
+        return None if isinstance(result, _Delete) else result
 
     async def delete(self, key: str, *, durable: bool = False) -> bool:
         """Delete the entry of ``key``; return whether there was one."""
@@ -274,7 +354,14 @@ class SessionStore(Generic[T]):
         validate_key(key)
         async with self._locks.hold(key):
             pending = self._queue.pending(key)
-            existed = pending[0] is not None if pending is not None else await self._backend.exists(key)
+            if pending is not None:
+                existed = pending[0] is not None
+            else:
+                self._enter()
+                try:
+                    existed = await self._backend.exists(key)
+                finally:
+                    await self._leave()
             if not existed:
                 return False
             await self._queue.wait_for_room(key)
@@ -287,17 +374,44 @@ class SessionStore(Generic[T]):
         if durable or self._queue.write_through:
             await self._queue.wait_landed(key, seq)
 
+    def _encode(self, key: str, entry: T) -> bytes:
+        """The bytes of ``entry``, refused unless the store can give them back."""
+        data = self._codec.encode(entry)
+        problem = storable(data, self._max_entry_bytes)
+        if problem is not None:
+            raise InvalidEntryError(key, problem)
+        return data
+
+    def _encode_result(self, key: str, result: object) -> bytes | None:
+        """The bytes an update function's result stands for (None: delete)."""
+        if isinstance(result, _Delete):
+            return None
+        if result is None:
+            raise TypeError(
+                f"the update function for {key!r} returned None: return the new entry "
+                "(or aiosessions.DELETE to delete the session); the entry is unchanged"
+            )
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()  # no "coroutine ... was never awaited" warning on top
+            raise TypeError("update() takes a plain function, not a coroutine function")
+        return self._encode(key, result)  # type: ignore[arg-type]
+
     def _rebase(self, key: str, current: bytes | None, fns: list[Callable[[Any], Any]]) -> bytes | None:
         """Re-apply pending update functions to another process's newer value."""
         value: Any = None if current is None else self._decode(key, current)
         for fn in fns:
             value = fn(value)
-        return None if value is None else self._codec.encode(value)
+            if isinstance(value, _Delete):
+                value = None
+            elif value is None:
+                raise TypeError(f"the update function for {key!r} returned None when re-applied")
+        return None if value is None else self._encode(key, value)
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Return once every change accepted before the call is on disk.
+        """Return once every change accepted before the call is stored.
 
         :raises FlushError: some changes could not be written; they stay queued
             and are retried.
@@ -310,47 +424,103 @@ class SessionStore(Generic[T]):
         return self._queue.statistics(swept=self._backend.counters().get("swept", 0))
 
     async def aclose(self, *, timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
-        """Flush what is queued (for at most ``timeout`` seconds), stop the flusher, close files.
+        """Write what is queued, stop the background tasks, close the backend's files.
 
-        Idempotent. Cancelling the caller does not interrupt the final flush.
+        May be called from any task, and by several at once: every call returns
+        only when the store is closed, and each raises the same error if something
+        accepted could not be written (a call after the close is over returns at
+        once). Cancelling the caller does not interrupt the final flush.
 
+        :param timeout: seconds to wait for calls in progress and for the final
+            flush; when they run out, the store is closed anyway and the error says
+            how many changes were not written. One thing is waited for beyond it: a
+            batch already being written (closing files under a system call is
+            unsafe). A read stuck in a system call (a hung disk or mount) is not
+            waited for: the backend's files stay open until it returns.
         :raises FlushError: changes could not be written; the message says how many.
         """
-        if self._closed:
-            return
+        if self._close_done is not None:
+            if not self._close_done.is_set():
+                await self._close_done.wait()  # a close in progress: its outcome is ours too
+                if self._close_error is not None:
+                    raise self._close_error
+            return  # closed before this call: its error, if any, was raised to that caller
+        self._close_done = anyio.Event()
+        try:
+            with anyio.CancelScope(shield=True):
+                self._close_error = await self._close(timeout)
+        finally:
+            self._close_done.set()
+        if self._close_error is not None:
+            raise self._close_error
+
+    async def _close(self, timeout: float) -> BaseException | None:
+        """The one close: refuse new calls, let running ones finish, drain, stop, close."""
         self._closed = True
+        self._queue.begin_close()
         error: BaseException | None = None
-        with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(timeout):
-                try:
-                    await self._queue.flush()
-                except Exception as exc:
-                    error = exc
-            # The background tasks must be over before the descriptors they use are
-            # closed: a closed descriptor number may be reused by an unrelated open.
+        with anyio.move_on_after(timeout) as waited:
+            if self._users:
+                self._idle = anyio.Event()
+                await self._idle.wait()
+            # Between batches: the flusher never stops inside one (see WriteBehind).
             if self._background is not None:
                 self._background.cancel()
+            if self._opened:
                 await self._background_done.wait()
+            try:
+                await self._queue.drain()
+            except Exception as exc:  # the backend failed in a way it should have reported
+                error = exc
+        self._queue.stop()
+        if self._users or (self._opened and not self._background_done.is_set()):
+            self._close_backend_later = True  # a stuck call: the last one out closes
+        else:
             await self._backend.aclose()
-        unwritten = self._queue.close_error(timeout=timeout, timed_out=error is None)
+        unwritten = self._queue.close_error(timeout=timeout, timed_out=waited.cancelled_caught)
         if unwritten is not None:
-            raise unwritten from error
-        if error is not None:
-            raise error
+            unwritten.__cause__ = error or unwritten.__cause__
+            return unwritten
+        return error
+
+    def _enter(self) -> None:
+        """A call starts using the backend; refused once the store is closing.
+
+        No await between the check and the count: a close that found no users
+        waits for none.
+        """
+        self._check_open()
+        self._users += 1
+
+    async def _leave(self) -> None:
+        """A call is done with the backend; the last one out after a close finishes it."""
+        self._users -= 1
+        if self._users == 0:
+            if self._idle is not None:
+                self._idle.set()
+            if self._close_backend_later:
+                self._close_backend_later = False
+                with anyio.CancelScope(shield=True):
+                    await self._backend.aclose()
 
     async def _run_background(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """The flusher and the orphan sweep, under one scope that :meth:`aclose` cancels."""
+        """The flusher and the backend's upkeep, under one scope that :meth:`aclose` cancels."""
         try:
             with anyio.CancelScope() as scope:
                 self._background = scope
                 async with anyio.create_task_group() as tasks:
                     await tasks.start(self._queue.run)
                     tasks.start_soon(self._backend.maintain)
+                    self._opened = True
                     task_status.started()
         finally:
             self._background_done.set()
+            if self._close_backend_later and not self._users:
+                self._close_backend_later = False
+                with anyio.CancelScope(shield=True):
+                    await self._backend.aclose()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -372,7 +542,7 @@ class SessionStore(Generic[T]):
         )
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        if self._opened and not self._closed:
+        if getattr(self, "_opened", False) and not self._closed:  # False: __init__ refused
             _warn(f"unclosed session store {self.path}", ResourceWarning, source=self, stacklevel=1)
 
     def __repr__(self) -> str:
@@ -380,56 +550,143 @@ class SessionStore(Generic[T]):
         return f"<SessionStore {self.mode} {self.path!r} {state}>"
 
 
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+async def _open(
+    make_backend: Callable[[], Awaitable[Backend]],
+    codec: Codec[T],
+    options: _StoreOptions,
+    task_group: anyio.abc.TaskGroup | None,
+) -> tuple[SessionStore[T], Callable[[], Awaitable[None]] | None]:
+    """Open the backend and start the store's background tasks.
+
+    Where they run: in ``task_group`` when given; else on asyncio in a task of
+    their own that the store owns (so the store may be closed from any task);
+    else (trio) in a task group the caller's task enters here and must leave: the
+    returned function, to be awaited after ``aclose()`` in the same task.
+    """
+    backend = await make_backend()
+    try:
+        await backend.open()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await backend.aclose()  # a failed open (say, a corrupt file) keeps no descriptor
+        raise
+    store = SessionStore(backend, codec, **options, _opener=_OPENER)
+    leave: Callable[[], Awaitable[None]] | None = None
+    try:
+        if task_group is None and not _on_asyncio():
+            # trio: a task group of the caller's task, entered here and left by `leave`.
+            own = anyio.create_task_group()
+            await own.__aenter__()
+
+            async def leave() -> None:
+                own.cancel_scope.cancel()
+                await own.__aexit__(None, None, None)
+
+            task_group = own
+        # Shielded: a store whose background tasks started must reach the caller
+        # (who closes it), never be dropped by a cancellation in between.
+        with anyio.CancelScope(shield=True):
+            if task_group is not None:
+                await task_group.start(store._run_background)
+            else:
+                await _start_own_task(store)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            if leave is not None:
+                await leave()
+            await backend.aclose()
+        raise
+    return store, leave
+
+
+async def _start_own_task(store: SessionStore[Any]) -> None:
+    """asyncio: run the background tasks in a task the store owns, not the caller's."""
+    started = anyio.Event()
+
+    async def host() -> None:
+        async with anyio.create_task_group() as tasks:
+            await tasks.start(store._run_background)
+            started.set()
+
+    task = asyncio.get_running_loop().create_task(host(), name=f"aiosessions {store.path}")
+    _HOSTS.add(task)
+    task.add_done_callback(_HOSTS.discard)
+    await started.wait()
+
+
+#: The asyncio tasks hosting stores' background work: a running task must be referenced.
+_HOSTS: set[asyncio.Task[None]] = set()
+
+
 class _StoreContext(Generic[T]):
-    """What :func:`open_store` returns: ``async with`` it to get the store."""
+    """What :func:`open_store` returns: ``async with`` it, or ``await`` it, to get the store."""
 
     def __init__(
-        self, make_backend: Callable[[], Awaitable[Backend]], codec: Codec[T], options: _StoreOptions
+        self,
+        make_backend: Callable[[], Awaitable[Backend]],
+        codec: Codec[T],
+        options: _StoreOptions,
+        task_group: anyio.abc.TaskGroup | None,
     ) -> None:
         self._make_backend = make_backend
         self._codec = codec
         self._options = options
+        self._task_group = task_group
         self._store: SessionStore[T] | None = None
-        self._task_group: anyio.abc.TaskGroup | None = None
+        self._leave: Callable[[], Awaitable[None]] | None = None
+        self._used = False
 
-    def __await__(self) -> Generator[Any, None, None]:
-        raise TypeError(
-            "open_store() is an async context manager: use `async with open_store(...) as store:`"
-        )
+    def __await__(self) -> Generator[Any, None, SessionStore[T]]:
+        return self._open_for_await().__await__()
+
+    async def _open_for_await(self) -> SessionStore[T]:
+        self._claim()
+        if self._task_group is None and not _on_asyncio():
+            raise RuntimeError(
+                "on trio, `store = await open_store(...)` needs the task group its background "
+                "tasks run in: open_store(..., task_group=nursery), with a nursery that outlives "
+                "the store; or use `async with open_store(...) as store:` in one task"
+            )
+        store, _ = await _open(self._make_backend, self._codec, self._options, self._task_group)
+        return store
 
     async def __aenter__(self) -> SessionStore[T]:
-        if self._store is not None:
-            raise RuntimeError("this open_store() context is already in use")
-        backend = await self._make_backend()
-        store = SessionStore(backend, self._codec, **self._options)
-        try:
-            await backend.open()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await backend.aclose()  # a failed open (say, a corrupt file) keeps no descriptor
-            raise
-        store._opened = True
-        task_group = anyio.create_task_group()
-        await task_group.__aenter__()
-        try:
-            await task_group.start(store._run_background)
-        except BaseException:
-            task_group.cancel_scope.cancel()
-            await task_group.__aexit__(None, None, None)
-            await backend.aclose()
-            raise
-        self._store, self._task_group = store, task_group
-        return store
+        self._claim()
+        self._store, self._leave = await _open(
+            self._make_backend, self._codec, self._options, self._task_group
+        )
+        return self._store
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        assert self._store is not None and self._task_group is not None
+        assert self._store is not None
         try:
             await self._store.aclose()
         finally:
-            self._task_group.cancel_scope.cancel()
-            await self._task_group.__aexit__(None, None, None)
+            if self._leave is not None:
+                await self._leave()
+
+    def _claim(self) -> None:
+        if self._used:
+            raise RuntimeError("this open_store() call was used already: call open_store() again")
+        self._used = True
+
+    def __getattr__(self, name: str) -> Any:
+        if hasattr(SessionStore, name):
+            raise AttributeError(
+                f"open_store() returns an opener, not the store: use `async with open_store(...) as "
+                f"store:` (or `store = await open_store(...)`), then `store.{name}`"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 class _StoreOptions(TypedDict):
@@ -437,6 +694,7 @@ class _StoreOptions(TypedDict):
     fsync: bool
     max_pending_keys: int
     max_pending_bytes: int
+    max_entry_bytes: int
 
 
 Target = Union[str, "os.PathLike[str]", Backend]
@@ -451,6 +709,7 @@ def open_store(
     max_pending_keys: int = DEFAULT_MAX_PENDING_KEYS,
     max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
     max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
+    task_group: anyio.abc.TaskGroup | None = None,
     mode: str | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
@@ -467,6 +726,7 @@ def open_store(
     max_pending_keys: int = DEFAULT_MAX_PENDING_KEYS,
     max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
     max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
+    task_group: anyio.abc.TaskGroup | None = None,
     mode: str | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
@@ -482,13 +742,19 @@ def open_store(
     max_pending_keys: int = DEFAULT_MAX_PENDING_KEYS,
     max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
     max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
+    task_group: anyio.abc.TaskGroup | None = None,
     mode: str | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     tmp_max_age: float = DEFAULT_TMP_MAX_AGE,
     filesystem: FileSystem | None = None,
 ) -> _StoreContext[Any]:
-    """Open a session store; use as ``async with open_store(target) as store:``.
+    """Open a session store: ``async with open_store(target) as store:``.
+
+    Or ``store = await open_store(target)`` and later ``await store.aclose()``,
+    from any task (on trio, with ``task_group=``): the way for startup and
+    shutdown hooks. The ``async with`` form may also be left in another task than
+    the one that entered it, on asyncio.
 
     ``target`` is where the sessions live:
 
@@ -509,7 +775,12 @@ def open_store(
         fsync of files and folders; see the backend for what it means there).
     :param max_pending_keys: writers wait while this many keys are unwritten.
     :param max_pending_bytes: writers wait while this many bytes are unwritten.
-    :param max_entry_bytes: the largest entry stored or read back.
+    :param max_entry_bytes: the largest entry (in JSON bytes) stored or read back;
+        a larger one is refused at ``set()``/``update()``.
+    :param task_group: the task group the store's background tasks (the flusher,
+        upkeep) run in; it must outlive the store. Needed on trio to open the store
+        in one task and close it in another (``store = await open_store(...,
+        task_group=nursery)``); on asyncio the store runs them in a task of its own.
     :param mode: file stores only: ``"directory"`` or ``"json"`` to insist on one
         kind (``"json"`` makes a new legacy file); None detects it.
     :param lock_timeout: file stores only: seconds to wait for another process's
@@ -541,6 +812,7 @@ def open_store(
         fsync=fsync,
         max_pending_keys=max_pending_keys,
         max_pending_bytes=max_pending_bytes,
+        max_entry_bytes=max_entry_bytes,
     )
     make_backend: Callable[[], Awaitable[Backend]]
     is_path = isinstance(target, os.PathLike) or (
@@ -581,7 +853,7 @@ def open_store(
         async def make_backend() -> Backend:
             return backend
 
-    return _StoreContext(make_backend, codec, options)
+    return _StoreContext(make_backend, codec, options, task_group)
 
 
 def _refuse_file_options(**given: object) -> None:

@@ -86,6 +86,7 @@ class _Pending:
         "landed_seq",
         "seq",
         "since",
+        "unknown",
         "visible_seq",
     )
 
@@ -101,6 +102,9 @@ class _Pending:
         self.since = since
         self.error: BaseException | None = None
         self.error_batch = 0
+        #: ``(seq, bytes)`` of a write whose outcome is unknown (the backend raised): if
+        #: the stored bytes turn out to be exactly these, it landed.
+        self.unknown: tuple[int, bytes | None] | None = None
 
     @property
     def blind(self) -> bool:
@@ -144,7 +148,9 @@ class WriteBehind:
         self._wakeup = anyio.Event()
         self._progress = anyio.Event()
         self._stalled_batch = 0  # the last batch that failed and wrote nothing (0: none since)
-        self._stopped = False
+        self._flusher_running = False
+        self._draining = False  # aclose() writes what is left, in its own task
+        self._stopped = False  # nothing will be written any more
         self._writes = self._coalesced = self._flushes = self._failures = self._conflicts = 0
 
     @property
@@ -318,10 +324,20 @@ class WriteBehind:
     def _over_bounds(self) -> bool:
         return len(self._pending) >= self._max_keys or self._pending_bytes >= self._max_bytes
 
+    @property
+    def accepting(self) -> bool:
+        """Whether someone will write what is queued now: the flusher, or a closing drain."""
+        return not self._stopped and (self._flusher_running or self._draining)
+
     def _check_running(self) -> None:
         if self._stopped:
             raise StoreClosedError(
                 f"the store was closed with {len(self._pending)} session(s) not written to disk"
+            )
+        if not self.accepting:
+            raise StoreClosedError(
+                "the store's background flusher was cancelled (the task group it ran in ended); "
+                f"{len(self._pending)} session(s) wait in memory: aclose() writes them"
             )
 
     def flush_error(self, what: str, failed: Mapping[str, BaseException | None]) -> FlushError:
@@ -374,7 +390,8 @@ class WriteBehind:
     # -- the flusher -----------------------------------------------------------------
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """The flusher: runs until cancelled (by the store's ``aclose``)."""
+        """The flusher: runs until cancelled (by the store's ``aclose``, or its task group)."""
+        self._flusher_running = True
         task_status.started()
         try:
             while True:
@@ -386,9 +403,34 @@ class WriteBehind:
                     continue
                 await self._write_batch()
         finally:
-            # Nobody will write any more: wake every waiter so it can tell (never a hang).
-            self._stopped = True
+            # Wake every waiter so it can tell whether anyone still writes (never a hang).
+            self._flusher_running = False
             self._progress.set()
+
+    def begin_close(self) -> None:
+        """The store is closing: from now on its closing task writes what is left
+        (:meth:`drain`), so waiters keep waiting even after the flusher stops."""
+        self._draining = True
+
+    async def drain(self) -> None:
+        """Write everything pending in the calling task (the flusher must be stopped).
+
+        Used by ``aclose()``: it runs whatever cancelled the code around the store,
+        so what was accepted is written even if the flusher died with its task group.
+        Conflicts are re-applied and written at once; returns when nothing is pending
+        or when a batch failed (what is left is reported by :meth:`close_error`).
+        Waiters (``flush()``, ``durable=True``) keep waiting and see their writes land.
+        """
+        while self._pending:
+            failures = self._failures
+            await self._write_batch()
+            if self._failures != failures:
+                return
+
+    def stop(self) -> None:
+        """Nothing will be written any more: waiters of what is left raise StoreClosedError."""
+        self._stopped = True
+        self._progress.set()
 
     def _delay(self) -> float:
         """Seconds until the next batch is due (``inf`` when idle, 0 for now)."""
@@ -421,15 +463,24 @@ class WriteBehind:
                 break
         self._batch_no += 1
         writes = [write for _, write, _ in snapshot]
-        try:
+        # Shielded: a batch interrupted between its writes landing and being settled
+        # would be written again as if it had failed, and its update functions
+        # re-applied to their own result. Cancelling the flusher stops it between batches.
+        with anyio.CancelScope(shield=True):
             try:
-                result = await self._backend.write_batch(writes, durable=self.durable)
-            except Exception as exc:  # unexpected: keep everything queued and report it
-                result = BatchResult(failed={write.key: exc for write in writes})
-            self._settle(snapshot, result)
-        finally:
-            for p, _, _ in snapshot:
-                p.inflight_seq = 0
+                try:
+                    result = await self._backend.write_batch(writes, durable=self.durable)
+                except Exception as exc:
+                    # Unexpected: some writes may have landed. Keep everything queued and
+                    # remember what each write was, so a later conflict with exactly those
+                    # bytes is known for what it is: our own write, not another's change.
+                    result = BatchResult(failed={write.key: exc for write in writes})
+                    for p, write, seq in snapshot:
+                        p.unknown = (seq, write.data)
+                self._settle(snapshot, result)
+            finally:
+                for p, _, _ in snapshot:
+                    p.inflight_seq = 0
         self._flushes += 1
         self._progress.set()
         self._progress = anyio.Event()
@@ -443,6 +494,7 @@ class WriteBehind:
             if key in landed:
                 self._writes += 1
                 p.error = None
+                p.unknown = None
                 self._land(key, p, write, seq, now)
             elif key in result.unsynced:
                 # The new bytes replaced the file but its fsync failed: the outcome is
@@ -454,6 +506,16 @@ class WriteBehind:
                 p.error_batch = self._batch_no
                 self._make_visible(p, write, seq)
             elif key in result.conflicts:
+                current = result.conflicts[key]
+                if p.unknown is not None and p.unknown[1] == current:
+                    # The write whose outcome was unknown did land: it is the new base.
+                    # The key is written once more (as after a failed fsync): durability.
+                    unknown_seq, unknown_data = p.unknown
+                    p.unknown = None
+                    self._make_visible(p, Write(key, unknown_data), unknown_seq)
+                    self._retry_now = True
+                    continue
+                p.unknown = None
                 self._conflicts += 1
                 # A blind change overwrites whatever is there; otherwise re-apply the
                 # functions to the newer value, and retry at once if that worked.

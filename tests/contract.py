@@ -61,7 +61,6 @@ from aiosessions import (
 from aiosessions.backends import Backend, BatchResult, Write
 
 __all__ = [
-    "DELETE",
     "KEY",
     "BackendContract",
     "BackendFactory",
@@ -82,9 +81,6 @@ BackendFactory = Callable[[], Backend]
 Plant = Callable[[str, "bytes | None"], Awaitable[None]]
 Stored = Callable[[], Awaitable[dict[str, Any]]]
 KEY = "agent:main:telegram:direct:james"
-#: What an update function returns to delete the entry. Until ``aiosessions.DELETE``
-#: lands (issue 9.4) that is None; afterwards this line becomes ``DELETE = aiosessions.DELETE``.
-DELETE: Any = getattr(aiosessions, "DELETE", None)
 
 
 class Note(msgspec.Struct):
@@ -409,17 +405,37 @@ class BackendContract:
         async with open_test_store() as store:
             await store.set(KEY, SessionEntry(session_id="s"))
             await store.flush()
-            assert await store.update(KEY, lambda entry: DELETE) is None
+            assert await store.update(KEY, lambda entry: aiosessions.DELETE) is None
             assert await store.get(KEY) is None
             assert await store.contains(KEY) is False
             await store.flush()
             assert KEY not in await stored()
             # On an absent key, the function receives None; deleting it writes nothing.
             seen: list[object] = []
-            assert await store.update("absent", lambda entry: seen.append(entry) or DELETE) is None
+            assert await store.update("absent", lambda e: seen.append(e) or aiosessions.DELETE) is None
             assert seen == [None]
             await store.flush()
             assert await stored() == {}
+
+    async def test_update_returning_none_is_refused(self, open_test_store: Opener, stored: Stored) -> None:
+        """A function that changes the entry in place and forgets `return` must not delete it."""
+
+        def forgets_return(entry: Any) -> Any:
+            entry["n"] = 2
+
+        async with open_test_store(entry_type=dict) as store:
+            await store.set(KEY, {"n": 1})
+            await store.flush()
+            with pytest.raises(
+                TypeError, match=r"returned None: return the new entry \(or aiosessions.DELETE"
+            ):
+                await store.update(KEY, forgets_return)
+            assert await store.get(KEY) == {"n": 1}
+            with pytest.raises(TypeError, match="returned None"):
+                await store.update("absent", lambda entry: None)
+            assert await store.contains("absent") is False
+            await store.flush()
+            assert await stored() == {KEY: {"n": 1}}
 
     @pytest.mark.parametrize("flush_interval", [3600, 0], ids=["write-behind", "write-through"])
     async def test_update_is_atomic_per_key_under_200_tasks(
@@ -504,7 +520,7 @@ class BackendContract:
         """A delete decided from a stale value is decided again on the newer one."""
 
         def drop_if_done(entry: dict[str, Any] | None) -> Any:
-            return DELETE if entry is not None and entry["done"] else entry
+            return aiosessions.DELETE if entry is not None and entry["done"] else entry
 
         async with open_test_store(entry_type=dict) as store:
             await store.set("job", {"done": True})
@@ -567,7 +583,7 @@ class BackendContract:
             await store.flush()
             await store.set("a", SessionEntry(session_id="a2", updated_at=2))
             await store.set("b", SessionEntry(session_id="b1"))
-            await store.update("b", lambda e: SessionEntry(session_id="b2") if e else DELETE)
+            await store.update("b", lambda e: SessionEntry(session_id="b2") if e else aiosessions.DELETE)
             assert store.statistics().pending == 2
             # Nothing of it is stored yet ...
             assert await stored() == {"a": {"sessionId": "a1", "updatedAt": 1}}
@@ -1045,7 +1061,7 @@ class BackendContract:
             assert await store.delete(key) is True
             assert await store.delete(key) is False
             assert await store.get(key) is None
-            assert await store.update(key, lambda e: DELETE) is None
+            assert await store.update(key, lambda e: aiosessions.DELETE) is None
             await store.set("other", SessionEntry(session_id="o"))
         async with open_test_store() as store:
             assert await store.get(key) is None

@@ -170,8 +170,11 @@ class TestDirectoryContract(BackendContract):
             assert store.mode == "directory"
             assert await store.get(KEY) == SessionEntry(session_id="d")
 
-    async def test_open_store_must_be_used_with_async_with(self, store_path: Path) -> None:
-        with pytest.raises(TypeError, match="async with"):
-            await aiosessions.open_store(store_path)  # type: ignore[misc]
+    async def test_the_opener_is_not_the_store(self, store_path: Path) -> None:
+        opener = aiosessions.open_store(store_path)
+        with pytest.raises(AttributeError, match=r"use `async with open_store\(...\) as store:`.*store.get"):
+            opener.get("k")  # type: ignore[attr-defined]
+        with pytest.raises(AttributeError, match="has no attribute 'nonsense'"):
+            opener.nonsense  # type: ignore[attr-defined]  # noqa: B018
         assert not store_path.exists()
         assert list(store_path.parent.iterdir()) == []

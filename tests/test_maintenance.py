@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import aiosessions
 from aiosessions import (
     FileSystem,
     FsckReport,
@@ -100,8 +101,8 @@ def test_plan_prune_properties(recency: dict[str, int | None], cutoff: int | Non
 def test_drop_if_keeps_an_entry_changed_meanwhile() -> None:
     spared: list[str] = []
     fn = _drop_if("k", spared, lambda at: at == 5)
-    assert fn({"updatedAt": 5}) is None
-    assert fn(None) is None
+    assert fn({"updatedAt": 5}) is aiosessions.DELETE
+    assert fn(None) is aiosessions.DELETE
     assert fn({"updatedAt": 6}) == {"updatedAt": 6} and spared == ["k"]
 
 
