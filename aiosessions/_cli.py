@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -195,6 +197,13 @@ def _summary(key: str, entry: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _plural(n: int, noun: str) -> str:
+    """``1 session``, ``2 sessions``, ``1 entry``, ``3 entries``."""
+    if n == 1:
+        return f"1 {noun}"
+    return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -222,7 +231,6 @@ async def cmd_ls(args: argparse.Namespace) -> int:
         _print_json(rows)
         return EXIT_OK
     now_ms = int(time.time() * 1000)
-    headers = ("UPDATED (UTC)", "AGE", "TOKENS", "MODEL", "NAME", "KEY")
     table = [
         (
             _when(r["updatedAt"]),
@@ -234,26 +242,101 @@ async def cmd_ls(args: argparse.Namespace) -> int:
         )
         for r in rows
     ]
-    footer = f"{total} session{'s' if total != 1 else ''}" + (
+    footer = f"{_plural(total, 'session')}" + (
         f" (showing the newest {len(rows)})" if len(rows) < total else ""
     )
-    if _is_terminal(sys.stdout) and _rich() is not None:
+    _print_sessions(table, footer)
+    return EXIT_OK
+
+
+# -- the table of ls --------------------------------------------------------------------------
+
+_HEADERS = ("UPDATED (UTC)", "AGE", "TOKENS", "MODEL", "NAME", "KEY")
+#: The last column, KEY, is never cut: a key must be copyable into `show`. When the
+#: terminal is too narrow, MODEL and NAME are shortened first (down to this many cells),
+#: then whole columns give way, in this order.
+_SHORTEST = {3: 8, 4: 8}
+_GIVE_WAY = (4, 3, 2, 0, 1)
+_GAP = 2
+
+
+def _cells_plain(text: str) -> int:
+    """How many terminal cells ``text`` takes (wide East Asian characters take two)."""
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text
+    )
+
+
+def _fit_columns(
+    rows: Sequence[Sequence[str]], width: int, cells: Callable[[str], int]
+) -> tuple[list[int], list[int]]:
+    """Which columns of the ls table to show, and how wide, on a terminal ``width`` cells wide.
+
+    Every key is shown whole: other columns are shortened, then dropped, to make room;
+    a key longer than the terminal alone is wrapped, never cut.
+    """
+    natural = [max([cells(h)] + [cells(row[i]) for row in rows]) for i, h in enumerate(_HEADERS)]
+    shown = list(range(len(_HEADERS)))
+    for dropped in range(len(_GIVE_WAY) + 1):
+        shown = [i for i in range(len(_HEADERS)) if i not in _GIVE_WAY[:dropped]]
+        widths = list(natural)
+        excess = sum(widths[i] for i in shown) + _GAP * (len(shown) - 1) - width
+        for i, shortest in _SHORTEST.items():
+            if excess > 0 and i in shown:
+                cut = min(excess, max(0, widths[i] - shortest))
+                widths[i] -= cut
+                excess -= cut
+        if excess <= 0:
+            return shown, widths
+    return shown, natural
+
+
+def _cut(text: str, width: int, cells: Callable[[str], int]) -> str:
+    """``text`` shortened with "…" to at most ``width`` cells (and padded to exactly that)."""
+    if cells(text) > width:
+        while text and cells(text) > width - 1:
+            text = text[:-1]
+        text += "…"
+    return text + " " * (width - cells(text))
+
+
+def _print_sessions(table: Sequence[Sequence[str]], footer: str) -> None:
+    """The ls table: rich's on a terminal when installed, plain text otherwise."""
+    terminal = _is_terminal(sys.stdout)
+    if terminal and _rich() is not None:
+        from rich.cells import cell_len
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
-        grid = Table(*headers, box=None, header_style="bold")
+        # Keys are data, not markup: ":thread:" is no emoji and "[b]" no style here.
+        console = Console(markup=False, emoji=False, highlight=False)
+        shown, widths = _fit_columns(table, console.width, cell_len)
+        grid = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 1), show_edge=False)
+        for i in shown:
+            if i == len(_HEADERS) - 1:
+                room = console.width - sum(widths[j] + _GAP for j in shown if j != i)
+                grid.add_column(_HEADERS[i], overflow="fold", min_width=min(widths[i], max(1, room)))
+            else:
+                grid.add_column(_HEADERS[i], width=widths[i], no_wrap=True, overflow="ellipsis")
         for line in table:
-            grid.add_row(*line)
-        console = Console()
-        console.print(grid, overflow="fold")
-        console.print(footer, highlight=False)
-        return EXIT_OK
-    widths = [max([len(h)] + [len(line[i]) for line in table]) for i, h in enumerate(headers)]
-    for line in (headers, *table):
-        cells = [cell.ljust(width) for cell, width in zip(line[:-1], widths, strict=False)]
-        sys.stdout.write("  ".join([*cells, line[-1]]) + "\n")
-    sys.stdout.write(footer + "\n")
-    return EXIT_OK
+            grid.add_row(*(Text(line[i]) for i in shown))
+        console.print(grid)
+        console.print(_hidden_note(shown, console.width) + footer)
+        return
+    width = shutil.get_terminal_size().columns if terminal else sys.maxsize
+    shown, widths = _fit_columns(table, width, _cells_plain)
+    for line in (_HEADERS, *table):
+        cells = [_cut(line[i], widths[i], _cells_plain) for i in shown[:-1]]
+        sys.stdout.write((" " * _GAP).join([*cells, line[shown[-1]]]) + "\n")
+    sys.stdout.write(_hidden_note(shown, width) + footer + "\n")
+
+
+def _hidden_note(shown: list[int], width: int) -> str:
+    hidden = [_HEADERS[i] for i in range(len(_HEADERS)) if i not in shown]
+    if not hidden:
+        return ""
+    return f"(left out to fit {width} columns: {', '.join(hidden)})\n"
 
 
 async def cmd_show(args: argparse.Namespace) -> int:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
+import importlib.util
 import json
 import os
 import pty
 import re
 import shutil
+import struct
 import subprocess
 import sys
+import termios
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -224,12 +229,20 @@ def test_a_key_not_found_and_an_invalid_key(migrated: Path) -> None:
 # -- on a terminal ---------------------------------------------------------------------------------
 
 
-def run_in_terminal(*args: str | Path) -> tuple[int, str]:
-    """Run with stdout and stderr on a pseudo-terminal, as an operator would see it."""
+def run_in_terminal(*args: str | Path, columns: int = 160, rich: bool = True) -> tuple[int, str]:
+    """Run with stdout and stderr on a pseudo-terminal ``columns`` wide, as an operator would see it.
+
+    ``rich=False`` runs the same command with rich made unimportable (the plain-text output).
+    """
     master, slave = pty.openpty()
-    env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {**os.environ, "COLUMNS": str(columns), "TERM": "xterm"}
+    command = [str(BIN)]
+    if not rich:
+        hide_rich = "import sys; sys.modules['rich'] = None; from aiosessions._cli import main; "
+        command = [sys.executable, "-c", hide_rich + "sys.exit(main())"]
     proc = subprocess.Popen(
-        [str(BIN), *map(str, args)], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env
+        [*command, *map(str, args)], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env
     )
     os.close(slave)
     chunks = []
@@ -242,7 +255,7 @@ def run_in_terminal(*args: str | Path) -> tuple[int, str]:
             break
         chunks.append(chunk)
     os.close(master)
-    text = b"".join(chunks).decode("utf-8", "replace")
+    text = b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
     return proc.wait(timeout=60), re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)  # without colours
 
 
@@ -252,3 +265,45 @@ def test_on_a_terminal_ls_draws_a_table_and_migrate_a_progress_bar(legacy: Path)
     assert "60/60" in out  # the progress bar's count (rich's or the plain one)
     status, out = run_in_terminal("ls", legacy, "-n", "2")
     assert status == 0 and "KEY" in out and "60 sessions (showing the newest 2)" in out
+
+
+def cells(line: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line)
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+@pytest.mark.parametrize("rich", [True, False], ids=["rich", "plain"])
+def test_ls_on_a_terminal_shows_every_key_whole(
+    legacy: Path, openclaw_sessions: dict[str, Any], columns: int, rich: bool
+) -> None:
+    # rich is in the test extra: the table it draws is the one operators see.
+    assert importlib.util.find_spec("rich") is not None, "pip install -e '.[test]' installs rich"
+    status, out = run_in_terminal("ls", legacy, columns=columns, rich=rich)
+    assert status == 0, out
+    lines = out.splitlines()
+    assert lines[0].split()[-1] == "KEY"
+    # Every key is on its row, whole (the longest fixture key, 71 characters, fits 80 columns),
+    # and no row is wider than the terminal: other columns gave way instead.
+    rows = [line.rstrip() for line in lines[1 : 1 + len(openclaw_sessions)]]
+    assert sorted(row.rsplit("  ", 1)[-1].strip() for row in rows) == sorted(openclaw_sessions)
+    assert "…" not in "".join(row.rsplit("  ", 1)[-1] for row in rows)
+    assert all(cells(row) <= columns for row in rows), max(rows, key=cells)
+    assert lines[-1].startswith("60 sessions")
+    if columns == 120:
+        assert lines[0].split()[:5] == ["UPDATED", "(UTC)", "AGE", "TOKENS", "MODEL"]
+    assert f"left out to fit {columns} columns" in lines[-2]
+
+
+@pytest.mark.parametrize("rich", [True, False], ids=["rich", "plain"])
+def test_ls_on_a_terminal_wraps_a_key_longer_than_the_terminal(tmp_path: Path, rich: bool) -> None:
+    long_key = "agent:main:matrix:channel:!" + "room" * 30 + ":example.org"
+    path = tmp_path / "sessions.json"
+    odd_key = "agent:main:[bold]odd[/bold]:thread:1"  # neither markup nor an emoji code to rich
+    path.write_text(json.dumps({long_key: {"updatedAt": 2}, odd_key: {"updatedAt": 1}}))
+    status, out = run_in_terminal("ls", path, columns=80, rich=rich)
+    assert status == 0, out
+    body = out.splitlines()[1:-2]
+    # Wrapped (rich folds it into the column; plain text leaves it to the terminal), never cut.
+    assert long_key in "".join(line.strip() for line in body)
+    assert "…" not in out
+    assert odd_key in out
