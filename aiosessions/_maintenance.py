@@ -40,7 +40,7 @@ import msgspec
 
 from ._defaults import DEFAULT_LOCK_TIMEOUT, DEFAULT_TMP_MAX_AGE
 from ._entry import DECODE_ERRORS
-from ._errors import SessionStoreError, StoreFormatError, io_error
+from ._errors import FlushError, SessionStoreError, StoreFormatError, StoreIOError, io_error
 from ._fs import FileSystem, is_tmp_for, is_tmp_name
 from ._keys import MAX_KEY_BYTES, decode_name, encode_key, is_shortened, lock_stripe
 from ._layout import FORMAT_FILE, FORMAT_NAME, FORMAT_VERSION, StorePaths, detect_mode, encode_format
@@ -152,6 +152,9 @@ async def prune(
     :param now: the current time in epoch seconds (default: the clock).
     :raises StoreFormatError: there is no store at ``path``.
     :raises CorruptSessionError: an entry is not a JSON object (run fsck first).
+    :raises StoreIOError: sessions could not be removed (a read-only store, a full
+        disk); the message says how many were removed before and that the others
+        are still in the store.
     """
     if older_than is None and max_entries is None:
         raise ValueError("prune needs older_than, max_entries or both")
@@ -161,26 +164,34 @@ async def prune(
         cutoff_ms = int(((time.time() if now is None else now) - _seconds(older_than)) * 1000)
     fs = filesystem if filesystem is not None else FileSystem()
     await _require_store(StorePaths.of(path), fs)
-    async with open_store(
-        path,
-        entry_type=dict,
-        flush_interval=3600,
-        fsync=fsync,
-        lock_timeout=lock_timeout,
-        filesystem=fs,
-    ) as store:
-        recency: dict[str, int | None] = {}
-        async for key, entry in store.items():
-            recency[key] = _recency(entry)
-        stale, capped = plan_prune(recency, cutoff_ms=cutoff_ms, max_entries=max_entries)
-        spared: list[str] = []
-        if not dry_run:
-            for key in stale:
-                await store.update(key, _drop_if(key, spared, _older_than(cutoff_ms)))
-            for key in capped:
-                await store.update(key, _drop_if(key, spared, _unchanged(recency[key])))
-            await store.flush()
-        where = store.path
+    where = str(path)
+    recency: dict[str, int | None] = {}
+    stale: list[str] = []
+    capped: list[str] = []
+    spared: list[str] = []
+    try:
+        async with open_store(
+            path,
+            entry_type=dict,
+            flush_interval=3600,
+            fsync=fsync,
+            lock_timeout=lock_timeout,
+            filesystem=fs,
+        ) as store:
+            where = store.path
+            async for key, entry in store.items():
+                recency[key] = _recency(entry)
+            stale, capped = plan_prune(recency, cutoff_ms=cutoff_ms, max_entries=max_entries)
+            if not dry_run:
+                for key in stale:
+                    await store.update(key, _drop_if(key, spared, _older_than(cutoff_ms)))
+                for key in capped:
+                    await store.update(key, _drop_if(key, spared, _unchanged(recency[key])))
+                await store.flush()
+    except FlushError as exc:
+        # The store's words ("changes ... are lost") would say sessions were lost, when
+        # the changes lost are deletions: the sessions they would have removed are still there.
+        raise _not_removed(exc, where, len(stale) + len(capped) - len(set(spared))) from exc
     return PruneReport(
         path=where,
         total=len(recency),
@@ -189,6 +200,22 @@ async def prune(
         spared=tuple(dict.fromkeys(spared)),
         dry_run=dry_run,
         seconds=time.perf_counter() - started,
+    )
+
+
+def _not_removed(exc: FlushError, where: str, chosen: int) -> StoreIOError:
+    """The error of a prune whose deletions (some or all) could not be written."""
+    left = max(exc.unwritten, len(exc.failures))
+    first = next(iter(exc.failures.values()), None)
+    reason = f": {first}" if first is not None else ""
+    removed = max(0, chosen - left)
+    return StoreIOError(
+        exc.errno,
+        f"prune could not remove {left} of the {chosen} session{'' if chosen == 1 else 's'} it chose "
+        f"from {where}; {'they are' if left != 1 else 'it is'} still in the store, unchanged "
+        f"({removed} removed){reason}",
+        exc.filename,
+        where=where,
     )
 
 
@@ -266,9 +293,12 @@ class FsckProblem:
     detail: str
     #: What ``repair`` did about it ("" when nothing was done).
     action: str = ""
+    #: Whether ``repair=True`` can fix it; when not, ``detail`` says what to do instead.
+    repairable: bool = True
 
     @property
     def repaired(self) -> bool:
+        """Whether ``repair`` fixed it."""
         return bool(self.action)
 
 
@@ -299,6 +329,11 @@ class FsckReport:
         """Problems still there."""
         return tuple(problem for problem in self.problems if not problem.repaired)
 
+    @property
+    def repairable(self) -> tuple[FsckProblem, ...]:
+        """Problems still there that a run with ``repair=True`` would fix."""
+        return tuple(problem for problem in self.unrepaired if problem.repairable)
+
 
 class _FormatProbe(msgspec.Struct):
     format: Any = None
@@ -322,8 +357,10 @@ class _Checker:
         self.trash_cutoff = 0.0
         self.mode = "directory"
 
-    def add(self, kind: Kind, path: Path | str, detail: str, action: str = "") -> None:
-        self.problems.append(FsckProblem(kind, str(path), detail, action))
+    def add(
+        self, kind: Kind, path: Path | str, detail: str, action: str = "", *, repairable: bool = True
+    ) -> None:
+        self.problems.append(FsckProblem(kind, str(path), detail, action, repairable))
 
     def close(self) -> None:
         for fd in (self.quarantine, self.locks, self.root, self.parent):
@@ -425,11 +462,11 @@ class _Checker:
         try:
             entries = decode_legacy(found[0], str(paths.file))
         except SessionStoreError as exc:
-            self.add("corrupt-legacy", paths.file, f"{exc} (fsck never rewrites it)")
+            self.add("corrupt-legacy", paths.file, f"{exc} (fsck never rewrites it)", repairable=False)
             return
         problems = _check_entries(entries)
         for key, reason in problems.items():
-            self.add("invalid-entry", paths.file, f"{key!r}: {reason} (migrate refuses it)")
+            self.add("invalid-entry", paths.file, f"{key!r}: {reason} (migrate refuses it)", repairable=False)
         self.sessions = len(entries) - len(problems)
 
     def _check_format(self) -> None:
@@ -445,6 +482,7 @@ class _Checker:
                     where,
                     f"{paths.directory.name}/ has no FORMAT marker and {paths.file.name} is the "
                     "store; move the folder aside, or run migrate",
+                    repairable=False,
                 )
                 self.mode = "json"
                 self._check_legacy()
@@ -470,12 +508,16 @@ class _Checker:
                     paths.file,
                     "left beside the complete directory store (a migration stopped before its "
                     "last step) and no longer read; run `aiosessions migrate` to move it aside",
+                    repairable=False,
                 )
             return
         action = ""
         if self.repair and not legacy:
             action = f"moved to {self._quarantine(FORMAT_FILE)}; a new marker written"
-        self.add("bad-format", where, f"not a valid marker: {bytes(found[0][:80])!r}", action)
+        detail = f"not a valid marker: {bytes(found[0][:80])!r}"
+        if legacy:
+            detail += f" ({paths.file.name} beside it is the store; move the folder aside, or run migrate)"
+        self.add("bad-format", where, detail, action, repairable=not legacy)
 
     def finish(self) -> None:
         """Write a marker the checks found missing or bad (last, as at creation)."""
