@@ -24,7 +24,7 @@ import unicodedata
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import anyio
 import msgspec
@@ -33,7 +33,7 @@ from . import __version__, _bench
 from ._defaults import DEFAULT_LOCK_TIMEOUT
 from ._errors import SessionStoreError
 from ._fs import FileSystem
-from ._layout import StorePaths, detect_mode
+from ._layout import FORMAT_FILE, StorePaths, detect_mode
 from ._maintenance import FsckReport, fsck, prune
 from ._migrate import MigrationReport, export_bytes, export_json, migrate
 from ._store import open_store
@@ -60,21 +60,64 @@ def _store_path(arg: str) -> Path:
     """The store file a command-line PATH names.
 
     ``X/sessions.json`` and ``X/sessions.d`` name the store directly; a folder
-    holding ``sessions.json`` or ``sessions.d/`` names the store inside it.
+    holding ``sessions.json`` or ``sessions.d/`` names the store inside it. A path
+    inside a directory store (``sessions.d/FORMAT``) is an error naming the store.
     """
     path = Path(arg)
+    store = _enclosing_store(path)
+    if store is not None:
+        raise CommandError(
+            f"{arg} is inside the directory store {store}: give the store itself "
+            f"({store} or {store.with_suffix('.json')})"
+        )
     if path.is_dir() and path.suffix != ".d":
         if (path / "sessions.json").exists() or (path / "sessions.d").is_dir():
             return path / "sessions.json"
         raise CommandError(
-            f"{arg} is a folder that holds no sessions.json or sessions.d/: "
-            "give the store file (e.g. state/sessions.json)"
+            f"{arg} is a folder that holds no sessions.json or sessions.d/: give the store file "
+            f"(e.g. {Path(arg, 'sessions.json')}){_stores_in(path)}"
         )
     return path
 
 
+def _enclosing_store(path: Path) -> Path | None:
+    """The directory store (a ``.d`` folder with a FORMAT marker) that ``path`` lies inside."""
+    for folder in path.absolute().parents:
+        if folder.suffix == ".d" and (folder / FORMAT_FILE).is_file():
+            return _shown(folder, path)
+    return None
+
+
+def _shown(path: Path, given: Path) -> Path:
+    """``path`` in the form the user gave ``given``: absolute, or relative to the current folder."""
+    if given.is_absolute():
+        return path
+    relative = Path(os.path.relpath(path))
+    return path if relative.parts[:1] == ("..",) else relative
+
+
+def _stores_in(folder: Path) -> str:
+    """A hint naming what in ``folder`` looks like a store ("" when nothing does)."""
+    try:
+        found = sorted(
+            entry
+            for entry in folder.iterdir()
+            if not entry.name.startswith(".")
+            and (
+                (entry.suffix == ".json" and entry.is_file())
+                or (entry.suffix == ".d" and (entry / FORMAT_FILE).is_file())
+            )
+        )
+    except OSError:
+        return ""
+    if not found:
+        return ""
+    shown = ", ".join(str(entry) for entry in found[:5]) + (" …" if len(found) > 5 else "")
+    return f"; stores there may be: {shown}"
+
+
 async def _existing_store(arg: str) -> Path:
-    """The store at PATH, which must exist (read-only commands never create one)."""
+    """The store at PATH, which must exist (commands never create one)."""
     path = _store_path(arg)
     paths = StorePaths.of(path)
     mode = await anyio.to_thread.run_sync(detect_mode, FileSystem(), paths)
@@ -84,7 +127,9 @@ async def _existing_store(arg: str) -> Path:
                 f"{paths.directory} has no FORMAT marker: it is not an aiosessions store "
                 "(a half-made migration? run `aiosessions fsck` on it)"
             )
-        raise CommandError(f"no session store at {arg}: no such file or directory")
+        folder = _shown(paths.file.parent, Path(arg))
+        hint = _stores_in(folder) if folder.is_dir() else f" ({folder} does not exist)"
+        raise CommandError(f"no session store at {arg}: no such file or directory{hint}")
     return path
 
 
@@ -204,6 +249,39 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
 
 
+async def _unreadable(store: Any, read: set[str]) -> dict[str, str]:
+    """The sessions of ``store`` not in ``read`` because they could not be read: key -> why."""
+    found: dict[str, str] = {}
+    async for key in store.keys():
+        if key in read:
+            continue
+        try:
+            await store.get(key)  # the error says why (a session created meanwhile just reads)
+        except (SessionStoreError, OSError) as exc:
+            found[key] = _one_line(exc)
+    return found
+
+
+#: At most this many unreadable sessions are named one per line; the rest are counted.
+_NAMED = 20
+
+
+def _warn_unreadable(command: str, unreadable: dict[str, str], what: str) -> None:
+    """Name the sessions that could not be read on stderr (never leave them out silently)."""
+    if not unreadable:
+        return
+    for reason in list(unreadable.values())[:_NAMED]:
+        print(f"aiosessions {command}: warning: {reason}", file=sys.stderr)
+    more = len(unreadable) - _NAMED
+    print(
+        f"aiosessions {command}: warning: {_plural(len(unreadable), 'session')} could not be read "
+        f"and {'is' if len(unreadable) == 1 else 'are'} {what}"
+        + (f" ({more} more not named here)" if more > 0 else "")
+        + "; `aiosessions fsck` lists them, `aiosessions fsck --repair` quarantines them",
+        file=sys.stderr,
+    )
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -215,14 +293,8 @@ async def cmd_ls(args: argparse.Namespace) -> int:
         # One unreadable entry must not hide the others: skip it, and say so.
         async for key, entry in store.items(skip_corrupt=True):
             rows.append(_summary(key, entry))
-        listed = sum([1 async for _ in store.keys()])
-    if listed > len(rows):
-        unreadable = listed - len(rows)
-        print(
-            f"aiosessions ls: warning: {unreadable} session{'s' if unreadable != 1 else ''} could not "
-            "be read and are not listed; run `aiosessions fsck` on the store",
-            file=sys.stderr,
-        )
+        unreadable = await _unreadable(store, {row["key"] for row in rows})
+    _warn_unreadable("ls", unreadable, "not listed")
     rows.sort(key=lambda r: (r["updatedAt"] is None, -(r["updatedAt"] or 0), r["key"]))
     total = len(rows)
     if args.limit is not None:
@@ -355,7 +427,7 @@ def _report_dict(report: Any) -> dict[str, Any]:
 
 
 async def cmd_migrate(args: argparse.Namespace) -> int:
-    path = _store_path(args.path)
+    path = await _existing_store(args.path)
     bar = _ProgressBar("migrating")
     try:
         report = await migrate(
@@ -388,12 +460,12 @@ def _describe_migration(report: MigrationReport, *, skip_invalid: bool) -> None:
         return
     if report.dry_run:
         out.write(
-            f"dry run: would migrate {report.entries} sessions ({_size(report.bytes)}) "
+            f"dry run: would migrate {_plural(report.entries, 'session')} ({_size(report.bytes)}) "
             f"from {report.source} into {report.directory}; nothing was written\n"
         )
     else:
         out.write(
-            f"migrated {report.entries} sessions ({_size(report.bytes)}) from {report.source} "
+            f"migrated {_plural(report.entries, 'session')} ({_size(report.bytes)}) from {report.source} "
             f"into {report.directory} in {report.seconds:.2f} s\n"
         )
         out.write(f"the legacy file is kept as {report.backup}\n")
@@ -401,11 +473,12 @@ def _describe_migration(report: MigrationReport, *, skip_invalid: bool) -> None:
         left_out = "left out" if not report.dry_run else "would leave out"
         if report.dry_run and not skip_invalid:
             out.write(
-                f"migrate would refuse: {len(report.problems)} entries cannot be migrated "
+                f"migrate would refuse: {_plural(len(report.problems), 'entry')} cannot be migrated "
                 "(pass --skip-invalid to leave them out):\n"
             )
         else:
-            out.write(f"{left_out} {len(report.problems)} entries (they stay in the legacy file):\n")
+            left = _plural(len(report.problems), "entry")
+            out.write(f"{left_out} {left} (they stay in the legacy file):\n")
         for key, reason in report.problems.items():
             out.write(f"  {key!r}: {reason}\n")
 
@@ -419,7 +492,7 @@ async def cmd_export(args: argparse.Namespace) -> int:
         sys.stdout.buffer.flush()
         return EXIT_OK
     count = await export_json(path, args.output, fsync=not args.no_fsync)
-    print(f"exported {count} sessions to {args.output}", file=sys.stderr)
+    print(f"exported {_plural(count, 'session')} to {args.output}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -447,8 +520,6 @@ def _count(text: str) -> int:
 
 
 async def cmd_prune(args: argparse.Namespace) -> int:
-    if args.older_than is None and args.max_entries is None:
-        raise CommandError("give --older-than, --max-entries or both")
     path = await _existing_store(args.path)
     report = await prune(
         path,
@@ -470,7 +541,7 @@ async def cmd_prune(args: argparse.Namespace) -> int:
     for key in report.spared:
         print(f"kept    {key} (updated meanwhile)")
     print(
-        f"{verb} {len(report.removed)} of {report.total} sessions "
+        f"{verb} {len(report.removed)} of {_plural(report.total, 'session')} "
         f"({len(set(report.stale) - set(report.spared))} stale, "
         f"{len(set(report.capped) - set(report.spared))} over the cap); {report.kept} left"
     )
@@ -485,7 +556,13 @@ async def cmd_fsck(args: argparse.Namespace) -> int:
             {
                 **_report_dict(report),
                 "problems": [
-                    {"kind": p.kind, "path": p.path, "detail": p.detail, "action": p.action}
+                    {
+                        "kind": p.kind,
+                        "path": p.path,
+                        "detail": p.detail,
+                        "action": p.action,
+                        "repairable": p.repairable,
+                    }
                     for p in report.problems
                 ],
                 "ok": report.ok,
@@ -502,12 +579,20 @@ def _describe_fsck(report: FsckReport) -> None:
     for p in report.problems:
         action = f"  -> {p.action}" if p.action else ""
         print(f"{p.kind:<17} {p.path}: {p.detail}{action}")
-    fixed = len(report.problems) - len(report.unrepaired)
-    summary = f"{report.path}: {report.sessions} sessions ok, {len(report.problems)} problems"
-    if report.repair:
-        summary += f", {fixed} repaired"
-    elif report.problems:
-        summary += " (run with --repair to fix them)"
+    found = len(report.problems)
+    summary = f"{report.path}: {_plural(report.sessions, 'session')} ok, {_plural(found, 'problem')}"
+    left = len(report.unrepaired)
+    fixable = len(report.repairable)
+    if report.repair and found:
+        summary += f", {found - left} repaired"
+        if left:
+            summary += f"; {left} that --repair cannot fix (each line says what to do)"
+    elif fixable and fixable == found:
+        summary += f" (run with --repair to fix {'it' if found == 1 else 'them'})"
+    elif fixable:
+        summary += f" (--repair fixes {fixable}; the other lines say what to do)"
+    elif found:
+        summary += f" (--repair cannot fix {'it' if found == 1 else 'them'}: each line says what to do)"
     print(summary)
 
 
@@ -515,9 +600,36 @@ def _describe_fsck(report: FsckReport) -> None:
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
+#: The commands whose ``--json`` prints JSON on stdout: their errors are JSON objects too.
+_JSON_COMMANDS = ("ls", "migrate", "prune", "fsck")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors also reported as a JSON object when ``--json`` was asked for."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if _Parser.json_errors:
+            _print_json_error(self.prog.split()[-1], "UsageError", message, EXIT_USAGE)
+        super().error(message)
+
+
+def _print_json_error(command: str, kind: str, message: str, status: int, **about: Any) -> None:
+    """The error object ``--json`` promises, on stdout where the JSON output would have been."""
+    error = {"command": command, "type": kind, "message": message, "status": status}
+    error.update({name: value for name, value in about.items() if value is not None})
+    _print_json({"error": error})
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for JSON output (looked at before parsing it)."""
+    options = list(argv[: argv.index("--")] if "--" in argv else argv)
+    return bool(options) and options[0] in _JSON_COMMANDS and "--json" in options
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="aiosessions",
         description="Inspect, migrate and maintain aiosessions session stores.",
         epilog="PATH is the store file (state/sessions.json), its directory store "
@@ -529,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, run: Command, help: str, description: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=description)
-        p.set_defaults(run=run)
+        p.set_defaults(run=run, parser=p)
         return p
 
     p = command("ls", cmd_ls, "list sessions, newest first", "List the sessions of a store, newest first.")
@@ -617,8 +729,12 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    _Parser.json_errors = _wants_json(arguments)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
+    if args.command == "prune" and args.older_than is None and args.max_entries is None:
+        args.parser.error("give --older-than, --max-entries or both")
     run: Command = args.run
     try:
         return anyio.run(run, args)
@@ -631,5 +747,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
     except (CommandError, SessionStoreError, OSError, ValueError) as exc:
+        if _Parser.json_errors:
+            _print_json_error(
+                args.command,
+                type(exc).__name__,
+                _one_line(exc),
+                EXIT_ERROR,
+                key=getattr(exc, "key", None),
+                where=getattr(exc, "where", None) or getattr(exc, "filename", None),
+            )
         print(f"aiosessions {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import importlib.util
 import json
@@ -29,8 +30,31 @@ def _installed() -> None:
         pytest.fail(f"{BIN} is missing: install the package (pip install -e .) so the script exists")
 
 
-def run(*args: str | Path, ok: bool | None = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([str(BIN), *map(str, args)], capture_output=True, text=True, timeout=120)
+def unprivileged() -> None:
+    """In a child before exec: make root obey file permissions as any other user does.
+
+    CI runs as root, who may write into a read-only folder; a process of uid 0 without
+    the capabilities that bypass permission checks is held to the owner's mode bits.
+    (Dropping to ``nobody`` instead would lose access to an interpreter under /root.)
+    """
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2, 3):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP: gone after exec
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def run(
+    *args: str | Path, ok: bool | None = True, read_only_user: bool = False
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(BIN), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=unprivileged if read_only_user else None,
+    )
     assert "Traceback" not in result.stderr, result.stderr
     if ok is True:
         assert result.returncode == 0, result.stderr
@@ -133,7 +157,7 @@ def test_migrate_refuses_invalid_entries_unless_told(tmp_path: Path) -> None:
     dry = run("migrate", path, "--dry-run").stdout
     assert "migrate would refuse" in dry and "'bad': the entry is an array" in dry
     out = run("migrate", path, "--skip-invalid", "--no-fsync").stdout
-    assert "migrated 1 sessions" in out and "left out 1 entries" in out
+    assert "migrated 1 session (" in out and "left out 1 entry (" in out
 
 
 def test_export_to_stdout_and_to_a_file(
@@ -160,7 +184,9 @@ def test_prune(migrated: Path, openclaw_sessions: dict[str, Any]) -> None:
 
     bad = run("prune", migrated, "--older-than", "soon", ok=None)
     assert bad.returncode == 2 and "is not a duration" in bad.stderr
-    fails("prune", migrated, match="--older-than, --max-entries or both")
+    usage = run("prune", migrated, ok=None)
+    assert usage.returncode == 2 and "usage: aiosessions prune" in usage.stderr
+    assert "give --older-than, --max-entries or both" in usage.stderr
 
 
 def test_fsck_exit_status(migrated: Path) -> None:
@@ -307,3 +333,122 @@ def test_ls_on_a_terminal_wraps_a_key_longer_than_the_terminal(tmp_path: Path, r
     assert long_key in "".join(line.strip() for line in body)
     assert "…" not in out
     assert odd_key in out
+
+
+# -- honest words ----------------------------------------------------------------------------------
+
+
+def test_fsck_offers_repair_only_for_what_it_can_repair(migrated: Path) -> None:
+    store = migrated.with_name("sessions.d")
+    folder = next(p for p in store.iterdir() if not p.name.startswith("."))
+    (folder / "meta.json").write_text("{broken")
+    found = run("fsck", migrated, ok=None)
+    assert found.returncode == 3
+    assert found.stdout.splitlines()[-1].endswith("59 sessions ok, 1 problem (run with --repair to fix it)")
+
+    # A legacy file left beside the store: only `migrate` moves it aside, so fsck says so.
+    migrated.write_text("{}")
+    mixed = run("fsck", migrated, ok=None).stdout.splitlines()
+    assert mixed[-1].endswith("2 problems (--repair fixes 1; the other lines say what to do)")
+    assert any(line.startswith("stale-legacy") and "aiosessions migrate" in line for line in mixed)
+    repaired = run("fsck", migrated, "--repair", ok=None)
+    assert repaired.returncode == 3
+    assert repaired.stdout.splitlines()[-1].endswith(
+        "2 problems, 1 repaired; 1 that --repair cannot fix (each line says what to do)"
+    )
+    alone = run("fsck", migrated, "--repair", ok=None)
+    assert alone.returncode == 3
+    assert alone.stdout.splitlines()[-1].endswith(
+        "59 sessions ok, 1 problem, 0 repaired; 1 that --repair cannot fix (each line says what to do)"
+    )
+    report = json.loads(run("fsck", migrated, "--json", ok=None).stdout)
+    assert [(p["kind"], p["repairable"]) for p in report["problems"]] == [("stale-legacy", False)]
+
+
+def test_one_session_is_one_session(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    path.write_text(json.dumps({"agent:main:one": {"updatedAt": 1}}))
+    assert run("ls", path).stdout.splitlines()[-1] == "1 session"
+    assert "would migrate 1 session (" in run("migrate", path, "--dry-run").stdout
+    out = run("prune", path, "--max-entries", "0").stdout
+    assert out.splitlines()[-1] == "removed 1 of 1 session (0 stale, 1 over the cap); 0 left"
+    assert run("fsck", path).stdout.strip().endswith("0 sessions ok, 0 problems")
+
+
+def test_prune_on_a_read_only_store_says_the_sessions_are_still_there(migrated: Path) -> None:
+    state = migrated.parent
+    subprocess.run(["chmod", "-R", "a-w", str(state)], check=True)
+    try:
+        failed = run("prune", migrated, "--max-entries", "10", ok=None, read_only_user=True)
+        assert failed.returncode == 1, failed.stderr
+        assert "could not remove 50 of the 50 sessions it chose" in failed.stderr
+        assert "still in the store, unchanged (0 removed)" in failed.stderr
+        assert "lost" not in failed.stderr
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(state)], check=True)
+    assert len(json.loads(run("ls", migrated, "--json").stdout)) == 60
+
+
+# -- errors for scripts ----------------------------------------------------------------------------
+
+
+def test_json_errors_are_json_objects_on_stdout(tmp_path: Path, legacy: Path) -> None:
+    missing = tmp_path / "nope.json"
+    for command in ("ls", "migrate", "prune", "fsck"):
+        extra = ["--max-entries", "1"] if command == "prune" else []
+        result = run(command, missing, "--json", *extra, ok=None)
+        assert result.returncode == 1
+        error = json.loads(result.stdout)["error"]
+        assert error["command"] == command and error["status"] == 1, error
+        assert "no session store" in error["message"] and error["type"], error
+        assert result.stderr.startswith(f"aiosessions {command}: error: ")  # and the line for people
+    usage = run("prune", legacy, "--json", ok=None)
+    assert usage.returncode == 2
+    assert json.loads(usage.stdout)["error"] == {
+        "command": "prune",
+        "type": "UsageError",
+        "message": "give --older-than, --max-entries or both",
+        "status": 2,
+    }
+    bad = run("ls", legacy, "--json", "--limit", "many", ok=None)
+    assert bad.returncode == 2 and json.loads(bad.stdout)["error"]["type"] == "UsageError"
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text("[1, 2]")
+    error = json.loads(run("ls", corrupt, "--json", ok=None).stdout)["error"]
+    assert error["type"] == "CorruptSessionError" and error["where"] == str(corrupt)
+    assert not run("ls", corrupt, ok=None).stdout  # without --json: nothing on stdout
+
+
+# -- wrong paths -----------------------------------------------------------------------------------
+
+
+def test_a_path_inside_a_store_is_an_error_naming_the_store(migrated: Path) -> None:
+    store = migrated.with_name("sessions.d")
+    before = sorted(p.name for p in store.iterdir())
+    for inside in (store / "FORMAT", store / ".locks", store / "nothing-here.json"):
+        line = fails("ls", inside, match=f"is inside the directory store {store}: give the store itself")
+        assert str(migrated) in line
+    fails("migrate", store / "FORMAT", match="is inside the directory store")
+    assert sorted(p.name for p in store.iterdir()) == before  # no .FORMAT.lock, nothing new
+
+
+def test_a_missing_path_names_what_is_there(tmp_path: Path, migrated: Path) -> None:
+    store = migrated.with_name("sessions.d")
+    fails("ls", migrated.with_name("bot.json"), match=f"stores there may be: {store}")
+    fails("migrate", tmp_path / "nope.json", match="no session store")
+    fails("ls", tmp_path / "no" / "such.json", match=f"({tmp_path / 'no'} does not exist)")
+    assert not (tmp_path / ".nope.lock").exists() and not (tmp_path / "no").exists()
+
+
+def test_ls_names_the_sessions_it_cannot_read(migrated: Path) -> None:
+    store = migrated.with_name("sessions.d")
+    broken = sorted(p for p in store.iterdir() if p.is_dir() and not p.name.startswith("."))[:3]
+    for folder in broken:
+        (folder / "meta.json").write_text("[]")
+    listed = run("ls", migrated, "--json")
+    assert len(json.loads(listed.stdout)) == 57
+    warnings = listed.stderr.splitlines()
+    assert len(warnings) == 4, listed.stderr
+    for folder in broken:
+        assert any(str(folder) in line and "is not a valid entry" in line for line in warnings[:3])
+    assert warnings[-1].startswith("aiosessions ls: warning: 3 sessions could not be read and are not listed")
