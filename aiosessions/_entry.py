@@ -49,6 +49,8 @@ class Entry(msgspec.Struct, kw_only=True):
     replace an odd value.
     """
 
+    #: Every JSON member no typed field took (unknown ones, and oddly typed values of known
+    #: ones), by JSON name, written back verbatim.
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
@@ -61,33 +63,59 @@ class SessionEntry(Entry, rename="camel", kw_only=True):
     ``updatedAt``).
     """
 
+    #: The gateway's id of the conversation (its transcript is named after it).
     session_id: str | UnsetType = UNSET
     #: Epoch milliseconds of the last change; what recency, ``ls`` and ``prune`` use.
     updated_at: int | UnsetType = UNSET
+    #: The transcript file of the session, e.g. ``<sessionId>.jsonl``.
     session_file: str | UnsetType | None = UNSET
+    #: The chat platform: ``telegram``, ``slack``, ``signal``, ``discord``, ``matrix`` ...
     channel: str | UnsetType | None = UNSET
+    #: ``direct``, ``group`` or ``channel``.
     chat_type: str | UnsetType | None = UNSET
+    #: A name to show for the session (the peer's or the group's).
     display_name: str | UnsetType | None = UNSET
+    #: A label the operator gave the session.
     label: str | UnsetType | None = UNSET
+    #: The model that answers, e.g. ``claude-opus-4-6``.
     model: str | UnsetType | None = UNSET
+    #: Who serves the model, e.g. ``anthropic``.
     model_provider: str | UnsetType | None = UNSET
+    #: Tokens sent to the model so far.
     input_tokens: int | UnsetType | None = UNSET
+    #: Tokens the model produced so far.
     output_tokens: int | UnsetType | None = UNSET
+    #: Tokens of the session so far (what ``aiosessions ls`` shows).
     total_tokens: int | UnsetType | None = UNSET
+    #: Whether ``total_tokens`` is up to date.
     total_tokens_fresh: bool | UnsetType | None = UNSET
+    #: The size of the model's context window, in tokens.
     context_tokens: int | UnsetType | None = UNSET
+    #: Prompt-cache tokens read.
     cache_read: int | UnsetType | None = UNSET
+    #: Prompt-cache tokens written.
     cache_write: int | UnsetType | None = UNSET
+    #: The estimated cost of the session so far, in US dollars.
     estimated_cost_usd: float | UnsetType | None = UNSET
+    #: How many times the transcript was compacted.
     compaction_count: int | UnsetType | None = UNSET
+    #: The channel of the last reply.
     last_channel: str | UnsetType | None = UNSET
+    #: The recipient of the last reply.
     last_to: str | UnsetType | None = UNSET
+    #: The account the last reply was sent from.
     last_account_id: str | UnsetType | None = UNSET
+    #: The thread or topic of the last reply.
     last_thread_id: str | int | UnsetType | None = UNSET
+    #: Where the session started (provider, surface, chat type, from, to, account), as an object.
     origin: dict[str, Any] | UnsetType | None = UNSET
+    #: Where replies are delivered (channel, to, account), as an object.
     delivery_context: dict[str, Any] | UnsetType | None = UNSET
+    #: Whether the last run of the agent was aborted.
     aborted_last_run: bool | UnsetType | None = UNSET
+    #: Whether the system prompt has been sent.
     system_sent: bool | UnsetType | None = UNSET
+    #: The reasoning effort asked of the model: ``off``, ``low``, ``medium``, ``high``.
     thinking_level: str | UnsetType | None = UNSET
 
 

@@ -146,10 +146,14 @@ async def prune(
     Works on both store kinds, through a store opened here (so locks and
     compare-and-swap apply); a JSON store is rewritten once.
 
+    :param path: the store, either kind (``X/sessions.json`` or ``X/sessions.d``).
     :param older_than: seconds (or a ``timedelta``); None skips the age rule.
     :param max_entries: how many sessions to keep at most; None skips the cap.
     :param dry_run: only report what would go.
     :param now: the current time in epoch seconds (default: the clock).
+    :param fsync: make the deletions durable before returning.
+    :param lock_timeout: seconds to wait for another process's lock.
+    :param filesystem: the :class:`FileSystem` doing every blocking call.
     :raises StoreFormatError: there is no store at ``path``.
     :raises CorruptSessionError: an entry is not a JSON object (run fsck first).
     :raises StoreIOError: sessions could not be removed (a read-only store, a full
@@ -715,6 +719,13 @@ async def fsck(
     A legacy store is checked too: it must parse, every entry must be
     migratable, and its orphaned tmp files are found (it is never rewritten).
 
+    :param path: the store, either kind (``X/sessions.json`` or ``X/sessions.d``).
+    :param repair: fix what can be fixed safely (see above); without it nothing
+        is changed.
+    :param tmp_max_age: seconds after which a tmp file or a deleted session in
+        ``.trash/`` is an orphan (younger ones may belong to a write in flight).
+    :param lock_timeout: seconds to wait for a key's or the store's lock.
+    :param filesystem: the :class:`FileSystem` doing every blocking call.
     :raises StoreFormatError: there is no store at ``path``, or its marker is of
         a newer format version.
     :raises StoreIOError: the disk failed.

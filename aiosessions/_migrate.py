@@ -409,6 +409,7 @@ async def migrate(
     Stop the processes that write the store first; a legacy-mode writer of this
     library that is still open fails its next write clearly instead of losing it.
 
+    :param path: the legacy store file, ``X/sessions.json`` (or its ``X/sessions.d``).
     :param skip_invalid: leave out entries that cannot be migrated (an invalid
         key, a value that is not a JSON object) instead of refusing; they are
         listed in the report and remain in the backup of the legacy file.
@@ -656,6 +657,10 @@ async def export_json(
     entry is read as it is on disk at that moment; stop writers first for a
     consistent snapshot. Returns the number of sessions written.
 
+    :param path: the store, either kind (``X/sessions.json`` or ``X/sessions.d``).
+    :param dest: the file to write; it may not be inside the store.
+    :param fsync: make the new file and its folder durable before returning.
+    :param filesystem: the :class:`FileSystem` doing every blocking call.
     :raises CorruptSessionError: a session's ``meta.json`` is not a JSON object
         (run ``aiosessions fsck --repair`` first).
     :raises StoreFormatError: there is no store at ``path``.

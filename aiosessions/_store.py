@@ -293,6 +293,8 @@ class SessionStore(Generic[T]):
         Returns once the change is visible to this process and queued; with
         ``durable=True`` (or ``flush_interval=0``), once it is stored.
 
+        :param durable: return only once this change is on disk (and fsynced, with
+            ``fsync=True``), however long the store's ``flush_interval``.
         :raises TypeError: ``entry`` is not of the store's entry type.
         :raises InvalidEntryError: the entry could not be read back (too large, nested
             too deep); nothing is written.
@@ -321,6 +323,7 @@ class SessionStore(Generic[T]):
         lost); keep ``fn`` free of side effects. Returns the new entry (None when
         deleted).
 
+        :param durable: return only once this change is on disk, as for :meth:`set`.
         :raises TypeError: ``fn`` returned None, or is a coroutine function.
         :raises InvalidEntryError: the new entry could not be read back; nothing changes.
         """
@@ -349,7 +352,10 @@ class SessionStore(Generic[T]):
         return None if isinstance(result, _Delete) else result
 
     async def delete(self, key: str, *, durable: bool = False) -> bool:
-        """Delete the entry of ``key``; return whether there was one."""
+        """Delete the entry of ``key``; return whether there was one.
+
+        :param durable: return only once the deletion is on disk, as for :meth:`set`.
+        """
         self._check_open()
         validate_key(key)
         async with self._locks.hold(key):
@@ -767,6 +773,8 @@ def open_store(
     * any object implementing :class:`aiosessions.backends.Backend`, built with
       its own options (say ``DirectoryBackend(path, lock_timeout=5)``).
 
+    :param target: where the sessions live: a path, a URL or a backend object
+        (see above).
     :param entry_type: what entries decode to: :class:`SessionEntry` (default),
         a subclass of :class:`Entry` or any ``msgspec.Struct``, or ``dict``.
     :param flush_interval: seconds a change may wait in memory before its batch

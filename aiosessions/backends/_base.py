@@ -49,6 +49,12 @@ class Write:
 
     Unless ``blind``, the write is a compare-and-swap: it happens only if the
     stored entry's bytes still equal ``expected`` (None: the entry must be absent).
+
+    Attributes:
+        key: The session's key.
+        data: The entry's new bytes (compact JSON), or None to delete the entry.
+        expected: The stored bytes the write requires (None: the entry must be absent).
+        blind: Write whatever is stored (no compare-and-swap).
     """
 
     key: str
@@ -91,7 +97,10 @@ class Backend(Protocol):
         ...
 
     def location(self, key: str | None = None) -> str:
-        """Where ``key`` (or the whole store) lives, for messages: a path, a server and key."""
+        """Where ``key`` (or the whole store) lives, for messages: a path, a server and key.
+
+        :param key: the session; None for the store itself.
+        """
         ...
 
     async def open(self) -> None:
@@ -119,7 +128,10 @@ class Backend(Protocol):
         ...
 
     def key_chunks(self, prefix: str = "") -> AsyncIterator[list[str]]:
-        """Every stored key starting with ``prefix``, a chunk at a time, without reading entries."""
+        """Every stored key starting with ``prefix``, a chunk at a time, without reading entries.
+
+        :param prefix: only keys starting with it ("" for all).
+        """
         ...
 
     async def maintain(self) -> None:
