@@ -841,6 +841,24 @@ def format_ratio(ratio: float | None) -> str:
     return f"{ratio:,.0f}×" if ratio >= 100 else f"{ratio:.3g}×"  # noqa: RUF001
 
 
+def format_comparison(ratio: float | None) -> str:
+    """How many times better (``ratio`` > 1) or worse (< 1) one figure is than another, in words.
+
+    ``ratio`` is already oriented so that above 1 is better (faster, more operations, less
+    lag); a ratio below 1 is written as its inverse and "worse" (3.34 times worse, never
+    0.299 times less); within 2% of 1 it is "about the same".
+    """
+    if ratio is None or math.isnan(ratio) or ratio <= 0:
+        return "n/a"
+    if math.isinf(ratio):
+        return "∞ better"
+    if ratio == 1:
+        return "same"
+    if 1 / 1.02 < ratio < 1.02:
+        return "about the same"  # not "1 times worse": within 2% is noise on any machine
+    return f"{format_ratio(ratio)} better" if ratio > 1 else f"{format_ratio(1 / ratio)} worse"
+
+
 def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A plain-text table, the first column left-aligned and the others right-aligned."""
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]

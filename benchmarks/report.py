@@ -1,19 +1,20 @@
 """Markdown tables and PNG charts from ``results.json``.
 
 Every figure is shown beside the legacy baseline and the physical limit of the
-same fsync setting, as ratios from the same run: "vs legacy" and "vs limit" are
-speeds (how many times faster, or more operations per second); below 1 is
-slower.
+same fsync setting, as ratios from the same run, in words: "vs legacy" and "vs
+limit" say how many times better (faster, more operations per second, less lag)
+or worse the row is.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from aiosessions._bench import format_bytes, format_rate, format_ratio, format_seconds
+from aiosessions._bench import format_bytes, format_comparison, format_rate, format_seconds
 
 __all__ = ["charts", "tables"]
 
@@ -36,7 +37,7 @@ def _get(row: dict[str, Any] | None, measure: str, stat: str) -> float | None:
 def _speed(base: float | None, value: float | None, *, higher_is_better: bool) -> str:
     if base is None or value is None or base <= 0 or value <= 0:
         return "n/a"
-    return format_ratio(value / base if higher_is_better else base / value)
+    return format_comparison(value / base if higher_is_better else base / value)
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -206,6 +207,11 @@ def tables(results: dict[str, Any]) -> str:
 
 
 # -- charts ------------------------------------------------------------------------------------
+#
+# Drawn for the documentation page: 7 inches wide (the width of the page's text column, about
+# 700 pixels) at 200 dots per inch, so that a 10-point label stays a 10-point label on screen
+# and sharp on high-density displays. Axes read in the units of the tables (µs, ms, KB), not
+# in powers of ten.
 
 _COLOURS = {
     "legacy": "#c0392b",
@@ -215,6 +221,10 @@ _COLOURS = {
     "aiofiles": "#839192",
     "physical": "#1e8449",
 }
+#: Inches: the page's text column.
+_WIDTH = 7.0
+_DPI = 200
+_FSYNC = " +fsync"
 
 
 def _colour(name: str) -> str:
@@ -224,6 +234,44 @@ def _colour(name: str) -> str:
     return "#555555"
 
 
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(
+        {
+            "font.size": 10,
+            "axes.titlesize": 11,
+            "axes.labelsize": 10,
+            "xtick.labelsize": 9,
+            "ytick.labelsize": 10,
+            "legend.fontsize": 9,
+        }
+    )
+    return plt
+
+
+def _count(n: float) -> str:
+    """A compact tick label for a rate: ``0.1``, ``1``, ``100``, ``10k``."""
+    if n >= 1000:
+        return f"{n / 1000:g}k"
+    return f"{n:g}"
+
+
+def _title(fig: Any, title: str) -> None:
+    """The chart's title, left-aligned over the whole figure and wrapped to its width."""
+    lines = [textwrap.fill(line, 76) for line in title.split("\n")]
+    fig.suptitle("\n".join(lines), x=0.02, ha="left", fontsize=11)
+
+
+def _axis_format(fmt: Any) -> Any:
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda value, _: fmt(value) if value > 0 else "")
+
+
 def _bars(
     path: Path,
     title: str,
@@ -231,27 +279,33 @@ def _bars(
     *,
     xlabel: str,
     fmt: Any,
-    log: bool = True,
+    ticks: Any = None,
 ) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    items = [(n, v) for n, v in items if v is not None and v > 0]
-    fig, ax = plt.subplots(figsize=(9, 0.42 * len(items) + 1.4), dpi=110)
-    names = [n for n, _ in items]
-    values = [v for _, v in items]
-    ax.barh(names, values, color=[_colour(n) for n in names])
+    """Horizontal bars on a log scale, one row per contender, fsync off and on side by side."""
+    plt = _pyplot()
+    values = {name: value for name, value in items if value is not None and value > 0}
+    groups = list(dict.fromkeys(name.removesuffix(_FSYNC) for name in values))
+    fig, ax = plt.subplots(figsize=(_WIDTH, 0.62 * len(groups) + 1.5), dpi=_DPI)
+    for row, group in enumerate(groups):
+        for offset, name, alpha in ((-0.2, group, 0.45), (0.2, group + _FSYNC, 1.0)):
+            if name not in values:
+                continue
+            ax.barh(row + offset, values[name], height=0.38, color=_colour(group), alpha=alpha)
+            ax.text(values[name], row + offset, " " + fmt(values[name]), va="center", fontsize=8.5)
+    ax.set_yticks(range(len(groups)), [textwrap.fill(group, 24, break_on_hyphens=False) for group in groups])
     ax.invert_yaxis()
-    if log:
-        ax.set_xscale("log")
-    for y, value in enumerate(values):
-        ax.text(value, y, " " + fmt(value), va="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(_axis_format(ticks or fmt))
+    ax.xaxis.set_minor_formatter(_axis_format(lambda _: ""))
     ax.set_xlabel(xlabel)
-    ax.set_title(title, fontsize=10)
-    ax.margins(x=0.25)
-    fig.tight_layout()
+    _title(fig, title)
+    ax.margins(x=0.3)
+    ax.grid(True, axis="x", which="major", alpha=0.3)
+    from matplotlib.patches import Patch
+
+    shades = [Patch(color="#777777", alpha=0.45, label="fsync off"), Patch(color="#777777", label="fsync on")]
+    fig.legend(handles=shades, loc="lower right", ncol=2, frameon=False)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -271,23 +325,24 @@ def charts(results: dict[str, Any], folder: Path, *, suffix: str = "") -> Iterab
         where = f"{store['sessions']:,} sessions, {format_bytes(store['bytes'])}"
         yield _bars(
             folder / f"update{suffix}.png",
-            f"Update one session, p50 ({where}); shorter is better",
+            f"Update one session, p50 ({where})\nshorter is faster",
             _series(section, "update", "p50"),
-            xlabel="seconds (log scale)",
+            xlabel="seconds, log scale",
             fmt=format_seconds,
         )
         yield _bars(
             folder / f"cold-read{suffix}.png",
-            f"Read one session cold, p50 ({where})",
+            f"Read one session not in the store's cache, p50 ({where})\nshorter is faster",
             _series(section, "get_cold", "p50"),
-            xlabel="seconds (log scale)",
+            xlabel="seconds, log scale",
             fmt=format_seconds,
         )
         yield _bars(
             folder / f"loop-lag{suffix}.png",
-            f"Event-loop lag p99 under the paced mixed workload ({where})",
+            f"Event-loop lag p99, mixed workload at {results['plan']['paced_rate']:g} ops/s ({where})"
+            "\nshorter keeps other tasks waiting less",
             [(n, v) for n, v in _series(section, "paced_lag", "p99") if not n.startswith("physical")],
-            xlabel="seconds (log scale)",
+            xlabel="seconds, log scale",
             fmt=format_seconds,
         )
     if "throughput" in results:
@@ -296,50 +351,84 @@ def charts(results: dict[str, Any], folder: Path, *, suffix: str = "") -> Iterab
         where = f"{store['sessions']:,} sessions"
         yield _bars(
             folder / f"mixed{suffix}.png",
-            f"Mixed workload throughput, 100 tasks, 80% reads ({where}); longer is better",
+            f"Mixed workload: 100 tasks, 80% reads ({where})\nlonger does more",
             _series(section, "mixed", "rate"),
-            xlabel="operations per second (log scale)",
+            xlabel="operations per second, log scale",
             fmt=format_rate,
+            ticks=_count,
         )
         yield _bars(
             folder / f"distinct-writes{suffix}.png",
-            f"Distinct-key writes, incl. the final flush ({where})",
+            f"Writes of distinct sessions, with the final flush ({where})\nlonger does more",
             _series(section, "distinct_writes", "rate"),
-            xlabel="writes per second (log scale)",
+            xlabel="writes per second, log scale",
             fmt=format_rate,
+            ticks=_count,
         )
     if "scaling" in results:
         yield _scaling(results["scaling"], folder / f"scaling{suffix}.png")
 
 
 def _scaling(scaling: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=110)
+    """Three panels stacked (each as wide as the page), one line per contender."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(3, 1, figsize=(_WIDTH, 9.0), dpi=_DPI, sharex=True)
+    panels = (
+        ("Update one session, p50", lambda p: _get(p, "update", "p50"), format_seconds),
+        (
+            "Open the store, read one session, p50",
+            lambda p: _get(p, "open_first_read", "p50"),
+            format_seconds,
+        ),
+        (
+            "Memory to open the store and read one session (Python heap peak)",
+            lambda p: p.get("memory", {}).get("python_peak"),
+            format_bytes,
+        ),
+    )
     for name, sizes in scaling.items():
         points = sorted(sizes.values(), key=lambda s: s["sessions"])
         xs = [p["sessions"] for p in points]
-        style = {"color": _colour(name), "marker": "o", "label": name}
-        axes[0].plot(xs, [_get(p, "update", "p50") for p in points], **style)
-        axes[1].plot(xs, [_get(p, "open_first_read", "p50") for p in points], **style)
-        axes[2].plot(xs, [p.get("memory", {}).get("python_peak") for p in points], **style)
-    for ax, title, unit in zip(
-        axes,
-        ("update one session, p50", "cold open + first read, p50", "memory to open + read one (Python peak)"),
-        ("seconds", "seconds", "bytes"),
-        strict=True,
-    ):
+        for ax, (_, value, _fmt) in zip(axes, panels, strict=True):
+            ax.plot(xs, [value(p) for p in points], color=_colour(name), marker="o", linewidth=2, label=name)
+    for ax, (title, _, fmt) in zip(axes, panels, strict=True):
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("sessions in the store")
-        ax.set_ylabel(unit)
-        ax.set_title(title, fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+        ax.yaxis.set_major_formatter(_axis_format(fmt))
+        ax.yaxis.set_minor_formatter(_axis_format(lambda _: ""))
+        ax.set_title(title, loc="left")
+        ax.grid(True, which="major", alpha=0.3)
+    axes[-1].set_xlabel("sessions in the store, log scale")
+    axes[-1].xaxis.set_major_formatter(_axis_format(lambda n: f"{n:,.0f}"))
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=2, frameon=False, bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Draw the tables and charts again from a results file (``python -m benchmarks.report``)."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=main.__doc__)
+    results = Path(__file__).resolve().parent / "results"
+    parser.add_argument("results", nargs="?", type=Path, default=results / "results.json")
+    parser.add_argument(
+        "--charts",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "docs" / "assets" / "benchmarks",
+        help="where the PNG charts go (default: the documentation's)",
+    )
+    args = parser.parse_args(argv)
+    data = json.loads(args.results.read_text("utf-8"))
+    (args.results.parent / "tables.md").write_text(tables(data), encoding="utf-8")
+    for path in charts(data, args.charts):
+        print(f"chart: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -265,3 +265,14 @@ def test_full_benchmark_quick_run(tmp_path: Path) -> None:
     assert "| legacy JSON | " in (tmp_path / "tables-quick.md").read_text("utf-8")
     for chart in ("update", "cold-read", "loop-lag"):
         assert (tmp_path / f"{chart}-quick.png").stat().st_size > 1_000
+
+
+def test_a_comparison_says_worse_in_words_never_a_fraction() -> None:
+    from aiosessions._bench import format_comparison
+
+    times = "\N{MULTIPLICATION SIGN}"
+    assert format_comparison(1308.4) == f"1,308{times} better"
+    assert format_comparison(1 / 3.34) == f"3.34{times} worse"  # not "0.299 times less"
+    assert format_comparison(1.01) == format_comparison(1 / 1.01) == "about the same"
+    assert format_comparison(1.0) == "same"
+    assert format_comparison(None) == format_comparison(float("nan")) == "n/a"
