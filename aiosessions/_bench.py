@@ -926,7 +926,8 @@ class QuickSettings:
     sessions: int = HEADLINE_SESSIONS
     target_bytes: int | None = HEADLINE_BYTES
     seed: int = DEFAULT_SEED
-    fsync: bool = False
+    #: fsync in both stores, as the library does by default (a returned write is on disk).
+    fsync: bool = True
     flush_interval: float = 0.05
     #: Seconds of mixed workload per contender.
     duration: float = 3.0
@@ -936,33 +937,105 @@ class QuickSettings:
     #: Offered load (operations per second) while the event-loop lag is measured.
     paced_rate: float = 500.0
     folder: Path | None = None
+    #: Measure a copy of this store (a legacy ``sessions.json`` or a directory store) instead
+    #: of a generated one. It is only read.
+    source: Path | None = None
+    #: The fsync settings to measure, one run each (``--fsync both``: on, then off).
+    fsync_runs: tuple[bool, ...] = ()
+
+    def runs(self) -> tuple[bool, ...]:
+        return self.fsync_runs or (self.fsync,)
 
 
-async def _build_stores(folder: Path, sessions: Sessions) -> tuple[Path, Path, int, float]:
+@dataclass
+class Material:
+    """The legacy file measured (generated, or a copy of the user's) and the keys to use."""
+
+    data: bytes
+    #: Keys of entries that are JSON objects under a valid key (the workload's sessions).
+    keys: list[str]
+    #: What it is, for the report: "generated, seed N" or "a copy of PATH".
+    origin: str
+    #: Entries of the file left out of the workload (invalid keys, values that are not objects).
+    left_out: int = 0
+
+
+async def prepare(settings: QuickSettings, progress: Progress) -> Material:
+    """Generate the store to measure, or read the user's (``settings.source``), once per run."""
+    if settings.source is None:
+        progress.step(f"generating {settings.sessions} sessions (seed {settings.seed})")
+        count, seed, size = settings.sessions, settings.seed, settings.target_bytes
+        sessions = await anyio.to_thread.run_sync(
+            lambda: generate_sessions(count, seed=seed, target_bytes=size)
+        )
+        data = await anyio.to_thread.run_sync(encode_legacy, sessions)
+        return Material(data, list(sessions), f"generated, seed {settings.seed}")
+    progress.step(f"reading {settings.source} (only reading: the measures run on copies)")
+    data = await read_store(settings.source)
+    entries = await anyio.to_thread.run_sync(_decode_entries, data, str(settings.source))
+    keys = [key for key, raw in entries.items() if _usable(key, raw)]
+    if not keys:
+        raise ValueError(f"{settings.source} holds no session to measure (no entry is a JSON object)")
+    return Material(data, keys, f"a copy of {settings.source}", left_out=len(entries) - len(keys))
+
+
+async def read_store(path: Path) -> bytes:
+    """The legacy-format bytes of the store at ``path``, read without changing anything.
+
+    A legacy ``sessions.json`` is read as it is; a directory store is exported (every entry,
+    as ``aiosessions export`` writes them).
+    """
+    from ._fs import FileSystem
+    from ._layout import StorePaths, detect_mode
+    from ._migrate import export_bytes
+
+    paths = StorePaths.of(path)
+    mode = await anyio.to_thread.run_sync(detect_mode, FileSystem(), paths)
+    if mode == "directory":
+        return await export_bytes(path)
+    return await anyio.Path(paths.file).read_bytes()
+
+
+def _decode_entries(data: bytes, where: str) -> dict[str, msgspec.Raw]:
+    from .backends._json import decode_legacy
+
+    return decode_legacy(data, where)
+
+
+def _usable(key: str, raw: msgspec.Raw) -> bool:
+    from ._keys import validate_key
+
+    try:
+        validate_key(key)
+    except ValueError:
+        return False
+    return bytes(memoryview(raw)[:1]) == b"{"
+
+
+async def _build_stores(folder: Path, data: bytes) -> tuple[Path, Path, int, float]:
     """The legacy file and a directory store migrated from a copy of it."""
     from . import migrate
 
     legacy = folder / "legacy" / "sessions.json"
     directory = folder / "directory" / "sessions.json"
-    data = encode_legacy(sessions)
     for path in (legacy, directory):
+        await anyio.to_thread.run_sync(shutil.rmtree, path.parent, True)
         path.parent.mkdir(parents=True, exist_ok=True)
         await anyio.to_thread.run_sync(path.write_bytes, data)
     started = time.perf_counter()
-    await migrate(directory, fsync=False)
+    # A user's file may hold entries a directory store cannot (they stay in the legacy copy).
+    await migrate(directory, fsync=False, skip_invalid=True)
     return legacy, directory, len(data), time.perf_counter() - started
 
 
-async def measure_pair(settings: QuickSettings, progress: Progress, folder: Path) -> dict[str, Any]:
-    """Everything ``aiosessions bench`` reports, measured in ``folder``."""
-    progress.step(f"generating {settings.sessions} sessions (seed {settings.seed})")
-    sessions = await anyio.to_thread.run_sync(
-        lambda: generate_sessions(settings.sessions, seed=settings.seed, target_bytes=settings.target_bytes)
-    )
-    keys = list(sessions)
-    progress.step("writing sessions.json and migrating a copy to a directory store")
-    legacy_path, directory_path, size, migration = await _build_stores(folder, sessions)
-    del sessions
+async def measure_pair(
+    settings: QuickSettings, progress: Progress, folder: Path, material: Material, *, fsync: bool
+) -> dict[str, Any]:
+    """Every figure of one ``aiosessions bench`` table (one fsync setting), measured in ``folder``."""
+    keys = material.keys
+    label = f"fsync {'on' if fsync else 'off'}"
+    progress.step(f"{label}: writing sessions.json and migrating a copy to a directory store")
+    legacy_path, directory_path, size, migration = await _build_stores(folder, material.data)
     gc.collect()
     rng = random.Random(settings.seed + 1)
     update_keys = [rng.choice(keys) for _ in range(settings.samples)]
@@ -970,30 +1043,19 @@ async def measure_pair(settings: QuickSettings, progress: Progress, folder: Path
     now_ms = _EPOCH_MS + 10
 
     def legacy() -> Contender:
-        return LegacyJsonContender(legacy_path, fsync=settings.fsync)
+        return LegacyJsonContender(legacy_path, fsync=fsync)
 
     def ours() -> Contender:
-        return AiosessionsContender(
-            directory_path, fsync=settings.fsync, flush_interval=settings.flush_interval
-        )
+        return AiosessionsContender(directory_path, fsync=fsync, flush_interval=settings.flush_interval)
 
-    results: dict[str, Any] = {
-        "sessions": len(keys),
-        "bytes": size,
-        "seed": settings.seed,
-        "fsync": settings.fsync,
-        "flush_interval": settings.flush_interval,
-        "paced_rate": settings.paced_rate,
-        "migration_seconds": migration,
-        "measures": {},
-    }
+    results: dict[str, Any] = {"fsync": fsync, "migration_seconds": migration, "measures": {}}
     measures: dict[str, dict[str, Any]] = results["measures"]
     for make, budget in ((legacy, settings.legacy_budget), (ours, 30.0)):
         contender = make()
         row: dict[str, Any] = {}
         measures[contender.name] = row
 
-        progress.step(f"{contender.name}: update one session")
+        progress.step(f"{label}: {contender.name}: update one session")
         await contender.open()
         try:
             await contender.get(update_keys[0])
@@ -1009,7 +1071,7 @@ async def measure_pair(settings: QuickSettings, progress: Progress, folder: Path
         finally:
             await contender.close()
 
-        progress.step(f"{contender.name}: read one session cold")
+        progress.step(f"{label}: {contender.name}: read one session cold")
         if contender.whole_file:
 
             async def cold_read(i: int, make: Callable[[], Contender] = make) -> None:
@@ -1033,7 +1095,9 @@ async def measure_pair(settings: QuickSettings, progress: Progress, folder: Path
             finally:
                 await fresh.close()
 
-        progress.step(f"{contender.name}: mixed workload, 100 tasks, 80% reads, {settings.duration:g} s")
+        progress.step(
+            f"{label}: {contender.name}: mixed workload, 100 tasks, 80% reads, {settings.duration:g} s"
+        )
         await contender.open()
         try:
             await contender.get(keys[0])  # loaded, as in a running gateway
@@ -1043,42 +1107,45 @@ async def measure_pair(settings: QuickSettings, progress: Progress, folder: Path
         finally:
             await contender.close()
 
-        progress.step(f"{contender.name}: event-loop lag at {settings.paced_rate:g} ops/s")
+        progress.step(f"{label}: {contender.name}: event-loop lag at {settings.paced_rate:g} ops/s")
         row["paced"], row["lag"] = await paced_workload(
             make, keys, rate=settings.paced_rate, seconds=settings.duration, seed=settings.seed
         )
+    results["bytes"] = size
     return results
 
 
-def ratio_rows(results: dict[str, Any]) -> list[list[str]]:
-    """The rows of the printed table: legacy, aiosessions, and how many times better."""
-    legacy, ours = results["measures"]["legacy JSON"], results["measures"]["aiosessions"]
+#: The rows of the printed table: label, measure, statistic, whether lower is better.
+_ROWS = (
+    ("update one session, p50", "update", "p50", True),
+    ("update one session, p99", "update", "p99", True),
+    ("read one session cold, p50", "cold_read", "p50", True),
+    ("mixed workload throughput", "mixed", "rate", False),
+    ("event-loop lag p99 at {paced} ops/s", "lag", "p99", True),
+    ("event-loop lag p99 at full speed", "mixed_lag", "p99", True),
+)
+
+
+def ratio_rows(results: dict[str, Any], run: dict[str, Any]) -> list[list[str]]:
+    """The rows of one printed table: legacy, aiosessions, and how many times better or worse."""
+    legacy, ours = run["measures"]["legacy JSON"], run["measures"]["aiosessions"]
     rows: list[list[str]] = []
-
-    def latency(label: str, measure: str, stat: str) -> None:
+    for label, measure, stat, lower_is_better in _ROWS:
         a, b = getattr(legacy[measure], stat), getattr(ours[measure], stat)
-        rows.append(
-            [label, format_seconds(a), format_seconds(b), format_ratio(a / b if b else math.inf) + " faster"]
-        )
-
-    latency("update one session, p50", "update", "p50")
-    latency("update one session, p99", "update", "p99")
-    latency("read one session cold, p50", "cold_read", "p50")
-    a, b = legacy["mixed"].rate, ours["mixed"].rate
-    rows.append(["mixed workload throughput", format_rate(a), format_rate(b), format_ratio(b / a) + " more"])
-    for label, measure in (
-        (f"event-loop lag p99 at {results['paced_rate']:g} ops/s", "lag"),
-        ("event-loop lag p99 at full speed", "mixed_lag"),
-    ):
-        a, b = legacy[measure].p99, ours[measure].p99
-        less = format_ratio(a / b if b else math.inf)
-        rows.append([label, format_seconds(a), format_seconds(b), f"{less} less"])
+        fmt = format_seconds if stat != "rate" else format_rate
+        # Oriented so that above 1 means aiosessions is better: less time, more operations.
+        top, bottom = (a, b) if lower_is_better else (b, a)
+        ratio = top / bottom if bottom else math.inf
+        label = label.format(paced=f"{results['paced_rate']:g}")
+        rows.append([label, fmt(a), fmt(b), format_comparison(ratio)])
     return rows
 
 
 async def run_quick(settings: QuickSettings, *, quiet: bool = False) -> dict[str, Any]:
-    """Generate a store, measure legacy JSON and aiosessions, return the figures."""
-    progress = Progress(2 + 2 * 4, quiet=quiet)
+    """Prepare a store (generated, or a copy of ``settings.source``), measure legacy JSON and
+    aiosessions once per fsync setting, and return the figures."""
+    runs = settings.runs()
+    progress = Progress(1 + len(runs) * (1 + 2 * 4), quiet=quiet)
     try:
         if settings.folder is not None:
             settings.folder.mkdir(parents=True, exist_ok=True)
@@ -1086,7 +1153,19 @@ async def run_quick(settings: QuickSettings, *, quiet: bool = False) -> dict[str
         else:
             folder = Path(tempfile.mkdtemp(prefix="aiosessions-bench-"))
         try:
-            results = await measure_pair(settings, progress, folder)
+            material = await prepare(settings, progress)
+            results: dict[str, Any] = {
+                "sessions": len(material.keys),
+                "bytes": len(material.data),
+                "origin": material.origin,
+                "left_out": material.left_out,
+                "seed": settings.seed,
+                "flush_interval": settings.flush_interval,
+                "paced_rate": settings.paced_rate,
+                "runs": [],
+            }
+            for fsync in runs:
+                results["runs"].append(await measure_pair(settings, progress, folder, material, fsync=fsync))
             results["machine"] = describe_machine(folder)
         finally:
             await anyio.to_thread.run_sync(shutil.rmtree, folder, True)
@@ -1095,8 +1174,21 @@ async def run_quick(settings: QuickSettings, *, quiet: bool = False) -> dict[str
     return results
 
 
+#: ``--fsync`` choices: the fsync settings each one measures, in order.
+FSYNC_CHOICES = {"on": (True,), "off": (False,), "both": (True, False)}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``aiosessions bench`` (shared with the CLI's sub-command)."""
+    parser.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="measure a copy of your own store (a sessions.json, or a directory store) instead of a "
+        "generated one; PATH is only read",
+    )
     parser.add_argument(
         "--sessions",
         type=int,
@@ -1118,19 +1210,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})"
     )
-    parser.add_argument("--fsync", action="store_true", help="fsync every write, in both stores")
+    parser.add_argument(
+        "--fsync",
+        choices=tuple(FSYNC_CHOICES),
+        nargs="?",
+        const="on",
+        default="on",
+        help="fsync every write in both stores: on (default, as the library does), off, or both "
+        "(one table each)",
+    )
     parser.add_argument(
         "--duration", type=float, default=None, metavar="S", help="seconds of mixed workload per store (3)"
     )
     parser.add_argument(
-        "--dir", type=Path, default=None, metavar="DIR", help="where to make the temporary store"
+        "--dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where to make the temporary stores (say, on the disk your store lives on)",
     )
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the figures to FILE as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
 
 def settings_from(args: argparse.Namespace) -> QuickSettings:
-    settings = QuickSettings(seed=args.seed, fsync=args.fsync, folder=args.dir)
+    runs = FSYNC_CHOICES[args.fsync]
+    settings = QuickSettings(seed=args.seed, fsync=runs[0], fsync_runs=runs, folder=args.dir)
+    if args.source is not None and (args.sessions is not None or args.megabytes is not None):
+        raise ValueError("--from measures your store as it is: it takes no --sessions or --megabytes")
+    settings.source = args.source
     if args.quick:
         settings.sessions, settings.target_bytes = 100, 2_000_000
         settings.duration, settings.legacy_budget, settings.samples = 0.5, 0.5, 50
@@ -1145,24 +1253,55 @@ def settings_from(args: argparse.Namespace) -> QuickSettings:
     return settings
 
 
+_FSYNC_WORDS = {
+    True: "fsync on in both stores (the library's default: a write that returned is on disk)",
+    False: "fsync off in both stores (a write that returned may still be in the OS cache)",
+}
+
+
 def report(results: dict[str, Any]) -> str:
-    """The printed result: what was measured, on what, and the table of ratios."""
+    """The printed result: what was measured, on what, and one table per fsync setting."""
     machine = results["machine"]
     packages = ", ".join(f"{k} {v}" for k, v in machine["packages"].items())
     lines = [
         f"aiosessions bench: {results['sessions']:,} sessions, "
-        f"{format_bytes(results['bytes'])} sessions.json, "
-        f"seed {results['seed']}, fsync {'on' if results['fsync'] else 'off'} in both stores",
+        f"{format_bytes(results['bytes'])} sessions.json ({results['origin']})",
         f"machine: {machine['cpus']} CPUs, {machine.get('memory_gib', '?')} GiB, {machine['filesystem']}, "
         f"{machine['python']}, {packages}",
-        "",
-        render_table(["", "legacy JSON", "aiosessions", "ratio"], ratio_rows(results)),
+    ]
+    left_out = results.get("left_out", 0)
+    if left_out:
+        what = (
+            "1 entry that is not a JSON object"
+            if left_out == 1
+            else f"{left_out} entries that are not JSON objects"
+        )
+        lines.append(
+            f"left out of the workload: {what} under a valid key (kept in the legacy copy; "
+            "`aiosessions fsck` names them)"
+        )
+    lag_worse = False
+    for run in results["runs"]:
+        rows = ratio_rows(results, run)
+        lag_worse = lag_worse or rows[-1][-1].endswith("worse")
+        header = ["", "legacy JSON", "aiosessions", "aiosessions is"]
+        lines += ["", _FSYNC_WORDS[run["fsync"]], render_table(header, rows)]
+    lines += [
         "",
         "legacy JSON: the whole file parsed inline on the loop when it changed and inside every update,",
         "rewritten indented by 2 on every save, one global lock (as OpenClaw's store.ts did).",
         f"aiosessions: directory store, write-behind every {results['flush_interval'] * 1000:g} ms; "
         "a cold read is one not in the library's cache",
-        "(the OS page cache is warm for both). The full comparison: python -m benchmarks (source tree).",
+        "(the OS page cache is warm for both).",
+    ]
+    if lag_worse:
+        lines += [
+            "At full speed 100 tasks never wait, so a ticker waits behind their turns whatever the store",
+            "does; the paced row is what a server at a steady load feels.",
+        ]
+    lines += [
+        "Figures of one run on this machine: run it twice before trusting a small ratio.",
+        "The whole comparison (SQLite, diskcache, the disk): python -m benchmarks (source tree).",
     ]
     return "\n".join(lines)
 
@@ -1172,6 +1311,8 @@ def _jsonable(value: Any) -> Any:
         return value.to_json()
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     return value

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -181,16 +182,31 @@ async def test_aiosessions_contender_drives_a_store(tmp_path: Path) -> None:
 @pytest.mark.asyncio
 async def test_quick_run_measures_both_stores(tmp_path: Path) -> None:
     settings = QuickSettings(
-        sessions=24, target_bytes=600_000, duration=0.2, legacy_budget=0.2, samples=8, folder=tmp_path
+        sessions=24,
+        target_bytes=600_000,
+        duration=0.2,
+        legacy_budget=0.2,
+        samples=8,
+        folder=tmp_path,
+        fsync_runs=(True, False),
     )
     results = await run_quick(settings, quiet=True)
-    for name in ("legacy JSON", "aiosessions"):
-        row = results["measures"][name]
-        for measure in ("update", "cold_read", "lag"):
-            assert row[measure].samples >= 3 and row[measure].p50 >= 0, (name, measure)
-        assert row["mixed"].ops > 0 and row["mixed"].rate > 0
+    assert [run["fsync"] for run in results["runs"]] == [True, False]
+    for run in results["runs"]:
+        for name in ("legacy JSON", "aiosessions"):
+            row = run["measures"][name]
+            for measure in ("update", "cold_read", "lag"):
+                assert row[measure].samples >= 3 and row[measure].p50 >= 0, (name, measure)
+            assert row["mixed"].ops > 0 and row["mixed"].rate > 0
     text = report(results)
-    assert "update one session, p50" in text and "faster" in text and "fsync off" in text
+    assert "update one session, p50" in text and "aiosessions is" in text
+    # Both settings, each said plainly; fsync on (the library's default) first.
+    assert text.index("fsync on in both stores (the library's default") < text.index("fsync off in both")
+    times = "\N{MULTIPLICATION SIGN}"
+    verdict = re.compile(rf"[\d,.]+{times} (better|worse)|about the same")
+    rows = [line for line in text.splitlines() if line.startswith(("update ", "read ", "mixed ", "event-"))]
+    ratios = [row.rsplit("  ", 1)[-1].strip() for row in rows]
+    assert len(ratios) == 12 and all(verdict.fullmatch(r) for r in ratios), ratios
     assert results["sessions"] == 24 and abs(results["bytes"] - 600_000) < 30_000
     assert list(tmp_path.iterdir()) == []  # the temporary store is gone
 
@@ -220,11 +236,14 @@ def test_bench_command_line(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "legacy JSON" in done.stdout and "aiosessions" in done.stdout and "ratio" in done.stdout
+    assert "legacy JSON" in done.stdout and "aiosessions is" in done.stdout
+    assert "fsync on in both stores (the library's default" in done.stdout  # the default, said plainly
+    assert "fsync off" not in done.stdout
     assert "[1/" in done.stderr  # progress lines (stderr is not a terminal here)
     figures = json.loads(out.read_text("utf-8"))
-    assert figures["sessions"] == 20
-    assert figures["measures"]["aiosessions"]["update"]["p50"] > 0
+    assert figures["sessions"] == 20 and figures["origin"].startswith("generated")
+    assert [run["fsync"] for run in figures["runs"]] == [True]
+    assert figures["runs"][0]["measures"]["aiosessions"]["update"]["p50"] > 0
 
 
 @pytest.mark.slow
@@ -276,3 +295,62 @@ def test_a_comparison_says_worse_in_words_never_a_fraction() -> None:
     assert format_comparison(1.01) == format_comparison(1 / 1.01) == "about the same"
     assert format_comparison(1.0) == "same"
     assert format_comparison(None) == format_comparison(float("nan")) == "n/a"
+
+
+def test_a_row_where_aiosessions_is_behind_says_worse() -> None:
+    from aiosessions._bench import Summary, ratio_rows
+
+    def row(latency: float, rate: float) -> dict[str, Any]:
+        timing = Summary.of([latency] * 5)
+        return {
+            "update": timing,
+            "cold_read": timing,
+            "mixed": Summary.of([0.001] * 10, seconds=10 / rate),
+            "lag": timing,
+            "mixed_lag": timing,
+        }
+
+    run = {"fsync": True, "measures": {"legacy JSON": row(0.010, 100), "aiosessions": row(0.0299, 300)}}
+    rows = ratio_rows({"paced_rate": 500}, run)
+    by_label = {label: verdict for label, _, _, verdict in rows}
+    assert by_label["update one session, p50"] == "2.99\N{MULTIPLICATION SIGN} worse"
+    assert by_label["mixed workload throughput"] == "3\N{MULTIPLICATION SIGN} better"
+    assert not any("0." in verdict or "less" in verdict for verdict in by_label.values())
+
+
+def test_bench_from_a_copy_of_your_store_leaves_it_untouched(tmp_path: Path) -> None:
+    from tests.test_cli import unprivileged
+
+    state = tmp_path / "state"
+    state.mkdir()
+    original = state / "sessions.json"
+    sessions = generate_sessions(25, seed=SEED)
+    sessions["a bad entry"] = [1, 2]  # not an object: left out of the workload, not an error
+    write_legacy_file(original, sessions)
+    before = original.read_bytes(), original.stat().st_mtime_ns, sorted(os.listdir(state))
+    state.chmod(0o555)
+    original.chmod(0o444)
+    out = tmp_path / "figures.json"
+    try:
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "aiosessions", "bench", "--quick", "--from", str(original)),
+                *("--duration", "0.2", "--fsync", "off", "--json", str(out), "--dir", str(tmp_path / "work")),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=ROOT,
+            check=False,
+            preexec_fn=unprivileged,  # as a user who may not write there (CI runs as root)
+        )
+    finally:
+        state.chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    assert "25 sessions, " in done.stdout and f"(a copy of {original})" in done.stdout
+    assert "left out of the workload: 1 entry that is not a JSON object" in done.stdout
+    assert (original.read_bytes(), original.stat().st_mtime_ns, sorted(os.listdir(state))) == before
+    figures = json.loads(out.read_text("utf-8"))
+    assert figures["sessions"] == 25 and figures["left_out"] == 1
+    assert [run["fsync"] for run in figures["runs"]] == [False]
+    assert list((tmp_path / "work").iterdir()) == []  # the copies are gone
