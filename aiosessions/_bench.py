@@ -971,19 +971,21 @@ async def prepare(settings: QuickSettings, progress: Progress) -> Material:
         data = await anyio.to_thread.run_sync(encode_legacy, sessions)
         return Material(data, list(sessions), f"generated, seed {settings.seed}")
     progress.step(f"reading {settings.source} (only reading: the measures run on copies)")
-    data = await read_store(settings.source)
+    data, unreadable = await read_store(settings.source)
     entries = await anyio.to_thread.run_sync(_decode_entries, data, str(settings.source))
     keys = [key for key, raw in entries.items() if _usable(key, raw)]
     if not keys:
         raise ValueError(f"{settings.source} holds no session to measure (no entry is a JSON object)")
-    return Material(data, keys, f"a copy of {settings.source}", left_out=len(entries) - len(keys))
+    left_out = len(entries) - len(keys) + unreadable
+    return Material(data, keys, f"a copy of {settings.source}", left_out=left_out)
 
 
-async def read_store(path: Path) -> bytes:
-    """The legacy-format bytes of the store at ``path``, read without changing anything.
+async def read_store(path: Path) -> tuple[bytes, int]:
+    """The legacy-format bytes of the store at ``path``, read without changing anything, and
+    how many of its sessions could not be read (left out).
 
-    A legacy ``sessions.json`` is read as it is; a directory store is exported (every entry,
-    as ``aiosessions export`` writes them).
+    A legacy ``sessions.json`` is read as it is; a directory store is exported (every entry
+    it can read, as ``aiosessions export --skip-corrupt`` writes them).
     """
     from ._fs import FileSystem
     from ._layout import StorePaths, detect_mode
@@ -992,8 +994,9 @@ async def read_store(path: Path) -> bytes:
     paths = StorePaths.of(path)
     mode = await anyio.to_thread.run_sync(detect_mode, FileSystem(), paths)
     if mode == "directory":
-        return await export_bytes(path)
-    return await anyio.Path(paths.file).read_bytes()
+        unreadable: list[object] = []
+        return await export_bytes(path, on_corrupt=unreadable.append), len(unreadable)
+    return await anyio.Path(paths.file).read_bytes(), 0
 
 
 def _decode_entries(data: bytes, where: str) -> dict[str, msgspec.Raw]:

@@ -31,10 +31,10 @@ import msgspec
 
 from . import __version__, _bench
 from ._defaults import DEFAULT_LOCK_TIMEOUT
-from ._errors import SessionStoreError
+from ._errors import CorruptSessionError, SessionStoreError
 from ._fs import FileSystem
 from ._layout import FORMAT_FILE, StorePaths, detect_mode
-from ._maintenance import FsckReport, fsck, prune
+from ._maintenance import FsckReport, PruneReport, fsck, prune
 from ._migrate import MigrationReport, export_bytes, export_json, migrate
 from ._store import open_store
 
@@ -131,6 +131,15 @@ async def _existing_store(arg: str) -> Path:
         hint = _stores_in(folder) if folder.is_dir() else f" ({folder} does not exist)"
         raise CommandError(f"no session store at {arg}: no such file or directory{hint}")
     return path
+
+
+def _open_to_read(path: Path) -> Any:
+    """The store at ``path`` opened by a command that only reads: it writes nothing.
+
+    No change is queued, and the background sweep of orphaned tmp files (a write) is
+    off: ``tmp_max_age`` is infinite.
+    """
+    return open_store(path, entry_type=dict, flush_interval=3600, fsync=False, tmp_max_age=float("inf"))
 
 
 # -- output helpers ---------------------------------------------------------------------------
@@ -289,7 +298,7 @@ def _is_int(value: object) -> bool:
 async def cmd_ls(args: argparse.Namespace) -> int:
     path = await _existing_store(args.path)
     rows: list[dict[str, Any]] = []
-    async with open_store(path, entry_type=dict, flush_interval=3600, fsync=False) as store:
+    async with _open_to_read(path) as store:
         # One unreadable entry must not hide the others: skip it, and say so.
         async for key, entry in store.items(skip_corrupt=True):
             rows.append(_summary(key, entry))
@@ -413,7 +422,7 @@ def _hidden_note(shown: list[int], width: int) -> str:
 
 async def cmd_show(args: argparse.Namespace) -> int:
     path = await _existing_store(args.path)
-    async with open_store(path, entry_type=dict, flush_interval=3600, fsync=False) as store:
+    async with _open_to_read(path) as store:
         entry = await store.get(args.key)
     if entry is None:
         raise CommandError(f"no session {args.key!r} in {args.path}")
@@ -485,15 +494,22 @@ def _describe_migration(report: MigrationReport, *, skip_invalid: bool) -> None:
 
 async def cmd_export(args: argparse.Namespace) -> int:
     path = await _existing_store(args.path)
+    skipped: list[CorruptSessionError] = []
+    on_corrupt = skipped.append if args.skip_corrupt else None
     if args.output is None:
-        data = await export_bytes(path)
+        data = await export_bytes(path, on_corrupt=on_corrupt)
         sys.stdout.flush()
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
-        return EXIT_OK
-    count = await export_json(path, args.output, fsync=not args.no_fsync)
-    print(f"exported {_plural(count, 'session')} to {args.output}", file=sys.stderr)
+    else:
+        count = await export_json(path, args.output, fsync=not args.no_fsync, on_corrupt=on_corrupt)
+        print(f"exported {_plural(count, 'session')} to {args.output}", file=sys.stderr)
+    _warn_unreadable("export", _reasons(skipped), "left out of the export")
     return EXIT_OK
+
+
+def _reasons(errors: Sequence[CorruptSessionError]) -> dict[str, str]:
+    return {error.key or error.where: _one_line(error) for error in errors}
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -519,18 +535,81 @@ def _count(text: str) -> int:
     return value
 
 
+#: A real prune that would remove more sessions than this asks first (or needs --yes).
+CONFIRM_ABOVE = 10
+
+
 async def cmd_prune(args: argparse.Namespace) -> int:
     path = await _existing_store(args.path)
+
+    async def confirm(plan: PruneReport) -> bool:
+        count = len(plan.removed)
+        if args.yes or count <= CONFIRM_ABOVE:
+            return True
+        what = f"remove {count} of the {plan.total} sessions of {plan.path}"
+        if not _is_terminal(sys.stdin):
+            raise CommandError(
+                f"prune would {what}: pass --yes to prune that many without asking (stdin is not "
+                "a terminal, so there is no one to ask); --dry-run lists them"
+            )
+        oldest = [*plan.stale, *plan.capped][:5]
+        sys.stderr.write("".join(f"  {key}\n" for key in oldest) + (f"  … and {count - len(oldest)} more\n"))
+        sys.stderr.write(f"{what}? [y/N] ")
+        sys.stderr.flush()
+        answer = await anyio.to_thread.run_sync(sys.stdin.readline)
+        return answer.strip().lower() in ("y", "yes")
+
     report = await prune(
         path,
         older_than=args.older_than,
         max_entries=args.max_entries,
         dry_run=args.dry_run,
+        skip_corrupt=args.skip_corrupt,
+        confirm=confirm,
         fsync=not args.no_fsync,
     )
+    declined = report.dry_run and not args.dry_run
+    # A dry run says whether the real one would go through: it would refuse unreadable
+    # sessions unless told to leave them alone.
+    blockers = []
+    if report.unreadable and not args.skip_corrupt:
+        blockers.append(
+            f"{_plural(len(report.unreadable), 'session')} cannot be read: a real prune would refuse "
+            "(pass --skip-corrupt to leave them alone, or run `aiosessions fsck --repair`)"
+        )
     if args.json:
-        _print_json({**_report_dict(report), "removed": list(report.removed), "kept": report.kept})
-        return EXIT_OK
+        extra: dict[str, Any] = {"removed": list(report.removed), "kept": report.kept}
+        if args.dry_run:
+            extra.update(would_succeed=not blockers, blockers=blockers)
+        if declined:
+            extra["declined"] = True
+        _print_json({**_report_dict(report), **extra})
+    else:
+        _describe_prune(report)
+    if declined:
+        print("aiosessions prune: not confirmed; nothing was removed", file=sys.stderr)
+        return EXIT_ERROR
+    if report.unreadable and not blockers:
+        left = await _reasons_of(path, report.unreadable)
+        _warn_unreadable("prune", left, "left alone")
+    for blocker in blockers:
+        print(f"aiosessions prune: {blocker}", file=sys.stderr)
+    return EXIT_ERROR if blockers else EXIT_OK
+
+
+async def _reasons_of(path: Path, keys: Sequence[str]) -> dict[str, str]:
+    """Why each of ``keys`` cannot be read (the store's own error message)."""
+    reasons = {}
+    async with _open_to_read(path) as store:
+        for key in keys:
+            try:
+                await store.get(key)
+            except (SessionStoreError, OSError) as exc:
+                reasons[key] = _one_line(exc)
+    return reasons
+
+
+def _describe_prune(report: PruneReport) -> None:
     verb = "would remove" if report.dry_run else "removed"
     for key in report.stale:
         if key not in report.spared:
@@ -540,12 +619,14 @@ async def cmd_prune(args: argparse.Namespace) -> int:
             print(f"capped  {key}")
     for key in report.spared:
         print(f"kept    {key} (updated meanwhile)")
+    for key in report.unreadable:
+        print(f"unread  {key} (cannot be read: left alone)")
     print(
         f"{verb} {len(report.removed)} of {_plural(report.total, 'session')} "
         f"({len(set(report.stale) - set(report.spared))} stale, "
         f"{len(set(report.capped) - set(report.spared))} over the cap); {report.kept} left"
+        + (f"; {len(report.unreadable)} unreadable" if report.unreadable else "")
     )
-    return EXIT_OK
 
 
 async def cmd_bench(args: argparse.Namespace) -> int:
@@ -688,6 +769,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (atomically) instead of stdout")
     p.add_argument("--no-fsync", action="store_true", help="do not fsync FILE")
+    p.add_argument(
+        "--skip-corrupt",
+        action="store_true",
+        help="leave out sessions that cannot be read (each is named on stderr) instead of refusing",
+    )
 
     p = command(
         "prune",
@@ -700,7 +786,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH")
     p.add_argument("--older-than", type=parse_duration, metavar="AGE", help="e.g. 30d, 12h, 2w")
     p.add_argument("--max-entries", type=_count, metavar="N", help="keep at most the N newest")
-    p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only list what would be removed; exit 1 if the real prune would refuse",
+    )
+    p.add_argument(
+        "--skip-corrupt",
+        action="store_true",
+        help="leave sessions that cannot be read alone (each is named) instead of refusing",
+    )
+    p.add_argument(
+        "--yes",
+        "-y",
+        action="store_true",
+        help=f"remove more than {CONFIRM_ABOVE} sessions without asking (required without a terminal)",
+    )
     p.add_argument("--no-fsync", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 

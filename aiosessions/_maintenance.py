@@ -29,7 +29,7 @@ import errno
 import os
 import stat as stat_module
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -40,12 +40,19 @@ import msgspec
 
 from ._defaults import DEFAULT_LOCK_TIMEOUT, DEFAULT_TMP_MAX_AGE
 from ._entry import DECODE_ERRORS
-from ._errors import FlushError, SessionStoreError, StoreFormatError, StoreIOError, io_error
+from ._errors import (
+    CorruptSessionError,
+    FlushError,
+    SessionStoreError,
+    StoreFormatError,
+    StoreIOError,
+    io_error,
+)
 from ._fs import FileSystem, is_tmp_for, is_tmp_name
 from ._keys import MAX_KEY_BYTES, decode_name, encode_key, is_shortened, lock_stripe
 from ._layout import FORMAT_FILE, FORMAT_NAME, FORMAT_VERSION, StorePaths, detect_mode, encode_format
 from ._locks import acquire_file_lock_sync, release_file_lock
-from ._migrate import RECORD, STAGING_SUFFIX, _check_entries, _stamp, object_decoder
+from ._migrate import RECORD, STAGING_SUFFIX, _check_entries, _stamp, object_decoder, unreadable_error
 from ._store import DELETE, _Delete, open_store
 from .backends._directory import CHUNK, KEY_FILE, LOCK_STRIPES, LOCKS, META, TRASH
 from .backends._json import decode_legacy
@@ -79,6 +86,9 @@ class PruneReport:
     dry_run: bool
     #: Wall-clock seconds.
     seconds: float
+    #: Keys whose entry could not be read (not a JSON object): left alone, neither counted in
+    #: ``total`` nor removed (with ``skip_corrupt``, or in a dry run).
+    unreadable: tuple[str, ...] = ()
 
     @property
     def removed(self) -> tuple[str, ...]:
@@ -136,6 +146,8 @@ async def prune(
     older_than: float | timedelta | None = None,
     max_entries: int | None = None,
     dry_run: bool = False,
+    skip_corrupt: bool = False,
+    confirm: Callable[[PruneReport], Awaitable[bool]] | None = None,
     now: float | None = None,
     fsync: bool = True,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
@@ -149,13 +161,21 @@ async def prune(
     :param path: the store, either kind (``X/sessions.json`` or ``X/sessions.d``).
     :param older_than: seconds (or a ``timedelta``); None skips the age rule.
     :param max_entries: how many sessions to keep at most; None skips the cap.
-    :param dry_run: only report what would go.
+    :param dry_run: only report what would go (and which sessions cannot be read);
+        nothing is written, not even a lock file.
+    :param skip_corrupt: leave sessions whose entry cannot be read alone (listed in
+        the report's ``unreadable``) instead of refusing to prune.
+    :param confirm: awaited with the plan (a dry-run report) once it is made and
+        before anything is removed, when there is something to remove; if it
+        returns False nothing is removed and the plan is returned (the command
+        line asks a person at a terminal here).
     :param now: the current time in epoch seconds (default: the clock).
     :param fsync: make the deletions durable before returning.
     :param lock_timeout: seconds to wait for another process's lock.
     :param filesystem: the :class:`FileSystem` doing every blocking call.
     :raises StoreFormatError: there is no store at ``path``.
-    :raises CorruptSessionError: an entry is not a JSON object (run fsck first).
+    :raises CorruptSessionError: entries cannot be read and neither ``skip_corrupt``
+        nor ``dry_run`` was given; the message names them and nothing was removed.
     :raises StoreIOError: sessions could not be removed (a read-only store, a full
         disk); the message says how many were removed before and that the others
         are still in the store.
@@ -173,6 +193,20 @@ async def prune(
     stale: list[str] = []
     capped: list[str] = []
     spared: list[str] = []
+    unreadable: dict[str, CorruptSessionError] = {}
+
+    def report(*, dry: bool) -> PruneReport:
+        return PruneReport(
+            path=where,
+            total=len(recency),
+            stale=tuple(stale),
+            capped=tuple(capped),
+            spared=tuple(dict.fromkeys(spared)),
+            dry_run=dry,
+            seconds=time.perf_counter() - started,
+            unreadable=tuple(unreadable),
+        )
+
     try:
         async with open_store(
             path,
@@ -180,12 +214,20 @@ async def prune(
             flush_interval=3600,
             fsync=fsync,
             lock_timeout=lock_timeout,
+            # A dry run writes nothing: not even the sweep of old tmp files.
+            tmp_max_age=float("inf") if dry_run else DEFAULT_TMP_MAX_AGE,
             filesystem=fs,
         ) as store:
             where = store.path
-            async for key, entry in store.items():
+            async for key, entry in store.items(skip_corrupt=True):
                 recency[key] = _recency(entry)
+            unreadable.update(await _unreadable(store, recency))
+            if unreadable and not (skip_corrupt or dry_run):
+                raise unreadable_error(list(unreadable.values()), "nothing was removed", "skip_corrupt=True")
             stale, capped = plan_prune(recency, cutoff_ms=cutoff_ms, max_entries=max_entries)
+            asked = not dry_run and confirm is not None and bool(stale or capped)
+            if asked and confirm is not None and not await confirm(report(dry=True)):
+                return report(dry=True)  # declined: nothing removed
             if not dry_run:
                 for key in stale:
                     await store.update(key, _drop_if(key, spared, _older_than(cutoff_ms)))
@@ -196,15 +238,20 @@ async def prune(
         # The store's words ("changes ... are lost") would say sessions were lost, when
         # the changes lost are deletions: the sessions they would have removed are still there.
         raise _not_removed(exc, where, len(stale) + len(capped) - len(set(spared))) from exc
-    return PruneReport(
-        path=where,
-        total=len(recency),
-        stale=tuple(stale),
-        capped=tuple(capped),
-        spared=tuple(dict.fromkeys(spared)),
-        dry_run=dry_run,
-        seconds=time.perf_counter() - started,
-    )
+    return report(dry=dry_run)
+
+
+async def _unreadable(store: Any, read: Mapping[str, object]) -> dict[str, CorruptSessionError]:
+    """The sessions of ``store`` missing from ``read`` because their entry does not decode."""
+    found: dict[str, CorruptSessionError] = {}
+    async for key in store.keys():
+        if key in read:
+            continue
+        try:
+            await store.get(key)  # a session created since the listing just reads
+        except CorruptSessionError as exc:
+            found[key] = exc
+    return found
 
 
 def _not_removed(exc: FlushError, where: str, chosen: int) -> StoreIOError:

@@ -574,18 +574,31 @@ def _io_failure(exc: OSError, paths: StorePaths, stage: str, *, published: bool)
 # -- the way back ---------------------------------------------------------------------------
 
 
-async def export_bytes(path: str | os.PathLike[str], *, filesystem: FileSystem | None = None) -> bytes:
+#: Called with each session an export cannot read; the session is then left out.
+OnCorrupt = Callable[[CorruptSessionError], object]
+
+
+async def export_bytes(
+    path: str | os.PathLike[str],
+    *,
+    on_corrupt: OnCorrupt | None = None,
+    filesystem: FileSystem | None = None,
+) -> bytes:
     """Every session of the store at ``path`` as one legacy ``sessions.json`` document.
 
-    Entries are sorted by key and indented by 2, as OpenClaw writes them.
+    Entries are sorted by key and indented by 2, as OpenClaw writes them. A session
+    that cannot be read stops it (see :func:`export_json`), unless ``on_corrupt``
+    takes it.
     """
     paths = StorePaths.of(path)
     fs = filesystem if filesystem is not None else FileSystem()
-    entries = await _read_all(paths, fs)
+    entries = await _read_all(paths, fs, on_corrupt)
     return await anyio.to_thread.run_sync(encode_legacy, dict(sorted(entries.items())))
 
 
-async def _read_all(paths: StorePaths, fs: FileSystem) -> dict[str, msgspec.Raw]:
+async def _read_all(
+    paths: StorePaths, fs: FileSystem, on_corrupt: OnCorrupt | None
+) -> dict[str, msgspec.Raw]:
     try:
         found = await anyio.to_thread.run_sync(
             lambda: fs.read_file(str(paths.directory / FORMAT_FILE), max_bytes=4096)
@@ -612,9 +625,14 @@ async def _read_all(paths: StorePaths, fs: FileSystem) -> dict[str, msgspec.Raw]
     )
     await backend.open()
     entries: dict[str, msgspec.Raw] = {}
+    # Every unreadable session is found before deciding: the error names them all, not the first.
+    unreadable: list[CorruptSessionError] = []
     try:
         async for keys in backend.key_chunks():
             for key, data in zip(keys, await backend.read_many(keys), strict=True):
+                if isinstance(data, CorruptSessionError):
+                    unreadable.append(data)
+                    continue
                 if isinstance(data, BaseException):
                     raise data
                 if data is None:
@@ -623,16 +641,37 @@ async def _read_all(paths: StorePaths, fs: FileSystem) -> dict[str, msgspec.Raw]
                     object_decoder.decode(data)
                 except DECODE_ERRORS as exc:
                     where = backend.location(key)
-                    raise CorruptSessionError(
-                        f"session {key!r}: {where} is not a JSON object ({exc}); "
-                        "`aiosessions fsck --repair` quarantines it",
-                        path=where,
-                        key=key,
-                    ) from exc
+                    error = CorruptSessionError(
+                        f"session {key!r}: {where} is not a JSON object ({exc})", where=where, key=key
+                    )
+                    error.__cause__ = exc
+                    unreadable.append(error)
+                    continue
                 entries[key] = msgspec.Raw(data)
     finally:
         await backend.aclose()
+    if unreadable:
+        if on_corrupt is None:
+            raise unreadable_error(unreadable, "nothing was exported", "on_corrupt=")
+        for error in unreadable:
+            on_corrupt(error)
     return entries
+
+
+def unreadable_error(errors: list[CorruptSessionError], outcome: str, option: str) -> CorruptSessionError:
+    """One error naming every session that could not be read (and what to do about them)."""
+    shown = "; ".join(str(error) for error in errors[:3])
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    count = "1 session" if len(errors) == 1 else f"{len(errors)} sessions"
+    error = CorruptSessionError(
+        f"{count} cannot be read: {shown}{more}; {outcome}. `aiosessions fsck --repair` quarantines "
+        f"{'it' if len(errors) == 1 else 'them'}, or pass {option} (--skip-corrupt) to go on without "
+        f"{'it' if len(errors) == 1 else 'them'}",
+        where=errors[0].where,
+        key=errors[0].key if len(errors) == 1 else None,
+    )
+    error.__cause__ = errors[0]
+    return error
 
 
 def _export_target(paths: StorePaths, dest: str | os.PathLike[str]) -> Path:
@@ -647,6 +686,7 @@ async def export_json(
     dest: str | os.PathLike[str],
     *,
     fsync: bool = True,
+    on_corrupt: OnCorrupt | None = None,
     filesystem: FileSystem | None = None,
 ) -> int:
     """Write every session of the store at ``path`` into ``dest``, one legacy-format JSON file.
@@ -660,16 +700,20 @@ async def export_json(
     :param path: the store, either kind (``X/sessions.json`` or ``X/sessions.d``).
     :param dest: the file to write; it may not be inside the store.
     :param fsync: make the new file and its folder durable before returning.
+    :param on_corrupt: called with the :class:`CorruptSessionError` of each session
+        that cannot be read, which is then left out of the file (the command line's
+        ``--skip-corrupt``); without it such sessions stop the export.
     :param filesystem: the :class:`FileSystem` doing every blocking call.
-    :raises CorruptSessionError: a session's ``meta.json`` is not a JSON object
-        (run ``aiosessions fsck --repair`` first).
+    :raises CorruptSessionError: sessions cannot be read (a ``meta.json`` that is
+        not a JSON object) and no ``on_corrupt`` was given; the message names them
+        and nothing is written (run ``aiosessions fsck --repair`` first).
     :raises StoreFormatError: there is no store at ``path``.
     :raises StoreIOError: the disk failed.
     """
     paths = StorePaths.of(path)
     fs = filesystem if filesystem is not None else FileSystem()
     target = _export_target(paths, dest)
-    entries = await _read_all(paths, fs)
+    entries = await _read_all(paths, fs, on_corrupt)
     data = await anyio.to_thread.run_sync(encode_legacy, dict(sorted(entries.items())))
 
     def write() -> None:

@@ -255,10 +255,14 @@ def test_a_key_not_found_and_an_invalid_key(migrated: Path) -> None:
 # -- on a terminal ---------------------------------------------------------------------------------
 
 
-def run_in_terminal(*args: str | Path, columns: int = 160, rich: bool = True) -> tuple[int, str]:
+def run_in_terminal(
+    *args: str | Path, columns: int = 160, rich: bool = True, answer: str | None = None
+) -> tuple[int, str]:
     """Run with stdout and stderr on a pseudo-terminal ``columns`` wide, as an operator would see it.
 
     ``rich=False`` runs the same command with rich made unimportable (the plain-text output).
+    With ``answer``, stdin is the terminal too, and ``answer`` is typed once a ``[y/N]``
+    question shows.
     """
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
@@ -267,11 +271,10 @@ def run_in_terminal(*args: str | Path, columns: int = 160, rich: bool = True) ->
     if not rich:
         hide_rich = "import sys; sys.modules['rich'] = None; from aiosessions._cli import main; "
         command = [sys.executable, "-c", hide_rich + "sys.exit(main())"]
-    proc = subprocess.Popen(
-        [*command, *map(str, args)], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env
-    )
+    stdin = subprocess.DEVNULL if answer is None else slave
+    proc = subprocess.Popen([*command, *map(str, args)], stdin=stdin, stdout=slave, stderr=slave, env=env)
     os.close(slave)
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         try:
             chunk = os.read(master, 65536)
@@ -280,6 +283,9 @@ def run_in_terminal(*args: str | Path, columns: int = 160, rich: bool = True) ->
         if not chunk:
             break
         chunks.append(chunk)
+        if answer is not None and b"[y/N]" in b"".join(chunks):
+            os.write(master, answer.encode() + b"\n")
+            answer = None
     os.close(master)
     text = b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
     return proc.wait(timeout=60), re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)  # without colours
@@ -379,7 +385,7 @@ def test_prune_on_a_read_only_store_says_the_sessions_are_still_there(migrated: 
     state = migrated.parent
     subprocess.run(["chmod", "-R", "a-w", str(state)], check=True)
     try:
-        failed = run("prune", migrated, "--max-entries", "10", ok=None, read_only_user=True)
+        failed = run("prune", migrated, "--max-entries", "10", "--yes", ok=None, read_only_user=True)
         assert failed.returncode == 1, failed.stderr
         assert "could not remove 50 of the 50 sessions it chose" in failed.stderr
         assert "still in the store, unchanged (0 removed)" in failed.stderr
@@ -452,3 +458,78 @@ def test_ls_names_the_sessions_it_cannot_read(migrated: Path) -> None:
     for folder in broken:
         assert any(str(folder) in line and "is not a valid entry" in line for line in warnings[:3])
     assert warnings[-1].startswith("aiosessions ls: warning: 3 sessions could not be read and are not listed")
+
+
+# -- unreadable sessions and confirmations -----------------------------------------------------
+
+
+def break_sessions(migrated: Path, count: int) -> list[str]:
+    """Make ``count`` sessions' meta.json unreadable; return their folders' names."""
+    store = migrated.with_name("sessions.d")
+    folders = sorted(p for p in store.iterdir() if p.is_dir() and not p.name.startswith("."))[:count]
+    for folder in folders:
+        (folder / "meta.json").write_text("[not an object]")
+    return [folder.name for folder in folders]
+
+
+def test_export_goes_on_without_unreadable_sessions_only_when_told(migrated: Path, tmp_path: Path) -> None:
+    names = break_sessions(migrated, 2)
+    refused = fails("export", migrated, match="2 sessions cannot be read")
+    assert "--skip-corrupt" in refused and "nothing was exported" in refused
+    assert not run("export", migrated, ok=None).stdout
+
+    exported = run("export", migrated, "--skip-corrupt")
+    assert len(json.loads(exported.stdout)) == 58
+    warnings = exported.stderr.splitlines()
+    assert all(any(name in line for line in warnings) for name in names), exported.stderr
+    assert warnings[-1].startswith("aiosessions export: warning: 2 sessions could not be read and are left")
+    target = tmp_path / "back.json"
+    to_file = run("export", migrated, "-o", target, "--skip-corrupt")
+    assert "exported 58 sessions" in to_file.stderr and len(json.loads(target.read_bytes())) == 58
+
+
+def test_prune_goes_on_without_unreadable_sessions_only_when_told(migrated: Path) -> None:
+    store = migrated.with_name("sessions.d")
+    names = break_sessions(migrated, 2)
+
+    def on_disk() -> int:
+        return len([p for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")])
+
+    dry = run("prune", migrated, "--max-entries", "50", "--dry-run", ok=None)
+    assert dry.returncode == 1, dry.stderr  # the real prune would refuse: said by the status
+    assert dry.stdout.splitlines()[-1] == (
+        "would remove 8 of 58 sessions (0 stale, 8 over the cap); 50 left; 2 unreadable"
+    )
+    assert sum(line.startswith("unread  ") for line in dry.stdout.splitlines()) == 2
+    assert "a real prune would refuse" in dry.stderr and "--skip-corrupt" in dry.stderr
+    report = json.loads(run("prune", migrated, "--max-entries", "50", "--dry-run", "--json", ok=None).stdout)
+    assert report["would_succeed"] is False and len(report["unreadable"]) == 2 and report["blockers"]
+    assert run("prune", migrated, "--max-entries", "50", "--dry-run", "--skip-corrupt").returncode == 0
+
+    fails("prune", migrated, "--max-entries", "50", match="2 sessions cannot be read")
+    assert on_disk() == 60  # nothing was removed
+
+    done = run("prune", migrated, "--max-entries", "50", "--skip-corrupt")
+    assert done.stdout.splitlines()[-1].startswith("removed 8 of 58 sessions")
+    assert all(any(name in line for line in done.stderr.splitlines()) for name in names), done.stderr
+    assert "left alone" in done.stderr
+    assert on_disk() == 52  # the 50 newest, and the two unreadable ones, untouched
+
+
+def test_a_prune_of_many_asks_first_on_a_terminal(migrated: Path) -> None:
+    def count() -> int:
+        return len(json.loads(run("ls", migrated, "--json").stdout))
+
+    status, out = run_in_terminal("prune", migrated, "--max-entries", "10", answer="n")
+    assert status == 1 and "remove 50 of the 60 sessions" in out and "[y/N]" in out
+    assert "not confirmed; nothing was removed" in out and count() == 60
+
+    # Without a terminal to ask, many deletions need --yes (a script says what it wants).
+    refused = fails("prune", migrated, "--max-entries", "10", match="pass --yes to prune that many")
+    assert "stdin is not a terminal" in refused and count() == 60
+
+    status, out = run_in_terminal("prune", migrated, "--max-entries", "10", answer="y")
+    assert status == 0 and "removed 50 of 60 sessions" in out and count() == 10
+    few = run("prune", migrated, "--max-entries", "5")  # 10 or fewer: no question
+    assert few.stdout.splitlines()[-1].startswith("removed 5 of 10") and count() == 5
+    assert run("prune", migrated, "--max-entries", "0", "--yes").returncode == 0 and count() == 0
