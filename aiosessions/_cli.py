@@ -450,12 +450,15 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     if args.json:
-        _print_json(_report_dict(report))
+        _print_json(
+            {**_report_dict(report), **({"would_succeed": not report.blockers} if args.dry_run else {})}
+        )
     else:
         _describe_migration(report, skip_invalid=args.skip_invalid)
     for warning in report.warnings:
         print(f"aiosessions migrate: warning: {warning}", file=sys.stderr)
-    return EXIT_OK
+    # A dry run's status says whether the real run would go through.
+    return EXIT_ERROR if report.blockers else EXIT_OK
 
 
 def _describe_migration(report: MigrationReport, *, skip_invalid: bool) -> None:
@@ -466,6 +469,7 @@ def _describe_migration(report: MigrationReport, *, skip_invalid: bool) -> None:
             out.write(f"moved the old {Path(report.source).name} aside to {report.backup}\n")
         elif report.dry_run and report.bytes:
             out.write(f"would move {report.source} aside (it is no longer read)\n")
+        _describe_blockers(report)
         return
     if report.dry_run:
         out.write(
@@ -479,17 +483,24 @@ def _describe_migration(report: MigrationReport, *, skip_invalid: bool) -> None:
         )
         out.write(f"the legacy file is kept as {report.backup}\n")
     if report.problems:
-        left_out = "left out" if not report.dry_run else "would leave out"
+        entries = _plural(len(report.problems), "entry")
         if report.dry_run and not skip_invalid:
-            out.write(
-                f"migrate would refuse: {_plural(len(report.problems), 'entry')} cannot be migrated "
-                "(pass --skip-invalid to leave them out):\n"
-            )
+            out.write(f"{entries} cannot be migrated:\n")
         else:
-            left = _plural(len(report.problems), "entry")
-            out.write(f"{left_out} {left} (they stay in the legacy file):\n")
+            left_out = "left out" if not report.dry_run else "would leave out"
+            out.write(f"{left_out} {entries} (they stay in the legacy file):\n")
         for key, reason in report.problems.items():
             out.write(f"  {key!r}: {reason}\n")
+    _describe_blockers(report)
+
+
+def _describe_blockers(report: MigrationReport) -> None:
+    for blocker in report.blockers:
+        sys.stdout.write(f"migrate would fail: {blocker}\n")
+    if report.dry_run and not report.blockers:
+        sys.stdout.write(
+            "the real migration would go through (permissions, free space and the file checked)\n"
+        )
 
 
 async def cmd_export(args: argparse.Namespace) -> int:

@@ -53,6 +53,7 @@ from ._fs import FILE_MODE, FileSystem
 from ._keys import encode_key, is_shortened, validate_key
 from ._layout import FORMAT_FILE, StorePaths, check_format, encode_format
 from ._locks import acquire_file_lock, release_file_lock
+from ._preflight import migration_blockers
 from .backends._directory import BATCH_WRITERS, KEY_FILE, LOCKS, META, TRASH, DirectoryBackend
 from .backends._json import decode_legacy, encode_legacy
 
@@ -101,6 +102,9 @@ class MigrationReport:
     dry_run: bool = False
     #: Things an operator should look at (e.g. the legacy file changed after the store was built).
     warnings: tuple[str, ...] = ()
+    #: A dry run's findings of what would make the real run fail: entries it would refuse,
+    #: a folder it could not write, too little free space ... Empty: it would go through.
+    blockers: tuple[str, ...] = ()
 
 
 class _Record(msgspec.Struct, rename="camel", omit_defaults=True):
@@ -413,7 +417,10 @@ async def migrate(
     :param skip_invalid: leave out entries that cannot be migrated (an invalid
         key, a value that is not a JSON object) instead of refusing; they are
         listed in the report and remain in the backup of the legacy file.
-    :param dry_run: read and check everything, write nothing.
+    :param dry_run: read and check everything, write nothing; the report's
+        ``blockers`` say what would stop the real run (entries it would refuse,
+        permission to create and rename in the folder, free space, a folder in the
+        way), empty when it would go through.
     :param fsync: make every file and folder durable before the switch (leave on
         for real data; off is for tests and throwaway stores).
     :param progress: called as ``progress(done, total)`` on the event loop as
@@ -456,6 +463,13 @@ async def migrate(
                     if plan.state == "backup" and not dry_run:
                         stage = "renaming the legacy file"
                         backup = await anyio.to_thread.run_sync(job.back_up)
+                    blockers: list[str] = []
+                    if plan.state == "backup" and dry_run:
+                        blockers = await anyio.to_thread.run_sync(
+                            lambda: migration_blockers(
+                                paths, entries=None, staging=job.staging_name, problems={}, skip_invalid=True
+                            )
+                        )
                     return report(
                         entries=0,
                         bytes=plan.size,
@@ -463,17 +477,30 @@ async def migrate(
                         already_migrated=True,
                         dry_run=dry_run,
                         warnings=tuple(plan.warnings),
+                        blockers=tuple(blockers),
                     )
                 if plan.problems and not skip_invalid and not dry_run:
                     raise _refusal(paths, plan.problems)
                 total = len(plan.entries) - len(plan.problems)
                 if dry_run:
+                    # What the real run needs beyond a valid file: see _preflight.
+                    writes = {key: raw for key, raw in plan.entries.items() if key not in plan.problems}
+                    blockers = await anyio.to_thread.run_sync(
+                        lambda: migration_blockers(
+                            paths,
+                            entries=writes,
+                            staging=job.staging_name,
+                            problems=plan.problems,
+                            skip_invalid=skip_invalid,
+                        )
+                    )
                     return report(
                         entries=total,
                         bytes=plan.size,
                         problems=plan.problems,
                         skipped=len(plan.problems),
                         dry_run=True,
+                        blockers=tuple(blockers),
                     )
                 stage = "building"
                 await _build(job, plan, total, progress)

@@ -154,8 +154,11 @@ def test_migrate_refuses_invalid_entries_unless_told(tmp_path: Path) -> None:
     path = tmp_path / "sessions.json"
     path.write_text(json.dumps({"good": {"updatedAt": 1}, "bad": [1, 2]}))
     fails("migrate", path, match="cannot be migrated")
-    dry = run("migrate", path, "--dry-run").stdout
-    assert "migrate would refuse" in dry and "'bad': the entry is an array" in dry
+    dry = run("migrate", path, "--dry-run", ok=None)
+    assert dry.returncode == 1  # the real run would refuse: the dry run's status says so
+    assert "migrate would fail: 1 entry cannot be migrated" in dry.stdout
+    assert "'bad': the entry is an array" in dry.stdout
+    assert "would go through" in run("migrate", path, "--dry-run", "--skip-invalid").stdout
     out = run("migrate", path, "--skip-invalid", "--no-fsync").stdout
     assert "migrated 1 session (" in out and "left out 1 entry (" in out
 
@@ -533,3 +536,36 @@ def test_a_prune_of_many_asks_first_on_a_terminal(migrated: Path) -> None:
     few = run("prune", migrated, "--max-entries", "5")  # 10 or fewer: no question
     assert few.stdout.splitlines()[-1].startswith("removed 5 of 10") and count() == 5
     assert run("prune", migrated, "--max-entries", "0", "--yes").returncode == 0 and count() == 0
+
+
+# -- migrate --dry-run checks what the real run needs ---------------------------------------------
+
+
+def test_migrate_dry_run_status_says_whether_the_real_run_would_succeed(legacy: Path) -> None:
+    state = legacy.parent
+    dry = run("migrate", legacy, "--dry-run")
+    assert "the real migration would go through" in dry.stdout
+    assert json.loads(run("migrate", legacy, "--dry-run", "--json").stdout)["would_succeed"] is True
+
+    # A folder this user may not write: the dry run says so, and the real run agrees.
+    before = sorted(os.listdir(state))
+    state.chmod(0o555)
+    try:
+        refused = run("migrate", legacy, "--dry-run", ok=None, read_only_user=True)
+        assert refused.returncode == 1, refused.stdout
+        assert f"migrate would fail: {state} is not writable by this user" in refused.stdout
+        as_json = run("migrate", legacy, "--dry-run", "--json", ok=None, read_only_user=True)
+        report = json.loads(as_json.stdout)
+        assert report["would_succeed"] is False and "not writable" in report["blockers"][0]
+        real = run("migrate", legacy, "--no-fsync", ok=None, read_only_user=True)
+        assert real.returncode == 1 and "Permission denied" in real.stderr
+    finally:
+        state.chmod(0o755)
+    assert sorted(os.listdir(state)) == before  # neither run left anything
+
+    # Something in the way of the new store: a folder the real run will not overwrite.
+    (state / "sessions.d").mkdir()
+    (state / "sessions.d" / "notes.txt").write_text("mine")
+    blocked = run("migrate", legacy, "--dry-run", ok=None)
+    assert blocked.returncode == 1 and "is not empty: migrate will not overwrite it" in blocked.stdout
+    fails("migrate", legacy, "--no-fsync", match="is not empty")
