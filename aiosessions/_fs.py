@@ -299,21 +299,29 @@ class FileSystem:
         finally:
             self.close(sub)
 
-    def write_atomic(self, name: str, data: bytes, *, dir_fd: int, durable: bool) -> Signature:
+    def write_atomic(
+        self, name: str, data: bytes, *, dir_fd: int, durable: bool, mode: int = FILE_MODE
+    ) -> Signature:
         """Replace ``name`` in the directory ``dir_fd`` with ``data``, all or nothing.
 
         A uniquely named tmp file is written whole, fsynced (when ``durable``),
         renamed over ``name`` and the directory fsynced (when ``durable``); a
         reader sees the old file or the new one. On failure the tmp file is removed.
+        The new file has the permissions ``mode`` (a rewrite passes the old file's).
         """
         tmp = f".{name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}"
-        fd = self.open(tmp, _CREATE_FLAGS, FILE_MODE, dir_fd=dir_fd)
+        fd = self.open(tmp, _CREATE_FLAGS, mode, dir_fd=dir_fd)
         try:
             try:
                 self.write_all(fd, data)
                 if durable:
                     self.fsync(fd)
-                signature = Signature.of(self.fstat(fd))
+                st = self.fstat(fd)
+                if stat_module.S_IMODE(st.st_mode) != mode:
+                    # The process's umask took bits the old file had (say, the group's read
+                    # of a file another program reads): give them back before it is visible.
+                    os.fchmod(fd, mode)
+                signature = Signature.of(st)
             finally:
                 self.close(fd)
             self.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

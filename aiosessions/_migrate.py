@@ -746,6 +746,7 @@ async def export_json(
     def write() -> None:
         folder = fs.open_dir(str(target.parent))
         try:
+            mode = FILE_MODE
             try:
                 st = fs.stat(target.name, dir_fd=folder)
             except FileNotFoundError:
@@ -753,7 +754,8 @@ async def export_json(
             else:
                 if stat_module.S_ISDIR(st.st_mode):
                     raise IsADirectoryError(errno.EISDIR, "is a directory", str(target))
-            fs.write_atomic(target.name, data, dir_fd=folder, durable=fsync)
+                mode = stat_module.S_IMODE(st.st_mode)  # a file replaced keeps its permissions
+            fs.write_atomic(target.name, data, dir_fd=folder, durable=fsync, mode=mode)
         finally:
             fs.close(folder)
 

@@ -569,3 +569,27 @@ def test_migrate_dry_run_status_says_whether_the_real_run_would_succeed(legacy: 
     blocked = run("migrate", legacy, "--dry-run", ok=None)
     assert blocked.returncode == 1 and "is not empty: migrate will not overwrite it" in blocked.stdout
     fails("migrate", legacy, "--no-fsync", match="is not empty")
+
+
+def test_rewriting_a_legacy_file_keeps_its_permissions(legacy: Path, tmp_path: Path) -> None:
+    legacy.chmod(0o644)  # say, the gateway's file, read by a backup job of another user
+    strict = subprocess.run(  # a service's umask that would strip the others' read
+        [str(BIN), "prune", str(legacy), "--max-entries", "55"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.umask(0o077),
+        check=False,
+    )
+    assert strict.returncode == 0, strict.stderr
+    assert len(json.loads(legacy.read_bytes())) == 55  # rewritten ...
+    assert legacy.stat().st_mode & 0o777 == 0o644  # ... with the permissions it had
+
+    target = tmp_path / "back.json"
+    target.write_text("{}")
+    target.chmod(0o640)
+    run("export", legacy, "-o", target)
+    assert len(json.loads(target.read_bytes())) == 55 and target.stat().st_mode & 0o777 == 0o640
+    fresh = tmp_path / "fresh.json"
+    run("export", legacy, "-o", fresh)
+    assert fresh.stat().st_mode & 0o777 == 0o600  # a new file is private, as every store file

@@ -10,6 +10,7 @@ queue in front, a burst of changes still costs one rewrite.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Final
@@ -295,9 +296,12 @@ class JsonBackend:
         if changed or (durable and self._unsynced):
             if self._unclean:
                 self._remove_tmp_files()
+            # The rewrite keeps the file's permissions: another program (the gateway that
+            # made it, a backup job) may read it as a group or another user.
+            keep = stat.S_IMODE(self._fs.stat(self._name, dir_fd=self._folder).st_mode)
             try:
                 signature = self._fs.write_atomic(
-                    self._name, encode_legacy(updated), dir_fd=self._folder, durable=durable
+                    self._name, encode_legacy(updated), dir_fd=self._folder, durable=durable, mode=keep
                 )
             except UnsyncedError as exc:
                 # The new file is in place (readers see it) but its durability is unknown:
