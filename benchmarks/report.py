@@ -304,7 +304,7 @@ def _bars(
     from matplotlib.patches import Patch
 
     shades = [Patch(color="#777777", alpha=0.45, label="fsync off"), Patch(color="#777777", label="fsync on")]
-    fig.legend(handles=shades, loc="lower right", ncol=2, frameon=False)
+    fig.legend(handles=shades, loc="lower right", bbox_to_anchor=(0.97, 0.0), ncol=2, frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path)
     plt.close(fig)
