@@ -192,7 +192,7 @@ async def test_cancellation_at_random_points_loses_nothing_accepted(store_path: 
             async with aiosessions.open_store(store_path, **options) as store:
                 for i in range(400):
                     key = f"k{rng.randrange(60)}"
-                    value = round_no * 1000 + i
+                    value = round_no * 1000 + i + 1  # never 0: -value marks a delete
                     op = rng.random()
                     attempted[key] = -value if op >= 0.9 else value  # negative: a delete
                     if op < 0.45:
