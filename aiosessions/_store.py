@@ -236,6 +236,8 @@ class SessionStore(Generic[T]):
                     elif exists:
                         yield key
         finally:
+            # A consumer that stops early (or is cancelled) closes the backend's listing
+            # now, not whenever the garbage collector finds it (trio warns about that).
             close = getattr(chunks, "aclose", None)
             if close is not None:
                 await close()

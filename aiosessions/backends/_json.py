@@ -31,6 +31,9 @@ __all__ = ["JsonBackend"]
 Entries = dict[str, msgspec.Raw]
 
 _decoder = msgspec.json.Decoder(Entries)
+#: Keys per chunk of a listing; the store checkpoints between chunks, and ``items()`` reads
+#: (and decodes) one chunk at a time, so this bounds a step of the event loop.
+CHUNK = 512
 _encoder = msgspec.json.Encoder()
 
 
@@ -223,8 +226,8 @@ class JsonBackend:
 
     async def key_chunks(self, prefix: str = "") -> AsyncIterator[list[str]]:
         keys = [key for key in await self._fresh() if key.startswith(prefix)]
-        for start in range(0, len(keys), 4096):
-            yield keys[start : start + 4096]
+        for start in range(0, len(keys), CHUNK):
+            yield keys[start : start + CHUNK]
 
     async def write_batch(self, writes: Sequence[Write], *, durable: bool) -> BatchResult:
         result, state = await anyio.to_thread.run_sync(self._write_sync, writes, durable)
