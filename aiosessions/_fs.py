@@ -178,8 +178,14 @@ class FileSystem:
         """Open a directory without following a symlink in its last component."""
         return self.open(path, _DIR_FLAGS, dir_fd=dir_fd)
 
-    def open_lock_file(self, name: str, *, dir_fd: int | None = None) -> int:
-        """Open (creating) a lock file; lock files are never replaced or deleted."""
+    def open_lock_file(self, name: str, *, dir_fd: int | None = None, create: bool = True) -> int:
+        """Open (creating) a lock file; lock files are never replaced or deleted.
+
+        ``create=False`` opens an existing one read-only (``flock`` needs no write
+        access), for readers that must not write: FileNotFoundError if there is none.
+        """
+        if not create:
+            return self.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         return self.open(name, flags, FILE_MODE, dir_fd=dir_fd)
 

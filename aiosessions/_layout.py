@@ -9,6 +9,7 @@ folder never share anything.
 from __future__ import annotations
 
 import os
+import stat as stat_module
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,7 +20,14 @@ from ._entry import DECODE_ERRORS
 from ._errors import StoreFormatError
 from ._fs import FileSystem, NotRegularFileError, TooLargeError
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "StorePaths", "detect_mode", "encode_format"]
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "StorePaths",
+    "detect_mode",
+    "encode_format",
+    "refuse_inside_store",
+]
 
 Mode = Literal["directory", "json"]
 
@@ -73,6 +81,32 @@ def check_format(data: bytes, where: Path) -> None:
         )
 
 
+def refuse_inside_store(fs: FileSystem, paths: StorePaths) -> None:
+    """Refuse a path inside a directory store (blocking; run it in a worker thread).
+
+    ``X/sessions.d/FORMAT`` or ``X/sessions.d/<name>/meta.json`` would otherwise be
+    taken for a legacy file of its own, read as nonsense sessions and get a lock file
+    made beside it, inside the store.
+
+    :raises StoreFormatError: a folder above ``paths.file`` is a directory store.
+    """
+    for folder in paths.file.parents:
+        if not folder.name.endswith(".d"):
+            continue
+        try:
+            found = fs.read_file(str(folder / FORMAT_FILE), max_bytes=4096)
+            ours = found is not None and msgspec.json.decode(found[0], type=_Format).format == FORMAT_NAME
+        except OSError:
+            ours = False
+        except DECODE_ERRORS:
+            ours = False  # another program's FORMAT file: a folder that happens to end in .d
+        if ours:
+            raise StoreFormatError(
+                f"{paths.file} is inside the directory store {folder}: open the store itself, "
+                f"{folder.with_name(folder.name[: -len('.d')] + '.json')} (or {folder})"
+            )
+
+
 def detect_mode(fs: FileSystem, paths: StorePaths) -> Mode | None:
     """Which store is at ``paths`` (blocking; run it in a worker thread).
 
@@ -80,8 +114,10 @@ def detect_mode(fs: FileSystem, paths: StorePaths) -> Mode | None:
     existing legacy file is a JSON store; otherwise there is none (None). A
     directory without the marker (say, a half-made migration) is never trusted.
 
-    :raises StoreFormatError: the marker exists but is invalid or of another version.
+    :raises StoreFormatError: the marker exists but is invalid or of another version;
+        the path is inside a directory store, or names a folder.
     """
+    refuse_inside_store(fs, paths)
     marker = paths.directory / FORMAT_FILE
     try:
         found = fs.read_file(str(marker), max_bytes=4096)
@@ -91,7 +127,12 @@ def detect_mode(fs: FileSystem, paths: StorePaths) -> Mode | None:
         check_format(found[0], paths.directory / FORMAT_FILE)
         return "directory"
     try:
-        fs.stat(str(paths.file))
+        st = fs.stat(str(paths.file))
     except FileNotFoundError:
         return None
+    if stat_module.S_ISDIR(st.st_mode):
+        raise StoreFormatError(
+            f"{paths.file} is a folder, not a store file: name the store file in it "
+            f"(e.g. {paths.file / 'sessions.json'})"
+        )
     return "json"

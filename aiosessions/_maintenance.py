@@ -50,7 +50,15 @@ from ._errors import (
 )
 from ._fs import FileSystem, is_tmp_for, is_tmp_name
 from ._keys import MAX_KEY_BYTES, decode_name, encode_key, is_shortened, lock_stripe
-from ._layout import FORMAT_FILE, FORMAT_NAME, FORMAT_VERSION, StorePaths, detect_mode, encode_format
+from ._layout import (
+    FORMAT_FILE,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    StorePaths,
+    detect_mode,
+    encode_format,
+    refuse_inside_store,
+)
 from ._locks import acquire_file_lock_sync, release_file_lock
 from ._migrate import RECORD, STAGING_SUFFIX, _check_entries, _stamp, object_decoder, unreadable_error
 from ._store import DELETE, _Delete, open_store
@@ -427,6 +435,7 @@ class _Checker:
     def start(self) -> list[str]:
         """Check what lies beside the store and its marker; return the names to scan."""
         fs, paths = self.fs, self.paths
+        refuse_inside_store(fs, paths)
         try:
             self.parent = fs.open_dir(str(paths.file.parent))
         except FileNotFoundError:
@@ -467,6 +476,20 @@ class _Checker:
         except FileNotFoundError:
             return -1
 
+    def _open_lock(self, name: str, dir_fd: int) -> int:
+        """A lock file's descriptor; -1 when it does not exist and fsck only reads.
+
+        A check without repair writes nothing, so a read-only store can be checked: it
+        opens only a lock file that exists (made by the first writer, who takes it while
+        writing), and needs none where no writer ever was.
+        """
+        try:
+            return self.fs.open_lock_file(name, dir_fd=dir_fd, create=self.repair)
+        except FileNotFoundError:
+            if self.repair:
+                raise
+            return -1
+
     def _check_staging(self) -> None:
         stem = self.paths.directory.name[: -len(".d")]
         name = f".{stem}{STAGING_SUFFIX}"
@@ -491,10 +514,11 @@ class _Checker:
     def _check_legacy(self) -> None:
         """A legacy store: does it parse, would every entry migrate, are there orphaned tmp files?"""
         fs, paths = self.fs, self.paths
-        lock = fs.open_lock_file(paths.lock.name, dir_fd=self.parent)
+        lock = self._open_lock(paths.lock.name, self.parent)
         try:
             # Under the store lock no legacy writer is mid-rewrite: every tmp file is an orphan.
-            acquire_file_lock_sync(fs, lock, timeout=self.lock_timeout, what=str(paths.lock))
+            if lock >= 0:
+                acquire_file_lock_sync(fs, lock, timeout=self.lock_timeout, what=str(paths.lock))
             try:
                 for name in fs.listdir(self.parent):
                     if is_tmp_for(paths.file.name, name):
@@ -505,9 +529,11 @@ class _Checker:
                         self.add("orphaned-tmp", paths.file.with_name(name), "left by a dead writer", action)
                 found = fs.read_file(paths.file.name, dir_fd=self.parent)
             finally:
-                release_file_lock(fs, lock)
+                if lock >= 0:
+                    release_file_lock(fs, lock)
         finally:
-            fs.close(lock)
+            if lock >= 0:
+                fs.close(lock)
         if found is None:
             return
         try:
@@ -691,7 +717,10 @@ class _Checker:
             body()  # no lock folder and not repairing: nobody has ever written here
             return
         stripe = lock_stripe(key, LOCK_STRIPES)
-        fd = self.fs.open_lock_file(f"{stripe:02x}", dir_fd=self.locks)
+        fd = self._open_lock(f"{stripe:02x}", self.locks)
+        if fd < 0:
+            body()
+            return
         try:
             what = f"{self.paths.directory / LOCKS}/{stripe:02x}"
             acquire_file_lock_sync(self.fs, fd, timeout=self.lock_timeout, what=what)

@@ -49,9 +49,9 @@ from ._errors import (
     StoreIOError,
     io_error,
 )
-from ._fs import FILE_MODE, FileSystem
+from ._fs import FILE_MODE, FileSystem, Signature
 from ._keys import encode_key, is_shortened, validate_key
-from ._layout import FORMAT_FILE, StorePaths, check_format, encode_format
+from ._layout import FORMAT_FILE, StorePaths, check_format, encode_format, refuse_inside_store
 from ._locks import acquire_file_lock, release_file_lock
 from ._preflight import migration_blockers
 from .backends._directory import BATCH_WRITERS, KEY_FILE, LOCKS, META, TRASH, DirectoryBackend
@@ -192,12 +192,16 @@ class _Migration:
     # -- setup and state ----------------------------------------------------------------
 
     def open(self, *, lock: bool) -> None:
+        refuse_inside_store(self.fs, self.paths)
         folder = str(self.paths.file.parent)
         try:
             self.parent = self.fs.open_dir(folder)
         except FileNotFoundError:
             raise MigrationError(f"no session store at {self.paths.file}: {folder} does not exist") from None
         if lock:
+            if self._exists(self.paths.file.name) is None and self._exists(self.paths.directory.name) is None:
+                # Checked before the lock file is made: a wrong path leaves nothing behind.
+                raise MigrationError(self._no_store())
             self.lock = self.fs.open_lock_file(self.paths.lock.name, dir_fd=self.parent)
 
     def close(self) -> None:
@@ -209,6 +213,9 @@ class _Migration:
                     self.fs.close(fd)
                 except OSError:
                     pass
+
+    def _no_store(self) -> str:
+        return f"no session store at {self.paths.file}: neither it nor {self.paths.directory.name}/ exists"
 
     def _exists(self, name: str) -> os.stat_result | None:
         try:
@@ -236,7 +243,7 @@ class _Migration:
                     f"{paths.directory} has no FORMAT marker and there is no {paths.file.name} to "
                     "migrate: it is not an aiosessions store (see `aiosessions fsck`)"
                 )
-            raise MigrationError(f"no session store at {paths.file}: neither it nor {directory}/ exists")
+            raise MigrationError(self._no_store())
         data = found[0]
         entries = decode_legacy(data, str(paths.file))
         return _Plan(
@@ -626,10 +633,12 @@ async def export_bytes(
 async def _read_all(
     paths: StorePaths, fs: FileSystem, on_corrupt: OnCorrupt | None
 ) -> dict[str, msgspec.Raw]:
+    def marker() -> tuple[bytes, Signature] | None:
+        refuse_inside_store(fs, paths)
+        return fs.read_file(str(paths.directory / FORMAT_FILE), max_bytes=4096)
+
     try:
-        found = await anyio.to_thread.run_sync(
-            lambda: fs.read_file(str(paths.directory / FORMAT_FILE), max_bytes=4096)
-        )
+        found = await anyio.to_thread.run_sync(marker)
         if found is None:
             legacy = await anyio.to_thread.run_sync(fs.read_file, str(paths.file))
             if legacy is None:

@@ -440,13 +440,15 @@ class DirectoryBackend:
                     self._fs, fd, timeout=self._lock_timeout, what=f"{self.location()}/{LOCKS}/{stripe:02x}"
                 )
             except (LockTimeoutError, OSError) as exc:
-                error = (
-                    exc
-                    if isinstance(exc, LockTimeoutError)
-                    else io_error(exc, "locking", path=f"{self.location()}/{LOCKS}/{stripe:02x}")
-                )
+                # Name each session and the lock file: on a read-only disk or folder the
+                # first write fails here, making the stripe's lock file.
+                where = f"{self.location()}/{LOCKS}/{stripe:02x}"
                 for write in writes:
-                    result.failed[write.key] = error
+                    result.failed[write.key] = (
+                        exc
+                        if isinstance(exc, LockTimeoutError)
+                        else io_error(exc, "writing", key=write.key, path=where)
+                    )
                 continue
             try:
                 for write in writes:

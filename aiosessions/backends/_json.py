@@ -120,9 +120,11 @@ class JsonBackend:
         if create:
             fs.ensure_dirs(str(self.paths.file.parent))
         self._folder = fs.open_dir(str(self.paths.file.parent))
-        self._lock = fs.open_lock_file(self.paths.lock.name, dir_fd=self._folder)
         if not create:
+            # Reading needs no lock and no write access: the lock file is opened (made) by
+            # the first write, so a store on a read-only disk opens, lists and reads.
             return self._load_sync()
+        self._lock_fd_sync()
         acquire_file_lock_sync(fs, self._lock, timeout=self._lock_timeout, what=str(self.paths.lock))
         try:
             found = fs.read_file(self._name, dir_fd=self._folder)
@@ -132,6 +134,12 @@ class JsonBackend:
             return decode_legacy(found[0], str(self.paths.file)), found[1]
         finally:
             release_file_lock(fs, self._lock)
+
+    def _lock_fd_sync(self) -> int:
+        """The store lock's descriptor, opening (making) ``.<stem>.lock`` the first time."""
+        if self._lock < 0:
+            self._lock = self._fs.open_lock_file(self.paths.lock.name, dir_fd=self._folder)
+        return self._lock
 
     async def aclose(self) -> None:
         for fd in (self._lock, self._folder):
@@ -242,12 +250,15 @@ class JsonBackend:
         fs = self._fs
         error: BaseException
         try:
-            acquire_file_lock_sync(fs, self._lock, timeout=self._lock_timeout, what=str(self.paths.lock))
+            lock = self._lock_fd_sync()
+            acquire_file_lock_sync(fs, lock, timeout=self._lock_timeout, what=str(self.paths.lock))
         except (LockTimeoutError, OSError) as exc:
+            # Say what was being done, and where: on a read-only disk or folder the first
+            # write fails here, making the lock file (the message names both files).
             error = (
                 exc
                 if isinstance(exc, LockTimeoutError)
-                else io_error(exc, "locking", path=str(self.paths.lock))
+                else io_error(exc, f"writing {self.paths.file}", path=str(self.paths.lock))
             )
             result.failed = {write.key: error for write in writes}
             return result, None
@@ -266,7 +277,7 @@ class JsonBackend:
             return result, None
         finally:
             try:
-                release_file_lock(fs, self._lock)
+                release_file_lock(fs, lock)
             except OSError:
                 pass
 
