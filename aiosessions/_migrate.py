@@ -417,8 +417,9 @@ async def migrate(
 
     Crash-safe and idempotent (see the module docstring): call it again after
     any failure to finish the job. Already migrated: returns a report saying so.
-    Stop the processes that write the store first; a legacy-mode writer of this
-    library that is still open fails its next write clearly instead of losing it.
+    A store of this library still open in legacy mode (in any process) carries on
+    in the directory store once it is in place, losing nothing; stop other programs
+    that write the file (they cannot follow) first.
 
     :param path: the legacy store file, ``X/sessions.json`` (or its ``X/sessions.d``).
     :param skip_invalid: leave out entries that cannot be migrated (an invalid

@@ -12,8 +12,7 @@ import anyio
 import pytest
 
 import aiosessions
-from aiosessions import CorruptSessionError, FlushError, SessionEntry, StoreFormatError
-from aiosessions._layout import encode_format
+from aiosessions import CorruptSessionError, FlushError, SessionEntry, StoreIOError
 
 pytestmark = pytest.mark.asyncio
 
@@ -170,28 +169,47 @@ async def test_orphaned_tmp_files_of_the_legacy_file_are_swept(tmp_path: Path) -
     assert other_store.exists()  # another store's file: not ours to sweep
 
 
-async def test_a_store_migrated_away_fails_its_next_write(tmp_path: Path) -> None:
-    """A process still open in JSON mode while another migrates must not recreate sessions.json."""
+async def test_a_file_that_disappears_is_never_recreated(tmp_path: Path) -> None:
+    """Removed behind the store's back (not migrated): writes fail clearly, and keep failing."""
     path = tmp_path / "sessions.json"
     with pytest.raises(FlushError) as closing:
         async with aiosessions.open_store(path, **OPTIONS) as store:
             await store.set("a", SessionEntry(session_id="a"))
             await store.flush()
-            # Another process migrates: the directory store appears, the legacy file goes.
-            folder = tmp_path / "sessions.d"
-            folder.mkdir(mode=0o700)
-            (folder / "FORMAT").write_bytes(encode_format())
             path.unlink()
-
-            with pytest.raises(StoreFormatError, match="migrated"):
+            with pytest.raises(StoreIOError, match="disappeared"):
                 await store.set("b", SessionEntry(session_id="b"), durable=True)
-            assert not path.exists()
-            with pytest.raises(FlushError) as caught:
-                await store.flush()
-            assert isinstance(caught.value.failures["b"], StoreFormatError)
-            with pytest.raises(StoreFormatError, match="migrated"):
+            with pytest.raises(StoreIOError, match="disappeared"):
                 await store.get("a")
+            assert store.mode == "json"
             assert not path.exists()
-    assert isinstance(closing.value.failures["b"], StoreFormatError)
+    assert isinstance(closing.value.failures["b"], StoreIOError)
+    assert sorted(os.listdir(tmp_path)) == [".sessions.lock"]
+
+
+async def test_a_store_migrated_away_carries_on_in_the_directory_store(tmp_path: Path) -> None:
+    """Another process migrates while this one is open in legacy mode: pending and later
+    changes go to the directory store, and the legacy file is never recreated."""
+    path = tmp_path / "sessions.json"
+    path.write_text(json.dumps({"a": {"n": 1}, "gone": {"n": 0}}, indent=2))
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        # Pending, based on the file's bytes: the entry's slice of the indented file, which
+        # the directory store holds compact; the write conflicts there and is applied again.
+        await store.update("a", lambda e: {"n": e["n"] + 1})
+        await store.delete("gone")  # pending too
+        assert store.mode == "json"
+        await aiosessions.migrate(path, fsync=False)
+        assert not path.exists()
+        # The next read of the disk finds the directory store, and carries on there.
+        assert await store.contains("nope") is False
+        assert store.mode == "directory"
+        assert await store.get("a") == {"n": 2}  # pending, over what was migrated
+        assert store.path == str(tmp_path / "sessions.d")
+        await store.set("b", {"n": 3}, durable=True)
+        await store.flush()
+        assert sorted([key async for key in store.keys()]) == ["a", "b"]
+        assert store.statistics().conflicts == 1
     assert not path.exists()
-    assert sorted(os.listdir(tmp_path)) == [".sessions.lock", "sessions.d"]
+    async with aiosessions.open_store(path, entry_type=dict, **{**OPTIONS, "mode": None}) as store:
+        assert store.mode == "directory"
+        assert {key: entry async for key, entry in store.items()} == {"a": {"n": 2}, "b": {"n": 3}}

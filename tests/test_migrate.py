@@ -417,19 +417,19 @@ async def test_it_waits_for_the_store_lock(tmp_path: Path) -> None:
     await migrate(path, fsync=False)
 
 
-async def test_an_open_legacy_writer_fails_clearly_and_never_recreates_the_file(tmp_path: Path) -> None:
+async def test_an_open_legacy_writer_carries_on_in_the_directory_store(tmp_path: Path) -> None:
     path = tmp_path / "sessions.json"
     write_legacy(path, {"a": {"updatedAt": 1}})
-    with pytest.raises(aiosessions.FlushError, match="migrated"):  # closing reports the lost change
-        async with open_store(path, entry_type=dict, flush_interval=3600, fsync=False) as store:
-            assert store.mode == "json"
-            await migrate(path, fsync=False)
-            await store.set("b", {"updatedAt": 2})
-            with pytest.raises(aiosessions.SessionStoreError, match="migrated"):
-                await store.flush()
-            assert not path.exists()
+    async with open_store(path, entry_type=dict, flush_interval=3600, fsync=False) as store:
+        assert store.mode == "json"
+        await store.update("a", lambda e: {"updatedAt": e["updatedAt"] + 1})
+        await migrate(path, fsync=False)
+        await store.set("b", {"updatedAt": 2})
+        await store.flush()
+        assert store.mode == "directory"
+        assert not path.exists()
     assert not path.exists()
-    assert (await read_store(path))[1] == {"a": {"updatedAt": 1}}
+    assert (await read_store(path)) == ("directory", {"a": {"updatedAt": 2}, "b": {"updatedAt": 2}})
 
 
 async def test_export_refuses_corrupt_entries_and_missing_stores(tmp_path: Path) -> None:

@@ -46,7 +46,16 @@ async def file_backend(
     chosen = mode or detected or "directory"
     create = detected is None
     if chosen == "json":
-        return JsonBackend(paths, fs, create=create, lock_timeout=lock_timeout, tmp_max_age=tmp_max_age)
+        return JsonBackend(
+            paths,
+            fs,
+            create=create,
+            lock_timeout=lock_timeout,
+            tmp_max_age=tmp_max_age,
+            # For the directory store a migration may make of the file while it is open.
+            max_entry_bytes=max_entry_bytes,
+            cache_bytes=cache_bytes,
+        )
     return DirectoryBackend(
         paths,
         fs,

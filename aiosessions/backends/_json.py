@@ -5,6 +5,15 @@ The whole file is parsed on load and rewritten (tmp + rename, JSON indented by
 kept as :class:`msgspec.Raw` slices of the file, so loading does not decode
 them and rewriting copies the untouched ones verbatim. With the write-behind
 queue in front, a burst of changes still costs one rewrite.
+
+When :func:`~aiosessions.migrate` (in any process) replaces the file with the
+directory store, this backend carries on there: every read looks for the
+directory store's FORMAT marker, every rewrite looks again under the store lock
+(which migration holds from reading the file until the file is put aside), and
+from the first sighting on, reads and writes go to a
+:class:`~aiosessions.backends.DirectoryBackend` of the same store. Pending
+updates whose base came from the file conflict there (the bytes differ) and are
+applied again to the migrated entries, so nothing accepted is lost or applied twice.
 """
 
 from __future__ import annotations
@@ -13,18 +22,31 @@ import os
 import stat
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Final
+from typing import Final, Literal
 
 import anyio
 import msgspec
 
-from .._defaults import DEFAULT_LOCK_TIMEOUT, DEFAULT_TMP_MAX_AGE
+from .._defaults import (
+    DEFAULT_CACHE_BYTES,
+    DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_MAX_ENTRY_BYTES,
+    DEFAULT_TMP_MAX_AGE,
+)
 from .._entry import DECODE_ERRORS
-from .._errors import CorruptSessionError, LockTimeoutError, StoreFormatError, StoreIOError, io_error
+from .._errors import (
+    CorruptSessionError,
+    LockTimeoutError,
+    SessionStoreError,
+    StoreFormatError,
+    StoreIOError,
+    io_error,
+)
 from .._fs import FileSystem, Signature, UnsyncedError, is_tmp_for
 from .._layout import FORMAT_FILE, StorePaths
 from .._locks import acquire_file_lock_sync, release_file_lock
 from ._base import BatchResult, Write
+from ._directory import DirectoryBackend
 
 __all__ = ["JsonBackend"]
 
@@ -35,6 +57,10 @@ _decoder = msgspec.json.Decoder(Entries)
 #: (and decodes) one chunk at a time, so this bounds a step of the event loop.
 CHUNK = 512
 _encoder = msgspec.json.Encoder()
+
+#: What a rewrite returns instead of a new state when the store has been migrated.
+MOVED: Final = "moved"
+State = tuple[Entries, Signature]
 
 
 def decode_legacy(data: bytes, path: str) -> Entries:
@@ -57,9 +83,8 @@ def encode_legacy(entries: Entries) -> bytes:
 
 
 class JsonBackend:
-    """All sessions in one JSON file."""
+    """All sessions in one JSON file (until a migration moves them; see the module docstring)."""
 
-    mode: Final = "json"
     #: Each batch rewrites the whole file: one batch per flush, not one rewrite per 1,024 keys.
     batch_size: Final = None
 
@@ -71,12 +96,16 @@ class JsonBackend:
         create: bool = True,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         tmp_max_age: float = DEFAULT_TMP_MAX_AGE,
+        max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         """The legacy store at ``path`` (``X/sessions.json``).
 
         :param create: write a new empty file at :meth:`open` when there is none.
         :param lock_timeout: seconds to wait for another process's store lock.
         :param tmp_max_age: seconds after which a tmp file is an orphan.
+        :param max_entry_bytes: once migrated: the largest ``meta.json`` read back.
+        :param cache_bytes: once migrated: bytes of entries the directory store caches.
         :param filesystem: the :class:`FileSystem` doing every blocking call.
         """
         paths = path if isinstance(path, StorePaths) else StorePaths.of(path)
@@ -84,11 +113,15 @@ class JsonBackend:
         self._create = create
         self.paths = paths
         self._tmp_max_age = tmp_max_age
+        self._max_entry_bytes = max_entry_bytes
+        self._cache_bytes = cache_bytes
         #: Orphaned tmp files of the legacy file removed by the background sweep.
         self.swept = 0
         self._fs = fs
         self._lock_timeout = lock_timeout
         self._name = paths.file.name
+        #: The directory store's marker, relative to the folder of the file.
+        self._marker = f"{paths.directory.name}/{FORMAT_FILE}"
         self._folder = -1
         self._lock = -1
         # Swapped as a pair on the event loop, never mutated in place: a worker
@@ -102,20 +135,40 @@ class JsonBackend:
         #: failed too on a broken disk; or one of a process that died): the next rewrite,
         #: under the lock, removes them. True at first, so the first rewrite looks once.
         self._unclean = True
+        #: The directory store that a migration made of the file, once seen: it answers
+        #: everything from then on.
+        self._moved: DirectoryBackend | None = None
+        self._moving: anyio.Lock | None = None
+
+    @property
+    def mode(self) -> str:
+        """``"json"``; ``"directory"`` once a migration has moved the store."""
+        return "json" if self._moved is None else self._moved.mode
 
     def location(self, key: str | None = None) -> str:
+        if self._moved is not None:
+            return self._moved.location(key)
         return str(self.paths.file)
 
     def counters(self) -> Mapping[str, int]:
-        return {"swept": self.swept}
+        counters = {"swept": self.swept}
+        if self._moved is not None:
+            for name, value in self._moved.counters().items():
+                counters[name] = counters.get(name, 0) + value
+        return counters
 
     async def open(self) -> None:
+        self._moving = anyio.Lock()
         try:
-            self._entries, self._signature = await anyio.to_thread.run_sync(self._open_sync, self._create)
+            state = await anyio.to_thread.run_sync(self._open_sync, self._create)
         except OSError as exc:
             raise io_error(exc, f"opening the store {self.paths.file}", path=str(self.paths.file)) from exc
+        if state is None:
+            await self._follow()  # migrated between the detection and now
+        else:
+            self._entries, self._signature = state
 
-    def _open_sync(self, create: bool) -> tuple[Entries, Signature]:
+    def _open_sync(self, create: bool) -> State | None:
         fs = self._fs
         if create:
             fs.ensure_dirs(str(self.paths.file.parent))
@@ -142,6 +195,9 @@ class JsonBackend:
         return self._lock
 
     async def aclose(self) -> None:
+        moved, self._moved = self._moved, None
+        if moved is not None:
+            await moved.aclose()
         for fd in (self._lock, self._folder):
             if fd >= 0:
                 try:
@@ -150,27 +206,116 @@ class JsonBackend:
                     pass
         self._lock = self._folder = -1
 
-    def _load_sync(self) -> tuple[Entries, Signature]:
-        found = self._fs.read_file(self._name, dir_fd=self._folder)
-        if found is None:
-            raise self._missing_error()
-        return decode_legacy(found[0], str(self.paths.file)), found[1]
+    # -- following a migration -----------------------------------------------------------
 
-    def _migrated(self) -> bool:
-        """Whether a directory store with its FORMAT marker exists beside the legacy file."""
+    def _marker_exists(self) -> bool:
+        """Whether the directory store's FORMAT marker is beside the file: migrate() puts it
+        there (with the whole store) in one rename, and from then on that store is the store."""
         try:
-            self._fs.stat(str(self.paths.directory / FORMAT_FILE))
+            self._fs.stat(self._marker, dir_fd=self._folder)
         except FileNotFoundError:
             return False
         return True
 
-    def _missing_error(self) -> Exception:
-        if self._migrated():
-            return StoreFormatError(
-                f"{self.paths.file} was migrated to the directory store {self.paths.directory} "
-                "by another process; reopen the store (it will open in directory mode)"
-            )
-        return StoreIOError(None, f"the legacy store {self.paths.file} disappeared", str(self.paths.file))
+    async def _follow(self) -> DirectoryBackend:
+        """The directory store the file was migrated to, opened the first time (once, however
+        many tasks get here at the same time)."""
+        assert self._moving is not None, "the backend is not open"
+        async with self._moving:
+            if self._moved is None:
+                moved = DirectoryBackend(
+                    self.paths,
+                    self._fs,
+                    create=False,
+                    lock_timeout=self._lock_timeout,
+                    max_entry_bytes=self._max_entry_bytes,
+                    cache_bytes=self._cache_bytes,
+                    tmp_max_age=self._tmp_max_age,
+                )
+                try:
+                    await moved.open()
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await moved.aclose()
+                    raise
+                self._moved = moved
+                self._entries, self._signature = {}, None  # the file is history: free it
+            return self._moved
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def _load_sync(self) -> State | None:
+        """Read and parse the file; None when the store was migrated."""
+        if self._marker_exists():
+            return None
+        found = self._fs.read_file(self._name, dir_fd=self._folder)
+        if found is None:
+            if self._marker_exists():  # put aside between the two looks
+                return None
+            raise StoreIOError(None, f"the legacy store {self.paths.file} disappeared", str(self.paths.file))
+        return decode_legacy(found[0], str(self.paths.file)), found[1]
+
+    async def _fresh(self) -> Entries | DirectoryBackend:
+        """The entries as on disk now (two stats, and a reload in a worker thread if the
+        file changed), or the directory store once the file has been migrated."""
+        if self._moved is not None:
+            return self._moved
+        try:
+            # The marker first: between a migration's switch and its backup rename the file
+            # is unchanged, while writers of the directory store already change sessions.
+            if self._marker_exists():
+                return await self._follow()
+            current = Signature.of(self._fs.stat(self._name, dir_fd=self._folder))
+        except FileNotFoundError:
+            current = None
+        except OSError as exc:
+            raise io_error(exc, f"checking {self.paths.file}", path=str(self.paths.file)) from exc
+        if current != self._signature:
+            try:
+                state = await anyio.to_thread.run_sync(self._load_sync)
+            except OSError as exc:
+                raise io_error(exc, f"reading {self.paths.file}", path=str(self.paths.file)) from exc
+            if state is None:
+                return await self._follow()
+            self._entries, self._signature = state
+        return self._entries
+
+    async def read(self, key: str) -> bytes | None:
+        entries = await self._fresh()
+        if isinstance(entries, DirectoryBackend):
+            return await entries.read(key)
+        raw = entries.get(key)
+        return None if raw is None else bytes(raw)
+
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | BaseException | None]:
+        entries = await self._fresh()
+        if isinstance(entries, DirectoryBackend):
+            return await entries.read_many(keys)
+        return [None if (raw := entries.get(key)) is None else bytes(raw) for key in keys]
+
+    async def exists(self, key: str) -> bool:
+        entries = await self._fresh()
+        if isinstance(entries, DirectoryBackend):
+            return await entries.exists(key)
+        return key in entries
+
+    async def key_chunks(self, prefix: str = "") -> AsyncIterator[list[str]]:
+        entries = await self._fresh()
+        if isinstance(entries, DirectoryBackend):
+            chunks = entries.key_chunks(prefix)
+            try:
+                async for chunk in chunks:
+                    yield chunk
+            finally:
+                close = getattr(chunks, "aclose", None)  # an async generator: close it now
+                if close is not None:
+                    await close()
+            return
+        keys = [key for key in entries if key.startswith(prefix)]
+        for start in range(0, len(keys), CHUNK):
+            yield keys[start : start + CHUNK]
+
+    # -- upkeep ----------------------------------------------------------------------------
 
     async def maintain(self) -> None:
         """Remove this store's orphaned ``.<name>.*.tmp`` files older than ``tmp_max_age``."""
@@ -206,46 +351,29 @@ class JsonBackend:
             return  # still broken: try again with the next rewrite
         self._unclean = False
 
-    async def _fresh(self) -> Entries:
-        """The entries as on disk now: a stat, and a reload in a worker thread if it changed."""
-        try:
-            current = Signature.of(self._fs.stat(self._name, dir_fd=self._folder))
-        except FileNotFoundError:
-            current = None
-        except OSError as exc:
-            raise io_error(exc, f"checking {self.paths.file}", path=str(self.paths.file)) from exc
-        if current != self._signature:
-            try:
-                self._entries, self._signature = await anyio.to_thread.run_sync(self._load_sync)
-            except OSError as exc:
-                raise io_error(exc, f"reading {self.paths.file}", path=str(self.paths.file)) from exc
-        return self._entries
-
-    async def read(self, key: str) -> bytes | None:
-        raw = (await self._fresh()).get(key)
-        return None if raw is None else bytes(raw)
-
-    async def read_many(self, keys: Sequence[str]) -> list[bytes | BaseException | None]:
-        entries = await self._fresh()
-        return [None if (raw := entries.get(key)) is None else bytes(raw) for key in keys]
-
-    async def exists(self, key: str) -> bool:
-        return key in await self._fresh()
-
-    async def key_chunks(self, prefix: str = "") -> AsyncIterator[list[str]]:
-        keys = [key for key in await self._fresh() if key.startswith(prefix)]
-        for start in range(0, len(keys), CHUNK):
-            yield keys[start : start + CHUNK]
+    # -- writes ----------------------------------------------------------------------------
 
     async def write_batch(self, writes: Sequence[Write], *, durable: bool) -> BatchResult:
-        result, state = await anyio.to_thread.run_sync(self._write_sync, writes, durable)
-        if state is not None:
-            self._entries, self._signature = state
-        return result
+        if self._moved is None:
+            result, state = await anyio.to_thread.run_sync(self._write_sync, writes, durable)
+            if state != MOVED:
+                if state is not None:
+                    self._entries, self._signature = state
+                return result
+            # Migrated: nothing was written to the file. The same batch goes to the
+            # directory store; updates based on the file's bytes conflict there and are
+            # applied again to the migrated entries.
+            try:
+                await self._follow()
+            except (SessionStoreError, OSError) as exc:
+                error = exc if isinstance(exc, SessionStoreError) else io_error(exc, "opening the store")
+                return BatchResult(failed={write.key: error for write in writes})
+        assert self._moved is not None
+        return await self._moved.write_batch(writes, durable=durable)
 
     def _write_sync(
         self, writes: Sequence[Write], durable: bool
-    ) -> tuple[BatchResult, tuple[Entries, Signature] | None]:
+    ) -> tuple[BatchResult, State | Literal["moved"] | None]:
         result = BatchResult()
         fs = self._fs
         error: BaseException
@@ -263,6 +391,10 @@ class JsonBackend:
             result.failed = {write.key: error for write in writes}
             return result, None
         try:
+            # Under the lock: a migration holds it from reading the file until the file is
+            # put aside, so the file is rewritten only while it is still the store.
+            if self._marker_exists():
+                return result, MOVED
             return self._apply_sync(writes, durable, result)
         except (CorruptSessionError, StoreFormatError, OSError) as exc:
             self._unclean = self._unclean or isinstance(exc, OSError)
@@ -283,13 +415,11 @@ class JsonBackend:
 
     def _apply_sync(
         self, writes: Sequence[Write], durable: bool, result: BatchResult
-    ) -> tuple[BatchResult, tuple[Entries, Signature] | None]:
+    ) -> tuple[BatchResult, State | None]:
         found = self._fs.read_file(self._name, dir_fd=self._folder)
-        if found is None or self._migrated():
-            # Never recreate or rewrite the legacy file once a migration has switched
-            # the store over (between its switch and its backup rename, the file is
-            # still there but no longer the truth).
-            raise self._missing_error()
+        if found is None:
+            # Never recreate the file: it may have been put aside by hand, or lost.
+            raise StoreIOError(None, f"the legacy store {self.paths.file} disappeared", str(self.paths.file))
         data, signature = found
         entries = self._entries if signature == self._signature else decode_legacy(data, str(self.paths.file))
         updated = dict(entries)
