@@ -215,7 +215,10 @@ class _Migration:
                     pass
 
     def _no_store(self) -> str:
-        return f"no session store at {self.paths.file}: neither it nor {self.paths.directory.name}/ exists"
+        return (
+            f"no session store at {self.paths.file}: neither it nor {self.paths.directory.name}/ exists "
+            "(check the path: migrate takes the legacy file, e.g. state/sessions.json)"
+        )
 
     def _exists(self, name: str) -> os.stat_result | None:
         try:
