@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,28 @@ import aiosessions
 #: The fixture files, part of the repository (copied from the project brief's shared fixtures),
 #: so that a clean clone runs every test.
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+_OWN_BASETEMP = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each test session gets a temporary root of its own (unless ``--basetemp`` names one).
+
+    pytest's shared ``/tmp/pytest-of-<user>`` keeps the last three sessions' folders and
+    deletes older ones at the end of a session; two sessions at once (a developer's run
+    beside CI's, or a framework's suite run by a test in a subprocess) can then delete a
+    folder under the other's feet, and the other fails at exit with "Directory not empty".
+    """
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="aiosessions-tests-")
+        config.stash[_OWN_BASETEMP] = config.option.basetemp
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = config.stash.get(_OWN_BASETEMP, None)
+    if own is not None:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 @pytest.hookimpl(wrapper=True)
