@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,12 +66,19 @@ def sdist(cache: Path, distribution: str) -> Path:
 
 
 def extract(archive: Path, members: list[str], into: Path) -> None:
-    """Extract ``members`` (paths inside the sdist's top folder) into ``into``, keeping their paths."""
+    """Extract ``members`` (paths inside the sdist's top folder; ``dir/`` for all files under
+    ``dir``, not below) into ``into``, keeping their paths."""
     with tarfile.open(archive) as tar:
         top = tar.getnames()[0].split("/", 1)[0]
+        names = {name[len(top) + 1 :]: name for name in tar.getnames()}
+        wanted: list[str] = []
         for member in members:
-            info = tar.getmember(f"{top}/{member}")
-            source = tar.extractfile(info)
+            if member.endswith("/"):
+                wanted += [n for n in names if n.startswith(member) and "/" not in n[len(member) :]]
+            else:
+                wanted.append(member)
+        for member in wanted:
+            source = tar.extractfile(names[member])
             assert source is not None, f"{member} is not a file in {archive.name}"
             target = into / member
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -83,21 +91,25 @@ def prepare(
     *,
     distribution: str,
     members: list[str],
-    conftest_at: str,
-    conftest: str,
     ini: str,
+    ours: dict[str, str],
 ) -> Path:
-    """A folder holding the framework's files, our conftest and a pytest.ini; returns it."""
+    """A folder holding the framework's ``members``, our files and a pytest.ini; returns it.
+
+    ``ours`` maps files of ``suites/`` to where they go in the folder (a conftest, a plugin).
+    """
     archive = sdist(cache, distribution)
     extract(archive, members, workdir)
-    shutil.copyfile(SUITES / conftest, workdir / conftest_at / "conftest.py")
-    shutil.copyfile(SUITES / "support.py", workdir / "aiosessions_suite_support.py")
+    for source, target in {**ours, "support.py": "aiosessions_suite_support.py"}.items():
+        shutil.copyfile(SUITES / source, workdir / target)
     (workdir / "pytest.ini").write_text(ini, "utf-8")
     return workdir
 
 
-def run(workdir: Path, args: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> Outcome:
-    """Run pytest in ``workdir`` on ``args``; parse its closing line."""
+def run(
+    workdir: Path, args: list[str], env: dict[str, str] | None = None, timeout: float = 600, name: str = "run"
+) -> Outcome:
+    """Run pytest in ``workdir`` on ``args``; parse its closing line. ``name``: its temporary folder."""
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(workdir)])
     environment.update(env or {})
@@ -106,7 +118,7 @@ def run(workdir: Path, args: list[str], env: dict[str, str] | None = None, timeo
             *(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs"),
             *("--rootdir", str(workdir), "-c", str(workdir / "pytest.ini")),
             # Its own temporary folder: not the shared /tmp/pytest-of-<user> other runs clean up.
-            *("--basetemp", str(workdir / ".tmp"), *args),
+            *("--basetemp", str(workdir / f".tmp-{name}"), *args),
         ],
         cwd=workdir,
         env=environment,
@@ -128,6 +140,28 @@ def run(workdir: Path, args: list[str], env: dict[str, str] | None = None, timeo
         skipped=counts["skipped"],
         deselected=counts["deselected"],
         output=output,
+    )
+
+
+def run_per_backend(workdir: Path, args: list[str], env: dict[str, str]) -> Outcome:
+    """:func:`run` once per backend, at the same time (for suites that mostly sleep); summed."""
+    with ThreadPoolExecutor(len(BACKENDS)) as pool:
+        outcomes = list(
+            pool.map(
+                lambda backend: run(
+                    workdir, args, {**env, "AIOSESSIONS_SUITE_STORES": backend}, name=backend
+                ),
+                BACKENDS,
+            )
+        )
+    return Outcome(
+        returncode=max(o.returncode for o in outcomes),
+        passed=sum(o.passed for o in outcomes),
+        failed=sum(o.failed for o in outcomes),
+        errors=sum(o.errors for o in outcomes),
+        skipped=sum(o.skipped for o in outcomes),
+        deselected=sum(o.deselected for o in outcomes),
+        output="\n".join(o.output for o in outcomes),
     )
 
 
