@@ -31,15 +31,15 @@ filterwarnings =
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_redis_storage_suite(sdist_cache: Path, tmp_path: Path) -> None:
     workdir = prepare(
         sdist_cache,
         tmp_path,
         distribution="aiohttp-session",
         members=["tests/__init__.py", "tests/typedefs.py", "tests/test_redis_storage.py"],
-        conftest_at="tests",
-        conftest="aiohttp_session_conftest.py",
         ini=INI,
+        ours={"aiohttp_session_conftest.py": "tests/conftest.py"},
     )
     deselect = [f"--deselect=tests/test_redis_storage.py::{name}" for name in NOT_APPLICABLE]
     outcome: Outcome = run(

@@ -31,3 +31,25 @@ def test_aiohttp_counter_session_survives_a_server_restart() -> None:
     assert lines[restart - 1] == "GET /        -> 200 ada has visited 2 times"
     assert lines[restart + 2] == "GET /        -> 200 ada has visited 3 times", "the session survived"
     assert lines[-2] == "GET /        -> 401 log in first", "logout ended it"
+
+
+def test_aiogram_bot_carries_its_conversation_over_a_restart() -> None:
+    pytest.importorskip("aiogram", reason="the aiogram extra is not installed")
+    lines = run_example("aiogram_bot.py").splitlines()
+    restart = lines.index("bot 1 stopped; bot 2 starts on the same store")
+    assert lines[restart - 1] == "  bot: Nice to meet you, Ada. How old are you?"
+    assert lines[restart + 2] == "  bot: Ada, 36: noted (we met at 12:02 UTC, a datetime).", (
+        "state and data survived"
+    )
+    assert lines[restart + 3 :] == [" user: 37", "bot 2 stopped"], "the conversation ended"
+
+
+def test_ptb_bot_carries_its_conversation_over_a_restart() -> None:
+    pytest.importorskip("telegram", reason="the ptb extra is not installed")
+    lines = run_example("ptb_bot.py").splitlines()
+    restart = lines.index("bot 1 stopped; bot 2 starts on the same store")
+    assert lines[restart - 1] == "  bot: Nice to meet you, Ada. How old are you?"
+    assert lines[restart + 2] == "  bot: Ada, 36: noted (we met at 12:02 UTC, a datetime).", (
+        "state and data survived"
+    )
+    assert lines[restart + 3 :] == [" user: 37", "bot 2 stopped"], "the conversation ended"

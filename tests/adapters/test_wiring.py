@@ -44,3 +44,27 @@ def test_aiohttp_wiring_runs(tmp_path: Path) -> None:
     namespace: dict[str, Any] = {"app": web.Application()}
     exec(code, namespace)
     assert namespace["storage"].on_cleanup in namespace["app"].on_cleanup
+
+
+def test_aiogram_wiring_runs(tmp_path: Path) -> None:
+    pytest.importorskip("aiogram", reason="the aiogram extra is not installed")
+    lines = wiring("aiosessions.adapters.aiogram")
+    assert len(lines) == 5, lines
+    assert lines[-1].startswith("await dp.start_polling(bot)")  # online: not run here
+    code = "\n".join(lines[:-1]).replace('"state/sessions.json"', repr(str(tmp_path / "sessions.json")))
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)
+    dp = namespace["dp"]
+    assert dp.storage is namespace["storage"]
+    assert dp.fsm.events_isolation.__class__.__name__ == "AiosessionsEventIsolation"
+
+
+def test_ptb_wiring_runs(tmp_path: Path) -> None:
+    pytest.importorskip("telegram", reason="the ptb extra is not installed")
+    lines = wiring("aiosessions.adapters.ptb")
+    assert len(lines) == 5, lines
+    assert lines[-1].startswith("app.run_polling()")  # online: not run here
+    code = "\n".join(lines[:-1]).replace('"state/sessions.json"', repr(str(tmp_path / "sessions.json")))
+    namespace: dict[str, Any] = {"TOKEN": "1000:offline"}
+    exec(code, namespace)
+    assert namespace["app"].persistence is namespace["persistence"]
