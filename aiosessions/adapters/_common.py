@@ -8,7 +8,6 @@ leaves closing it to them.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,9 +15,7 @@ from typing import Any
 
 import anyio
 
-import aiosessions
-
-from .._store import SessionStore, open_store
+from .._store import DELETE, SessionStore, open_store
 from ..backends import Backend
 
 __all__ = [
@@ -39,17 +36,12 @@ Record = dict[str, Any]
 StoreTarget = str | os.PathLike[str] | Backend | SessionStore[Record]
 
 
-#: What an update function returns to delete the entry (``aiosessions.DELETE``; before
-#: that sentinel existed, None).
-_DELETE: Any = getattr(aiosessions, "DELETE", None)
-
-
 def deleting(fn: Callable[[Record | None], Record | None]) -> Callable[[Record | None], Any]:
-    """``fn`` for ``store.update``, where ``fn`` returns None for "no entry" (delete it)."""
+    """``fn`` for ``store.update``, where ``fn`` returns None for "no entry" (``DELETE`` it)."""
 
     def apply(current: Record | None) -> Any:
         result = fn(current)
-        return _DELETE if result is None else result
+        return DELETE if result is None else result
 
     return apply
 
@@ -168,36 +160,7 @@ class StoreHandle:
 async def _open_owned(
     target: StoreTarget, options: dict[str, Any]
 ) -> tuple[SessionStore[Record], Callable[[], Awaitable[None]]]:
-    """Open a dict store that may be closed from another task than the one that opened it.
-
-    A task of its own holds ``async with open_store(...)`` until the close function
-    is called, which works from any task on asyncio (the frameworks' loop).
-    """
+    """Open a dict store that may be closed from another task than the one that opened it."""
     assert not isinstance(target, SessionStore)
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[SessionStore[Record]] = loop.create_future()
-    stop = asyncio.Event()
-
-    async def hold() -> None:
-        try:
-            async with open_store(target, entry_type=dict, **options) as store:
-                ready.set_result(store)
-                await stop.wait()
-        except BaseException as exc:
-            if ready.done():
-                raise
-            ready.set_exception(exc)
-
-    holder = loop.create_task(hold(), name=f"aiosessions store {target!r}")
-    try:
-        store = await asyncio.shield(ready)
-    except BaseException:
-        stop.set()
-        await asyncio.shield(holder)
-        raise
-
-    async def close() -> None:
-        stop.set()
-        await asyncio.shield(holder)
-
-    return store, close
+    store: SessionStore[Record] = await open_store(target, entry_type=dict, **options)
+    return store, store.aclose
