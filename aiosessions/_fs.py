@@ -15,12 +15,14 @@ planted inside a store is never followed out of it.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
 import secrets
 import stat as stat_module
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import ClassVar, NamedTuple
 
@@ -37,6 +39,23 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 #: preadv2 flag (Linux 4.14+): fail with EAGAIN instead of waiting for the disk.
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    """libc's ``syncfs(2)`` (Linux; Python's ``os`` has no wrapper), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+#: ctypes releases the GIL around the call, so other threads run while it waits.
+_SYNCFS = _load_syncfs()
 
 
 class Signature(NamedTuple):
@@ -147,6 +166,18 @@ class FileSystem:
     def flock(self, fd: int, operation: int) -> None:
         fcntl.flock(fd, operation)
 
+    def syncfs(self, fd: int) -> None:
+        """``syncfs(2)``: write back and commit everything of the filesystem holding ``fd``.
+
+        Whether it reports write-back errors, and whether a filesystem honours it,
+        is for the caller to know (see ``_barrier``); ENOSYS where there is none.
+        """
+        if _SYNCFS is None:
+            raise OSError(errno.ENOSYS, "syncfs(2) is not available on this platform")
+        if _SYNCFS(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+
     #: The system-call methods above. Everything below is built on them, so a
     #: subclass that wraps these sees (and can fail) every call the library makes.
     SYSCALLS: ClassVar[tuple[str, ...]] = (
@@ -164,6 +195,7 @@ class FileSystem:
         "scandir",
         "listdir",
         "flock",
+        "syncfs",
     )
 
     # -- compound operations, built only from the calls above ------------------------------
@@ -341,6 +373,27 @@ class FileSystem:
                 raise UnsyncedError(exc.errno, exc.strerror or "fsync failed", name) from exc
         return signature
 
+    def write_tmp(self, name: str, data: bytes, *, dir_fd: int) -> tuple[str, Signature]:
+        """Write ``data`` to a new tmp file for ``name`` (no fsync, no rename); return its
+        name and the signature ``name`` will have once the tmp file is renamed onto it.
+
+        The first half of :meth:`write_atomic`, for a batch made durable by one barrier
+        (``syncfs``) between writing every tmp file and renaming them. On failure the
+        tmp file is removed.
+        """
+        tmp = f".{name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}"
+        fd = self.open(tmp, _CREATE_FLAGS, FILE_MODE, dir_fd=dir_fd)
+        try:
+            try:
+                self.write_all(fd, data)
+                signature = Signature.of(self.fstat(fd))
+            finally:
+                self.close(fd)
+        except BaseException:
+            self._discard(tmp, dir_fd=dir_fd)
+            raise
+        return tmp, signature
+
     def remove_tree(self, name: str, *, dir_fd: int) -> None:
         """Remove a directory and everything in it, never following a symlink."""
         try:
@@ -363,6 +416,10 @@ class FileSystem:
         finally:
             self.close(sub)
         self.rmdir(name, dir_fd=dir_fd)
+
+    def discard(self, name: str, *, dir_fd: int) -> None:
+        """Remove ``name`` if possible (best effort: the sweep removes what is left)."""
+        self._discard(name, dir_fd=dir_fd)
 
     def _discard(self, name: str, *, dir_fd: int) -> None:
         try:

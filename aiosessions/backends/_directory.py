@@ -12,6 +12,7 @@ Layout inside ``<stem>.d/`` (see docs/format.md)::
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import secrets
@@ -19,12 +20,14 @@ import stat as stat_module
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Final, Literal
+from dataclasses import dataclass
+from typing import Final, Literal, TypeVar
 
 import anyio
 
+from .._barrier import BarrierMode, BarrierPolicy, syncfs_filesystem
 from .._defaults import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_LOCK_TIMEOUT,
@@ -54,6 +57,22 @@ CHUNK = 512
 BATCH_WRITERS = 4
 #: Entries up to this size are read on the event loop when the page cache holds them.
 INLINE_READ_MAX = 256 * 1024
+#: How durable batches are made durable: "auto" picks per batch between one ``syncfs``
+#: barrier and per-file fsyncs (see ``_barrier``); "syncfs" and "fsync" force one (tests).
+BARRIER: BarrierMode = "auto"
+
+_T = TypeVar("_T")
+Groups = list[tuple[int, list[Write]]]
+
+
+@dataclass(slots=True)
+class _Staged:
+    """A write of a barrier batch between its tmp file and its rename (``tmp`` None: a delete)."""
+
+    write: Write
+    name: str
+    tmp: str | None = None
+    signature: Signature | None = None
 
 
 class _ReadCache:
@@ -148,6 +167,8 @@ class DirectoryBackend:
         self._trash_left: set[str] = set()
         #: Orphaned tmp files and trash left by dead writers, removed by the sweep.
         self.swept = 0
+        #: Decided at the first durable batch (it needs the open store folder).
+        self._policy: BarrierPolicy | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -397,24 +418,21 @@ class DirectoryBackend:
         for write in writes:
             stripes.setdefault(lock_stripe(write.key, LOCK_STRIPES), []).append(write)
         groups = sorted(stripes.items())
-        result = BatchResult()
-        signatures: dict[str, Signature] = {}
-        if len(groups) > 1 and len(writes) >= 2 * BATCH_WRITERS:
-            parts = [groups[i::BATCH_WRITERS] for i in range(BATCH_WRITERS)]
-
-            async def run(part: list[tuple[int, list[Write]]]) -> None:
-                r, s = await anyio.to_thread.run_sync(self._write_sync, part, durable)
-                result.landed += r.landed
-                result.conflicts.update(r.conflicts)
-                result.failed.update(r.failed)
-                result.unsynced.update(r.unsynced)
-                signatures.update(s)
-
-            async with anyio.create_task_group() as tg:
-                for part in parts:
-                    tg.start_soon(run, part)
+        started = time.perf_counter()
+        if durable and self._barrier_policy().use_barrier(len(writes)):
+            # Locks are held from staging to commit: the phases run shielded, so a
+            # cancellation never leaves them taken or tmp files behind.
+            with anyio.CancelScope(shield=True):
+                result, signatures = await self._write_barriered(groups, len(writes), started)
         else:
-            result, signatures = await anyio.to_thread.run_sync(self._write_sync, groups, durable)
+            result, signatures = BatchResult(), dict[str, Signature]()
+            for r, s in await self._in_parts(
+                groups, len(writes), lambda part: self._write_sync(part, durable)
+            ):
+                self._merge(result, r)
+                signatures.update(s)
+            if durable:
+                self._barrier_policy().fsynced(time.perf_counter() - started, len(writes))
         data = {write.key: write.data for write in writes}
         for key in result.landed:
             written = data[key]
@@ -426,9 +444,239 @@ class DirectoryBackend:
             self._cache.drop(key)
         return result
 
-    def _write_sync(
-        self, groups: list[tuple[int, list[Write]]], durable: bool
+    @staticmethod
+    def _merge(into: BatchResult, part: BatchResult) -> None:
+        into.landed += part.landed
+        into.conflicts.update(part.conflicts)
+        into.failed.update(part.failed)
+        into.unsynced.update(part.unsynced)
+
+    async def _in_parts(self, groups: Groups, count: int, fn: Callable[[Groups], _T]) -> list[_T]:
+        """Run ``fn`` over the stripe groups, split over ``BATCH_WRITERS`` worker threads
+        when the batch is big enough (each stripe, so each folder, goes to one thread)."""
+        if len(groups) <= 1 or count < 2 * BATCH_WRITERS:
+            return [await anyio.to_thread.run_sync(fn, groups)]
+        parts = [groups[i::BATCH_WRITERS] for i in range(BATCH_WRITERS)]
+        return await self._each_in_thread([functools.partial(fn, part) for part in parts])
+
+    @staticmethod
+    async def _each_in_thread(calls: Sequence[Callable[[], _T]]) -> list[_T]:
+        """Run each call in a worker thread of its own, at the same time; their results in order."""
+        if len(calls) == 1:
+            return [await anyio.to_thread.run_sync(calls[0])]
+        out: dict[int, _T] = {}
+
+        async def run(index: int) -> None:
+            out[index] = await anyio.to_thread.run_sync(calls[index])
+
+        async with anyio.create_task_group() as tg:
+            for index in range(len(calls)):
+                tg.start_soon(run, index)
+        return [out[index] for index in range(len(calls))]
+
+    def _barrier_policy(self) -> BarrierPolicy:
+        if self._policy is None:
+            available = False
+            try:
+                if BARRIER == "syncfs":
+                    available = True  # forced: the FileSystem's syncfs answers for itself
+                elif BARRIER == "auto":
+                    available = syncfs_filesystem(self._fs.fstat(self._root).st_dev) is not None
+            except OSError:
+                pass
+            self._policy = BarrierPolicy(BARRIER, available)
+        return self._policy
+
+    # -- a durable batch behind one barrier -----------------------------------------------
+
+    async def _write_barriered(
+        self, groups: Groups, count: int, started: float
     ) -> tuple[BatchResult, dict[str, Signature]]:
+        """Stage every write as a tmp file under its stripe lock, ``syncfs``, rename them
+        all, ``syncfs``: two barriers per batch instead of two fsyncs per key.
+
+        The first barrier makes every tmp file (and new folder, and ``key`` file) durable
+        before any name refers to it; the second makes the renames durable. A failed
+        barrier means "outcome unknown", as a failed fsync: before the renames, the tmp
+        files are removed and the writes failed (written again later); after, the writes
+        are visible but unsynced, so the queue writes them again from scratch.
+        """
+        result, signatures = BatchResult(), dict[str, Signature]()
+        staged: list[tuple[list[_Staged], list[int]]] = []
+        for part_result, part_staged, held in await self._in_parts(groups, count, self._stage_sync):
+            self._merge(result, part_result)
+            staged.append((part_staged, held))
+        syncfs_seconds = 0.0
+        with self._state_lock:
+            failures_before = self._root_failures
+        error = await anyio.to_thread.run_sync(self._barrier_sync, "staging the batch")
+        syncfs_seconds += error[1]
+        if error[0] is not None:
+            await anyio.to_thread.run_sync(self._abandon_sync, staged)
+            for part_staged, _ in staged:
+                for item in part_staged:
+                    result.failed[item.write.key] = error[0]
+            return result, signatures
+        # Each part's renames in the thread that staged it (the renames overlap as the
+        # fsyncs did); a part's locks go when its renames are done.
+        commits = await self._each_in_thread([functools.partial(self._commit_sync, *part) for part in staged])
+        committed: list[str] = []
+        for part_result, part_signatures in commits:
+            self._merge(result, part_result)
+            signatures.update(part_signatures)
+            committed += part_result.landed
+        error = await anyio.to_thread.run_sync(self._barrier_sync, "committing the batch")
+        syncfs_seconds += error[1]
+        if error[0] is not None:
+            with self._state_lock:
+                self._root_unsynced = True
+                self._root_failures += 1
+            for key in committed:
+                result.landed.remove(key)
+                signatures.pop(key, None)
+                result.unsynced[key] = error[0]
+        else:
+            with self._state_lock:
+                if self._root_failures == failures_before:
+                    self._root_unsynced = False
+            self._barrier_policy().barriered(time.perf_counter() - started, syncfs_seconds, count)
+        return result, signatures
+
+    def _stage_sync(self, groups: Groups) -> tuple[BatchResult, list[_Staged], list[int]]:
+        """Take each stripe's lock (kept until :meth:`_commit_sync`), compare, write tmp files."""
+        result = BatchResult()
+        staged: list[_Staged] = []
+        held: list[int] = []
+        self._empty_trash_sync()
+        for stripe, writes in groups:
+            what = f"{self.location()}/{LOCKS}/{stripe:02x}"
+            try:
+                fd = self._lock_fd(stripe)
+                acquire_file_lock_sync(self._fs, fd, timeout=self._lock_timeout, what=what)
+            except (LockTimeoutError, OSError) as exc:
+                error = exc if isinstance(exc, LockTimeoutError) else io_error(exc, "locking", path=what)
+                for write in writes:
+                    result.failed[write.key] = error
+                continue
+            held.append(fd)
+            for write in writes:
+                try:
+                    item = self._stage_one(write, result)
+                except CorruptSessionError as exc:
+                    result.failed[write.key] = exc
+                except OSError as exc:
+                    self._unclean.add(encode_key(write.key))
+                    action = "deleting" if write.data is None else "writing"
+                    result.failed[write.key] = io_error(
+                        exc, action, key=write.key, path=self.location(write.key)
+                    )
+                else:
+                    if item is not None:
+                        staged.append(item)
+        return result, staged, held
+
+    def _stage_one(self, write: Write, result: BatchResult) -> _Staged | None:
+        fs, root, name = self._fs, self._root, encode_key(write.key)
+        if not write.blind:
+            found = fs.read_dir_file(name, META, dir_fd=root)
+            current = None if found is None else found[0]
+            if current != write.expected:
+                result.conflicts[write.key] = current
+                return None
+        if write.data is None:
+            return _Staged(write, name)
+        try:
+            folder = fs.open_dir(name, dir_fd=root)
+        except FileNotFoundError:
+            fs.ensure_dir(name, dir_fd=root)
+            folder = fs.open_dir(name, dir_fd=root)
+        try:
+            if name in self._unclean:
+                self._remove_tmp_files(name, folder)
+            if is_shortened(name):
+                self._write_key_file(write.key, name, folder, False)  # made durable by the barrier
+            tmp, signature = fs.write_tmp(META, write.data, dir_fd=folder)
+        finally:
+            fs.close(folder)
+        return _Staged(write, name, tmp, signature)
+
+    def _barrier_sync(self, what: str) -> tuple[BaseException | None, float]:
+        started = time.perf_counter()
+        try:
+            self._fs.syncfs(self._root)
+        except OSError as exc:
+            error = io_error(exc, f"syncing the filesystem ({what})", path=self.location())
+            return error, time.perf_counter() - started
+        return None, time.perf_counter() - started
+
+    def _abandon_sync(self, staged: list[tuple[list[_Staged], list[int]]]) -> None:
+        """The first barrier failed: remove the tmp files and let the locks go."""
+        for part_staged, held in staged:
+            for item in part_staged:
+                if item.tmp is not None:
+                    self._discard_tmp(item)
+            self._release(held)
+
+    def _discard_tmp(self, item: _Staged) -> None:
+        assert item.tmp is not None
+        try:
+            folder = self._fs.open_dir(item.name, dir_fd=self._root)
+        except OSError:
+            self._unclean.add(item.name)
+            return
+        try:
+            self._fs.unlink(item.tmp, dir_fd=folder)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            self._unclean.add(item.name)  # removed by the key's next write, or the sweep
+        finally:
+            try:
+                self._fs.close(folder)
+            except OSError:
+                pass
+
+    def _release(self, held: list[int]) -> None:
+        for fd in held:
+            try:
+                release_file_lock(self._fs, fd)
+            except OSError:
+                pass  # closing the descriptor at aclose releases it in any case
+
+    def _commit_sync(
+        self, staged: list[_Staged], held: list[int]
+    ) -> tuple[BatchResult, dict[str, Signature]]:
+        """Rename the staged tmp files onto their ``meta.json`` (and delete), then unlock."""
+        result = BatchResult()
+        signatures: dict[str, Signature] = {}
+        fs = self._fs
+        try:
+            for item in staged:
+                key = item.write.key
+                try:
+                    if item.tmp is None:
+                        self._delete_sync(item.name)
+                    else:
+                        folder = fs.open_dir(item.name, dir_fd=self._root)
+                        try:
+                            fs.rename(item.tmp, META, src_dir_fd=folder, dst_dir_fd=folder)
+                        finally:
+                            fs.close(folder)
+                        assert item.signature is not None
+                        signatures[key] = item.signature
+                except OSError as exc:
+                    if item.tmp is not None:
+                        self._discard_tmp(item)
+                    self._unclean.add(item.name)
+                    action = "deleting" if item.tmp is None else "writing"
+                    result.failed[key] = io_error(exc, action, key=key, path=self.location(key))
+                else:
+                    result.landed.append(key)
+        finally:
+            self._release(held)
+        return result, signatures
+
+    def _write_sync(self, groups: Groups, durable: bool) -> tuple[BatchResult, dict[str, Signature]]:
         result = BatchResult()
         signatures: dict[str, Signature] = {}
         namespace_changed: list[str] = []  # keys whose write created or removed a folder

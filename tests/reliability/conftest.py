@@ -247,6 +247,10 @@ class FaultFS(FileSystem):
         self._point("flock", None)
         super().flock(fd, operation)
 
+    def syncfs(self, fd: int) -> None:
+        self._point("syncfs", None)
+        super().syncfs(fd)
+
 
 # -- simulated power loss ---------------------------------------------------------------------
 
@@ -435,6 +439,20 @@ class PowerLossFS(FileSystem):
             return
         self._point("flock")
         super().flock(fd, operation)
+
+    def syncfs(self, fd: int) -> None:
+        """Everything of the filesystem becomes durable: every folder's entries, every
+        file's data, as they are now (the model's filesystem is the store's tree)."""
+        self._point("syncfs")
+        if self.real_fsync:
+            super().syncfs(fd)
+        with self._mutex:
+            self.fsyncs += 1
+            dirs: dict[int, dict[str, DirEntry]] = {}
+            data: dict[int, bytes] = {}
+            self._read_current(self.root, self._root_inc, dirs, data)
+            self.synced_dirs.update(dirs)
+            self.synced_data.update(data)
 
     # the power cut
 

@@ -27,6 +27,7 @@ import pytest
 
 import aiosessions
 from aiosessions import FileSystem, SessionStoreError, StoreIOError
+from aiosessions.backends import _directory
 
 from .conftest import (
     FaultFS,
@@ -426,3 +427,19 @@ async def test_fault_loop(tmp_path: Path, mode: str, op_name: str, err_name: str
     """Every system call of the operation fails in turn; nothing is lost or torn."""
     tally = await fault_loop(tmp_path, mode, OPS[op_name], ERRNOS[err_name], persistent)
     _record_tally(op_name, mode, err_name, persistent, tally)
+
+
+#: The batch covers a set, an update, a delete, a shortened name and a new folder at once.
+BARRIER_CASES = _fault_params("syncfs", ops=["set", "create", "flush-batch"])
+
+
+@pytest.mark.parametrize(("op_name", "err_name", "persistent"), BARRIER_CASES)
+async def test_fault_loop_syncfs_barrier(
+    tmp_path: Path, op_name: str, err_name: str, persistent: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same loop with every durable batch made durable by the syncfs barrier (staged tmp
+    files, syncfs, renames, syncfs): a failed barrier loses and tears nothing either."""
+    monkeypatch.setattr(_directory, "BARRIER", "syncfs")
+    tally = await fault_loop(tmp_path, "directory", OPS[op_name], ERRNOS[err_name], persistent)
+    assert "syncfs" in tally.points, "the barrier was never reached"
+    _record_tally(f"{op_name} (syncfs barrier)", "directory", err_name, persistent, tally)

@@ -25,6 +25,7 @@ import pytest
 
 import aiosessions
 from aiosessions import SessionStoreError
+from aiosessions.backends import _directory
 
 from .conftest import PowerLossFS, Scale, disk_state, open_plain, record
 
@@ -145,18 +146,34 @@ async def one_cut(
 
 
 CONFIGS = [
-    pytest.param(mode, fsync, through, id=f"{mode}-fsync{int(fsync)}-{'through' if through else 'behind'}")
+    pytest.param(
+        mode, fsync, through, "fsync", id=f"{mode}-fsync{int(fsync)}-{'through' if through else 'behind'}"
+    )
     for mode in ("directory", "json")
     for fsync in (True, False)
+    for through in (True, False)
+] + [
+    # Durable directory batches made durable by the syncfs barrier (every batch, forced).
+    pytest.param(
+        "directory", True, through, "syncfs", id=f"directory-syncfs-{'through' if through else 'behind'}"
+    )
     for through in (True, False)
 ]
 
 
-@pytest.mark.parametrize(("mode", "fsync", "write_through"), CONFIGS)
+@pytest.mark.parametrize(("mode", "fsync", "write_through", "barrier"), CONFIGS)
 async def test_power_loss(
-    tmp_path: Path, scale: Scale, seed: int, mode: str, fsync: bool, write_through: bool
+    tmp_path: Path,
+    scale: Scale,
+    seed: int,
+    mode: str,
+    fsync: bool,
+    write_through: bool,
+    barrier: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Random power cuts: with fsync every acknowledged change survives; without, files parse."""
+    monkeypatch.setattr(_directory, "BARRIER", barrier)
     rng = random.Random(seed)
     started = time.monotonic()
     acks = survived_newer = writebacks = midway = 0
@@ -180,6 +197,7 @@ async def test_power_loss(
         mode=mode,
         fsync=fsync,
         write_through=write_through,
+        barrier=barrier,
         power_cuts=scale.power_cuts,
         with_writeback=writebacks,
         cut_mid_workload=midway,
@@ -221,3 +239,41 @@ async def test_power_loss_model_is_strict(tmp_path: Path) -> None:
         fs.close(fd)
     fs.power_cut()
     assert (folder / "late").read_bytes() == b""
+
+
+class _SyncfsDoesNothing(PowerLossFS):
+    """A barrier that makes nothing durable: the model must notice."""
+
+    def syncfs(self, fd: int) -> None:
+        self._point("syncfs")
+        self.fsyncs += 1
+
+
+@pytest.mark.parametrize("honest", [True, False], ids=["syncfs", "syncfs-dropped"])
+async def test_power_loss_model_is_strict_about_the_barrier(
+    tmp_path: Path, honest: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A durable batch behind the syncfs barrier survives a power cut; with the barrier made a
+    no-op in the model, the same batch is lost (so the barrier tests above can fail)."""
+    monkeypatch.setattr(_directory, "BARRIER", "syncfs")
+    store_path = tmp_path / "sessions.json"
+    keys = [f"agent:main:k{i}" for i in range(20)]
+    async with open_plain(store_path, fsync=True) as store:
+        for key in keys:
+            await store.set(key, {"v": 1})
+    fs = (PowerLossFS if honest else _SyncfsDoesNothing)(tmp_path)
+    async with aiosessions.open_store(
+        store_path, entry_type=dict, flush_interval=3600, fsync=True, filesystem=fs
+    ) as store:
+        for key in keys:
+            await store.set(key, {"v": 2})
+        await store.set("agent:main:new", {"v": 1})
+        await store.flush()  # acknowledged: durable, as far as the barrier says
+        assert fs.fsyncs == 2, "one batch, two barriers, no per-file fsync"
+        fs.crash()
+    fs.power_cut()
+    state = disk_state(store_path, "directory")
+    if honest:
+        assert state == {**{key: {"v": 2} for key in keys}, "agent:main:new": {"v": 1}}
+    else:
+        assert state != {**{key: {"v": 2} for key in keys}, "agent:main:new": {"v": 1}}
