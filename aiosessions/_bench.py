@@ -916,6 +916,307 @@ class Progress:
             self._rich = None
 
 
+# -- write cost: what an update costs against what it changes (issue 14) ---------------------
+
+
+@dataclass
+class WriteCostSettings:
+    """The write-cost measures: small vs large entries, three durabilities, SQLite."""
+
+    sessions: int = 200
+    #: Entry sizes compared (bytes of compact JSON): an ordinary entry and one with an embedded blob.
+    small: int = 2_000
+    large: int = 120_000
+    samples: int = 200
+    #: Seconds each latency measure may take at most.
+    budget: float = 10.0
+    #: Distinct keys written durably by ``tasks`` concurrent tasks.
+    distinct: int = 1_000
+    tasks: int = 100
+    seed: int = DEFAULT_SEED
+
+
+def sized_sessions(count: int, size: int, *, seed: int) -> Sessions:
+    """``count`` OpenClaw-shaped sessions of about ``size`` bytes each (the blob makes the size)."""
+    rng = random.Random(seed)
+    text = _Text(rng)
+    sessions: Sessions = {}
+    for i in range(count):
+        key = make_key(rng, i)
+        bare = len(_encoder.encode(make_entry(random.Random(i), key, i, text, 0)))
+        sessions[key] = make_entry(rng, key, i, text, max(0, size - bare - 800))
+    return sessions
+
+
+class _Sqlite:
+    """One SQLite database (WAL, one row per session) driven from a single worker thread,
+    as aiosqlite does: ``synchronous=FULL`` with fsync (every commit durable), ``NORMAL``
+    without."""
+
+    def __init__(self, path: Path, *, fsync: bool) -> None:
+        import sqlite3
+
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+        self._db.execute("CREATE TABLE IF NOT EXISTS s (key TEXT PRIMARY KEY, json BLOB NOT NULL)")
+        self._thread = anyio.CapacityLimiter(1)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _fill(self, sessions: Sessions) -> None:
+        self._db.execute("BEGIN")
+        self._db.executemany(
+            "INSERT OR REPLACE INTO s VALUES (?, ?)", ((k, _encoder.encode(v)) for k, v in sessions.items())
+        )
+        self._db.execute("COMMIT")
+
+    async def fill(self, sessions: Sessions) -> None:
+        await anyio.to_thread.run_sync(self._fill, sessions, limiter=self._thread)
+
+    def _update(self, key: str, fn: UpdateFn) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self._db.execute("SELECT json FROM s WHERE key = ?", (key,)).fetchone()
+            value = fn(None if row is None else msgspec.json.decode(row[0]))
+            self._db.execute("INSERT OR REPLACE INTO s VALUES (?, ?)", (key, _encoder.encode(value)))
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    async def update(self, key: str, fn: UpdateFn) -> None:
+        await anyio.to_thread.run_sync(self._update, key, fn, limiter=self._thread)
+
+    def _set(self, key: str, data: bytes) -> None:
+        self._db.execute("INSERT OR REPLACE INTO s VALUES (?, ?)", (key, data))  # one commit each
+
+    async def set(self, key: str, value: dict[str, Any]) -> None:
+        data = _encoder.encode(value)
+        await anyio.to_thread.run_sync(self._set, key, data, limiter=self._thread)
+
+
+def _plain_loop(folder: Path, entries: Sequence[bytes], fsync: bool, samples: int) -> Summary:
+    """The floor: synchronous tmp write + rename (+ fsync of file and folder) of ``entries``."""
+    durations = []
+    for i in range(samples):
+        path = folder / f"s{i % len(entries)}" / "meta.json"
+        path.parent.mkdir(exist_ok=True)
+        t0 = time.perf_counter()
+        _replace_file(path, entries[i % len(entries)], fsync)
+        durations.append(time.perf_counter() - t0)
+    return Summary.of(durations)
+
+
+async def _distinct_writes(
+    write: Callable[[str, dict[str, Any]], Awaitable[Any]],
+    keys: Sequence[str],
+    value: dict[str, Any],
+    tasks: int,
+    flush: Callable[[], Awaitable[Any]],
+) -> Summary:
+    """``tasks`` tasks write each key once (``value`` with the key's own marker), then ``flush``."""
+    started = time.perf_counter()
+
+    async def worker(part: Sequence[str]) -> None:
+        for key in part:
+            await write(key, {**value, "sessionId": key})
+
+    async with anyio.create_task_group() as tg:
+        for t in range(tasks):
+            tg.start_soon(worker, keys[t::tasks])
+    await flush()
+    return Summary(samples=len(keys), seconds=time.perf_counter() - started, ops=len(keys))
+
+
+async def measure_write_cost(settings: WriteCostSettings, progress: Progress, folder: Path) -> dict[str, Any]:
+    """One-field updates of small vs large entries at every durability, the plain loop that
+    writes the same bytes, durable distinct-key writes and one update against SQLite."""
+    from . import open_store
+
+    results: dict[str, Any] = {"settings": asdict(settings), "update": {}, "plain": {}, "sqlite": {}}
+    now_ms = _EPOCH_MS + 10
+    durabilities = (
+        ("write-behind", 0.05, True),
+        ("write-through", 0.0, False),
+        ("write-through +fsync", 0.0, True),
+    )
+    for label, size in (("small", settings.small), ("large", settings.large)):
+        sessions = sized_sessions(settings.sessions, size, seed=settings.seed)
+        keys = list(sessions)
+        encoded = [_encoder.encode(touch(now_ms, 5)(v)) for v in sessions.values()]
+        results[f"{label}_bytes"] = int(statistics.fmean(len(e) for e in encoded))
+        path = folder / label / "sessions.json"
+        path.parent.mkdir(parents=True)
+        async with open_store(path, entry_type=dict, fsync=False) as store:
+            for key, value in sessions.items():
+                await store.set(key, value)
+        rng = random.Random(settings.seed)
+        picks = [rng.choice(keys) for _ in range(settings.samples)]
+        for name, interval, fsync in durabilities:
+            progress.step(f"{name}: update one field of a {format_bytes(size)} entry")
+            async with open_store(path, entry_type=dict, fsync=fsync, flush_interval=interval) as store:
+
+                async def update(i: int, store: Any = store, picks: list[str] = picks) -> None:
+                    await store.update(picks[i], touch(now_ms + i, 5))
+
+                async def read(i: int, store: Any = store, picks: list[str] = picks) -> None:
+                    await store.get(picks[i])
+
+                results["update"].setdefault(name, {})[label] = await timed(
+                    update, settings.samples, budget=settings.budget, before=read
+                )
+        for fsync in (False, True):
+            plain = folder / f"plain-{label}-{fsync}"
+            plain.mkdir()
+            results["plain"].setdefault("+fsync" if fsync else "", {})[
+                label
+            ] = await anyio.to_thread.run_sync(_plain_loop, plain, encoded, fsync, min(settings.samples, 100))
+        if label == "small":
+            for fsync in (False, True):
+                progress.step(
+                    f"SQLite {'FULL' if fsync else 'NORMAL'}: update one field, distinct-key writes"
+                )
+                db = _Sqlite(folder / f"sqlite-{fsync}.db", fsync=fsync)
+                try:
+                    await db.fill(sessions)
+                    row: dict[str, Any] = {}
+
+                    async def sqlite_update(i: int, db: _Sqlite = db, picks: list[str] = picks) -> None:
+                        await db.update(picks[i], touch(now_ms + i, 5))
+
+                    row["update"] = await timed(sqlite_update, settings.samples, budget=settings.budget)
+                    distinct = [f"new:{fsync}:{i}" for i in range(settings.distinct)]
+                    row["distinct"] = await _distinct_writes(
+                        db.set, distinct, sessions[keys[0]], settings.tasks, anyio.lowlevel.checkpoint
+                    )
+                    results["sqlite"]["FULL" if fsync else "NORMAL"] = row
+                finally:
+                    db.close()
+            progress.step("aiosessions: durable distinct-key writes")
+            from .backends import _directory
+
+            # The same writes with every durable batch fsynced per file: what the barrier saves.
+            for name, interval, barrier in (
+                ("write-behind +fsync", 0.05, _directory.BARRIER),
+                ("write-behind +fsync, per-file fsync", 0.05, "fsync"),
+                ("write-through +fsync", 0.0, _directory.BARRIER),
+            ):
+                default, _directory.BARRIER = _directory.BARRIER, barrier
+                try:
+                    async with open_store(
+                        path, entry_type=dict, fsync=True, flush_interval=interval
+                    ) as store:
+                        distinct = [f"new:{name}:{i}" for i in range(settings.distinct)]
+                        results.setdefault("distinct", {})[name] = await _distinct_writes(
+                            store.set, distinct, sessions[keys[0]], settings.tasks, store.flush
+                        )
+                finally:
+                    _directory.BARRIER = default
+    return results
+
+
+def write_cost_rows(results: dict[str, Any]) -> list[list[str]]:
+    """The printed rows: each update small vs large, against the plain loop and SQLite."""
+    rows: list[list[str]] = []
+    plain = results["plain"]
+    for name, row in results["update"].items():
+        small, large = row["small"].p50, row["large"].p50
+        floor = plain["+fsync" if name.endswith("+fsync") else ""]
+        vs_plain = (
+            ""
+            if name == "write-behind"
+            else (f"{format_ratio(small / floor['small'].p50)} / {format_ratio(large / floor['small'].p50)}")
+        )
+        rows.append(
+            [
+                f"update one field, {name}",
+                format_seconds(small),
+                format_seconds(large),
+                format_ratio(large / small),
+                vs_plain,
+            ]
+        )
+    for tag in ("", "+fsync"):
+        p = plain[tag]
+        rows.append(
+            [
+                f"plain loop, tmp + rename {tag}".rstrip(),
+                format_seconds(p["small"].p50),
+                format_seconds(p["large"].p50),
+                format_ratio(p["large"].p50 / p["small"].p50),
+                "",
+            ]
+        )
+    return rows
+
+
+def write_cost_sqlite_rows(results: dict[str, Any]) -> list[list[str]]:
+    """aiosessions against SQLite (WAL) at equal durability, from the same run."""
+    sqlite, update, distinct = results["sqlite"], results["update"], results["distinct"]
+    rows = []
+    for ours, theirs in (("write-through", "NORMAL"), ("write-through +fsync", "FULL")):
+        a, b = update[ours]["small"].p50, sqlite[theirs]["update"].p50
+        rows.append(
+            [
+                f"one update, {ours} vs SQLite {theirs}",
+                format_seconds(a),
+                format_seconds(b),
+                format_ratio(b / a),
+            ]
+        )
+    for ours in distinct:
+        a, b = distinct[ours].rate, sqlite["FULL"]["distinct"].rate
+        rows.append(
+            [
+                f"durable distinct-key writes/s, {ours} vs SQLite FULL",
+                format_rate(a),
+                format_rate(b),
+                format_ratio(a / b),
+            ]
+        )
+    return rows
+
+
+def write_cost_report(results: dict[str, Any]) -> str:
+    s = results["settings"]
+    return "\n".join(
+        [
+            f"write cost: {s['sessions']} sessions of ~{format_bytes(results['small_bytes'])} and "
+            f"~{format_bytes(results['large_bytes'])}, p50 of one call (seed {s['seed']})",
+            "",
+            render_table(
+                ["", "small", "large", "large / small", "vs plain loop of small (small / large)"],
+                write_cost_rows(results),
+            ),
+            "",
+            render_table(
+                ["", "aiosessions", "SQLite", "aiosessions speed vs SQLite"], write_cost_sqlite_rows(results)
+            ),
+        ]
+    )
+
+
+async def run_write_cost(
+    settings: WriteCostSettings, *, folder: Path | None = None, quiet: bool = False
+) -> dict[str, Any]:
+    """Measure the write cost in a temporary folder (under ``folder`` if given)."""
+    progress = Progress(12, quiet=quiet)
+    try:
+        if folder is not None:
+            await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="aiosessions-writes-", dir=folder))
+        try:
+            results = await measure_write_cost(settings, progress, work)
+            results["machine"] = describe_machine(work)
+        finally:
+            await anyio.to_thread.run_sync(shutil.rmtree, work, True)
+    finally:
+        progress.close()
+    return results
+
+
 # -- the built-in benchmark -----------------------------------------------------------------------
 
 
@@ -1234,6 +1535,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the figures to FILE as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    parser.add_argument(
+        "--writes",
+        action="store_true",
+        help="instead: what one update costs on 2 KB vs 120 KB entries at each durability, "
+        "against a plain tmp + rename loop and SQLite (about a minute; --quick for a tiny run)",
+    )
 
 
 def settings_from(args: argparse.Namespace) -> QuickSettings:
@@ -1323,8 +1630,19 @@ def _jsonable(value: Any) -> Any:
 
 async def run_command(args: argparse.Namespace) -> int:
     """``aiosessions bench``: measure, print the table, optionally write JSON."""
-    results = await run_quick(settings_from(args), quiet=args.quiet)
-    print(report(results))
+    if getattr(args, "writes", False):
+        if getattr(args, "source", None) is not None or args.sessions is not None or args.megabytes:
+            raise ValueError(
+                "--writes generates its own stores: it takes no --from, --sessions or --megabytes"
+            )
+        costs = WriteCostSettings(seed=args.seed)
+        if args.quick:
+            costs.sessions, costs.samples, costs.distinct, costs.budget = 20, 20, 100, 1.0
+        results = await run_write_cost(costs, folder=args.dir, quiet=args.quiet)
+        print(write_cost_report(results))
+    else:
+        results = await run_quick(settings_from(args), quiet=args.quiet)
+        print(report(results))
     if args.json:
         data = json.dumps(_jsonable(results), indent=2) + "\n"
         await anyio.Path(args.json).write_text(data, encoding="utf-8")

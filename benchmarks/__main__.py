@@ -8,7 +8,9 @@ Stages (each printed as it starts):
    workload, for every contender;
 3. scaling over 100, 1,000 and 10,000 sessions: update latency, cold open +
    first read, and memory (in a fresh process) for the main contenders;
-4. migration time.
+4. migration time;
+5. write cost: a one-field update of 2 KB vs 120 KB entries at every durability,
+   the plain loop, and SQLite (the same measure as ``aiosessions bench --writes``).
 
 Results go to ``benchmarks/results/`` (``results.json``, ``tables.md``) and the PNG charts
 to ``docs/assets/benchmarks/``, where the documentation site shows them.
@@ -36,10 +38,13 @@ from aiosessions._bench import (
     LegacyJsonContender,
     Progress,
     Summary,
+    WriteCostSettings,
     _jsonable,
     _versions,
     describe_machine,
+    run_write_cost,
     touch,
+    write_cost_report,
 )
 
 from . import measures
@@ -256,8 +261,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=None, help="where the stores are built (a temp folder)")
     parser.add_argument(
         "--stages",
-        default="headline,throughput,scaling,migration",
-        help="comma-separated stages to run (headline, throughput, scaling, migration)",
+        default="headline,throughput,scaling,migration,writes",
+        help="comma-separated stages to run (headline, throughput, scaling, migration, writes)",
     )
     parser.add_argument("--only", default=None, help="comma-separated contender names to run (default: all)")
     parser.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
@@ -328,6 +333,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 sizes.insert(len(sizes) - 1 if sizes and sizes[-1][0] == "10k" else len(sizes), (size, small))
             sizes.sort(key=lambda item: len(item[1].keys))
             results["scaling"] = await stage_scaling(sizes, plan, progress)
+        if "writes" in stages:
+            settings = WriteCostSettings(seed=args.seed)
+            if args.quick:
+                settings.sessions, settings.samples, settings.distinct, settings.budget = 20, 20, 100, 1.0
+            writes = await run_write_cost(settings, folder=work_root, quiet=True)
+            writes["table"] = write_cost_report(writes)
+            results["writes"] = writes
     finally:
         progress.close()
         shutil.rmtree(work_root, ignore_errors=True)

@@ -203,6 +203,11 @@ def tables(results: dict[str, Any]) -> str:
             ),
             "",
         ]
+    if "writes" in results:
+        # Rendered by aiosessions._bench.write_cost_report in the run (the same table `aiosessions
+        # bench --writes` prints), kept verbatim in a code block.
+        out += ["### Write cost: one-field update of 2 KB vs 120 KB entries; SQLite", "", "```"]
+        out += [results["writes"]["table"], "```", ""]
     return "\n".join(out)
 
 

@@ -354,3 +354,35 @@ def test_bench_from_a_copy_of_your_store_leaves_it_untouched(tmp_path: Path) -> 
     assert figures["sessions"] == 25 and figures["left_out"] == 1
     assert [run["fsync"] for run in figures["runs"]] == [False]
     assert list((tmp_path / "work").iterdir()) == []  # the copies are gone
+
+
+def test_bench_writes_command_line(tmp_path: Path) -> None:
+    """`aiosessions bench --writes`: small vs large entries at each durability, the plain loop
+    and SQLite, measured in one run (figures are not asserted, only that each was measured)."""
+    out = tmp_path / "writes.json"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "aiosessions", "bench", "--writes", "--quick"),
+            *("--json", str(out), "--dir", str(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    for row in ("update one field, write-behind", "write-through +fsync", "plain loop", "SQLite FULL"):
+        assert row in done.stdout, row
+    figures = json.loads(out.read_text("utf-8"))
+    assert 1_500 < figures["small_bytes"] < 3_000 and 100_000 < figures["large_bytes"] < 140_000
+    for name in ("write-behind", "write-through", "write-through +fsync"):
+        for size in ("small", "large"):
+            assert figures["update"][name][size]["p50"] > 0, (name, size)
+    assert figures["sqlite"]["FULL"]["distinct"]["rate"] > 0
+    assert set(figures["distinct"]) == {
+        "write-behind +fsync",
+        "write-behind +fsync, per-file fsync",
+        "write-through +fsync",
+    }
+    assert [p.name for p in tmp_path.iterdir()] == ["writes.json"]  # the temporary stores are gone
