@@ -34,7 +34,7 @@ from ._defaults import DEFAULT_LOCK_TIMEOUT
 from ._errors import CorruptSessionError, SessionStoreError
 from ._fs import FileSystem
 from ._layout import FORMAT_FILE, StorePaths, detect_mode
-from ._maintenance import FsckReport, PruneReport, fsck, prune
+from ._maintenance import FsckReport, PruneReport, fsck, prune, unreadable_sessions
 from ._migrate import MigrationReport, export_bytes, export_json, migrate
 from ._store import open_store
 
@@ -258,19 +258,6 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
 
 
-async def _unreadable(store: Any, read: set[str]) -> dict[str, str]:
-    """The sessions of ``store`` not in ``read`` because they could not be read: key -> why."""
-    found: dict[str, str] = {}
-    async for key in store.keys():
-        if key in read:
-            continue
-        try:
-            await store.get(key)  # the error says why (a session created meanwhile just reads)
-        except (SessionStoreError, OSError) as exc:
-            found[key] = _one_line(exc)
-    return found
-
-
 #: At most this many unreadable sessions are named one per line; the rest are counted.
 _NAMED = 20
 
@@ -302,8 +289,8 @@ async def cmd_ls(args: argparse.Namespace) -> int:
         # One unreadable entry must not hide the others: skip it, and say so.
         async for key, entry in store.items(skip_corrupt=True):
             rows.append(_summary(key, entry))
-        unreadable = await _unreadable(store, {row["key"] for row in rows})
-    _warn_unreadable("ls", unreadable, "not listed")
+        unreadable = await unreadable_sessions(store, {row["key"] for row in rows})
+    _warn_unreadable("ls", _reasons(list(unreadable.values())), "not listed")
     rows.sort(key=lambda r: (r["updatedAt"] is None, -(r["updatedAt"] or 0), r["key"]))
     total = len(rows)
     if args.limit is not None:

@@ -29,7 +29,7 @@ import errno
 import os
 import stat as stat_module
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -229,7 +229,7 @@ async def prune(
             where = store.path
             async for key, entry in store.items(skip_corrupt=True):
                 recency[key] = _recency(entry)
-            unreadable.update(await _unreadable(store, recency))
+            unreadable.update(await unreadable_sessions(store, recency))
             if unreadable and not (skip_corrupt or dry_run):
                 raise unreadable_error(list(unreadable.values()), "nothing was removed", "skip_corrupt=True")
             stale, capped = plan_prune(recency, cutoff_ms=cutoff_ms, max_entries=max_entries)
@@ -249,8 +249,12 @@ async def prune(
     return report(dry=dry_run)
 
 
-async def _unreadable(store: Any, read: Mapping[str, object]) -> dict[str, CorruptSessionError]:
-    """The sessions of ``store`` missing from ``read`` because their entry does not decode."""
+async def unreadable_sessions(store: Any, read: Collection[str]) -> dict[str, CorruptSessionError]:
+    """The sessions of ``store`` missing from ``read`` because their entry does not decode.
+
+    ``read`` holds the keys ``items(skip_corrupt=True)`` yielded; each other key is read
+    once more for the error that says why (prune and ``aiosessions ls`` name them).
+    """
     found: dict[str, CorruptSessionError] = {}
     async for key in store.keys():
         if key in read:
