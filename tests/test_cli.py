@@ -571,6 +571,48 @@ def test_migrate_dry_run_status_says_whether_the_real_run_would_succeed(legacy: 
     fails("migrate", legacy, "--no-fsync", match="is not empty")
 
 
+# -- reading writes nothing ------------------------------------------------------------------------
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder under ``folder`` with its size and mtime (ns)."""
+    found = {}
+    for path in [folder, *folder.rglob("*")]:
+        st = path.lstat()
+        found[str(path.relative_to(folder))] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+@pytest.mark.parametrize("kind", ["legacy", "directory"])
+def test_commands_that_read_write_nothing_even_on_a_read_only_store(legacy: Path, kind: str) -> None:
+    if kind == "directory":
+        run("migrate", legacy, "--no-fsync")
+    state = legacy.parent
+    key = "agent:main:signal:group:x/Y+z==15"
+    subprocess.run(["chmod", "-R", "a-w", str(state)], check=True)
+    before = snapshot(state)
+    try:
+        for command in (
+            ("ls", legacy),
+            ("ls", legacy, "--json", "-n", "3"),
+            ("show", legacy, key),
+            ("export", legacy),
+            ("export", legacy, "--skip-corrupt"),
+            ("prune", legacy, "--max-entries", "5", "--dry-run"),
+            ("fsck", legacy),
+        ):
+            result = run(*command, read_only_user=True)
+            assert result.stdout, command
+        dry = run("migrate", legacy, "--dry-run", ok=None, read_only_user=True)
+        if kind == "legacy":  # the real run would need to write here: the dry run says so
+            assert dry.returncode == 1 and "is not writable by this user" in dry.stdout
+        else:
+            assert dry.returncode == 0 and dry.stdout.startswith("already migrated")
+        assert snapshot(state) == before  # no lock file, no sweep, nothing touched
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(state)], check=True)
+
+
 def test_rewriting_a_legacy_file_keeps_its_permissions(legacy: Path, tmp_path: Path) -> None:
     legacy.chmod(0o644)  # say, the gateway's file, read by a backup job of another user
     strict = subprocess.run(  # a service's umask that would strip the others' read
