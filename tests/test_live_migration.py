@@ -3,11 +3,13 @@
 The usual case: the bot keeps running in legacy JSON mode while its operator runs
 ``migrate``. Real processes: two writers (tests/_legacy_writer_child.py) increment shared
 counters with ``update()`` in legacy mode; meanwhile a migration is killed with SIGKILL at a
-random filesystem call (tests/_migrate_child.py) and then run again to the end in another
-process. The writers carry their pending and later changes into the directory store: each
-counter ends at exactly the number of increments that returned, in every process, the other
-sessions are untouched, no writer's close reports a loss, and the legacy file is never
-recreated. On asyncio and trio (the writers' event loop).
+random filesystem call (tests/_migrate_child.py), another just after the switch, before the
+file is put aside (the writers must carry on in the directory store then, though the file is
+still there), and then one runs to the end in another process. The writers carry their
+pending and later changes into the directory store: each counter ends at exactly the number
+of increments that returned, in every process, the other sessions are untouched, no writer's
+close reports a loss, and the legacy file is never rewritten after the switch nor recreated.
+On asyncio and trio (the writers' event loop).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ HERE = Path(__file__).resolve().parent
 WRITER = HERE / "_legacy_writer_child.py"
 MIGRATOR = HERE / "_migrate_child.py"
 WRITERS = 2
+#: Migrations killed with SIGKILL before the one that runs to the end (the last of them
+#: between the switch and the backup rename).
+KILLS = 2
 COUNTERS = [f"agent:main:telegram:group:-100{n}:counter" for n in range(3)]
 #: Other sessions, so that the migration takes a while (and the kill lands inside it).
 FILLER = {
@@ -63,10 +68,11 @@ async def _progress(writer: subprocess.Popen[str], *, mode: str | None = None) -
             return seen
 
 
-def _kill_migration_at(path: Path, freeze_at: int) -> str:
-    """Run migrate() in a child frozen at filesystem call ``freeze_at``; SIGKILL it there."""
+def _kill_migration_at(path: Path, freeze_at: str) -> str:
+    """Run migrate() in a child frozen at ``freeze_at`` (a filesystem call's number, or
+    ``call:first_arg``); SIGKILL it there. Returns the child's report."""
     child = subprocess.Popen(
-        [sys.executable, str(MIGRATOR), str(path), str(freeze_at)], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(MIGRATOR), str(path), freeze_at], stdout=subprocess.PIPE, text=True
     )
     assert child.stdout is not None
     try:
@@ -88,6 +94,12 @@ async def test_a_legacy_writer_loses_nothing_when_the_store_is_migrated_under_it
     rng = random.Random(seed)
     path = tmp_path / "sessions.json"
     path.write_text(json.dumps(FILLER, indent=2), "utf-8")
+    # How many filesystem calls a whole migration of this store makes (on a copy).
+    probe = tmp_path / "probe" / "sessions.json"
+    probe.parent.mkdir()
+    probe.write_bytes(path.read_bytes())
+    finished = await anyio.to_thread.run_sync(_kill_migration_at, probe, str(10**9))
+    calls = int(finished.split()[1])
     writers = [
         subprocess.Popen(
             [sys.executable, str(WRITER), str(path), anyio_backend, str(seed + n), *COUNTERS],
@@ -109,18 +121,30 @@ async def test_a_legacy_writer_loses_nothing_when_the_store_is_migrated_under_it
         for writer in writers:
             assert await _progress(writer) == "json"
 
-        # A migration killed part-way (a random filesystem call; a migration of these 300
-        # sessions makes about 1,900), the writers going on in legacy mode meanwhile ...
-        freeze_at = rng.randrange(5, 1_500)
-        killed = await anyio.to_thread.run_sync(_kill_migration_at, path, freeze_at)
-        print(f"migration killed at call {freeze_at}: {killed}")
-        for writer in writers:
-            await _progress(writer)
+        # Migrations killed part-way, the writers going on meanwhile: first at a random
+        # filesystem call (in the whole migration's range, so mostly while it builds) ...
+        for _ in range(KILLS - 1):
+            freeze_at = str(rng.randrange(5, calls - 10))  # not after the backup rename
+            killed = await anyio.to_thread.run_sync(_kill_migration_at, path, freeze_at)
+            print(f"migration killed at call {freeze_at} of {calls}: {killed}")
+            for writer in writers:
+                await _progress(writer)
+        # ... then just before it puts the file aside: the directory store is the store, the
+        # file still there. The writers must carry on in the directory store all the same,
+        # without rewriting the file (they see the marker, not the file's absence).
+        killed = await anyio.to_thread.run_sync(_kill_migration_at, path, f"rename:{path.name}")
+        assert killed.startswith("frozen") and (tmp_path / "sessions.d" / "FORMAT").exists(), killed
+        left = path.read_bytes()
+        with anyio.move_on_after(90) as waiting:
+            for writer in writers:
+                await _progress(writer, mode="directory")
+        assert not waiting.cancelled_caught, "a writer never carried on in the directory store"
+        assert path.read_bytes() == left, "the legacy file was rewritten after the switch"
         # ... then run again to the end, in another process.
-        finished = await anyio.to_thread.run_sync(_kill_migration_at, path, 10**9)
+        finished = await anyio.to_thread.run_sync(_kill_migration_at, path, str(10**9))
         assert finished.startswith("finished"), finished
         assert not path.exists()
-        # Every writer notices, carries on in the directory store, and keeps writing there.
+        # Every writer keeps writing in the directory store.
         with anyio.move_on_after(90) as waiting:
             for writer in writers:
                 await _progress(writer, mode="directory")

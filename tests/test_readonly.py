@@ -1,7 +1,8 @@
 """Reading needs no write access and leaves nothing behind.
 
 A store on a read-only disk, or in a folder the user may only read, opens, lists, reads,
-exports and passes ``fsck``; nothing is created or changed; the first write fails with a
+exports and is checked by ``fsck`` (which finds a dead writer's tmp file under locks it cannot
+make); nothing is created or changed; the first write fails with a
 ``StoreIOError`` naming the session and the file. Root ignores permissions and the test
 suite runs as root in CI, so each case runs in a child process that either sees the store
 through a read-only bind mount (in a mount namespace of its own: EROFS) or drops to the
@@ -29,6 +30,7 @@ import pytest
 
 import aiosessions
 from aiosessions import MigrationError, StoreFormatError
+from aiosessions._keys import encode_key
 
 pytestmark = pytest.mark.anyio
 
@@ -81,15 +83,29 @@ def world_readable_dir() -> Iterator[Path]:
         shutil.rmtree(base)
 
 
-async def make_store(folder: Path, kind: str) -> Path:
-    """A store of SESSIONS in ``folder``: a legacy file never written by aiosessions (no lock
-    file), or a directory store made by migrate()."""
+async def make_store(folder: Path, kind: str, state: str) -> Path:
+    """A store of SESSIONS in ``folder``: a legacy file, or a directory store made by migrate().
+
+    ``pristine``: never written by aiosessions (no lock file at all). ``used``: written once
+    (its lock files exist), and a dead writer's tmp file is left in it (fsck reports it,
+    under the lock it must take without being able to write).
+    """
     path = folder / "sessions.json"
     path.write_text(json.dumps(SESSIONS, indent=2), "utf-8")
     if kind == "directory":
         await aiosessions.migrate(path, fsync=False)
-    else:
-        assert not (folder / ".sessions.lock").exists()
+    if state == "used":
+        async with aiosessions.open_store(path, entry_type=dict, fsync=False) as store:
+            await store.set(LONG_KEY, SESSIONS[LONG_KEY])
+        if kind == "directory":
+            orphan = folder / "sessions.d" / encode_key(LONG_KEY) / ".meta.json.4242-deadbeef.tmp"
+        else:
+            orphan = folder / ".sessions.json.4242-deadbeef.tmp"
+        orphan.write_text('{"half": ')
+        os.utime(orphan, (1_000_000_000, 1_000_000_000))
+    # The legacy store's lock, or the directory store's stripes (migrate made .sessions.lock).
+    locks = list(folder.glob("sessions.d/.locks/*" if kind == "directory" else ".sessions.lock"))
+    assert bool(locks) == (state == "used")
     return path
 
 
@@ -130,16 +146,17 @@ def run_child(store: Path, dest: Path, backend: str, how: str) -> dict[str, Any]
     return result
 
 
+@pytest.mark.parametrize("state", ["pristine", "used"])
 @pytest.mark.parametrize("kind", ["json", "directory"])
 @pytest.mark.parametrize("how", ["read-only-mount", "non-root-user"])
 async def test_a_read_only_store_reads_and_creates_nothing(
-    tmp_path: Path, world_readable_dir: Path, how: str, kind: str, anyio_backend: str
+    tmp_path: Path, world_readable_dir: Path, how: str, kind: str, state: str, anyio_backend: str
 ) -> None:
     """The child runs on the event loop this test runs on."""
     base = tmp_path if how == "read-only-mount" else world_readable_dir
     folder = base / "state"
     folder.mkdir()
-    path = await make_store(folder, kind)
+    path = await make_store(folder, kind, state)
     out = base / "out"
     out.mkdir()
     out.chmod(0o777)  # export_json writes here: `nobody` must be able to
@@ -159,7 +176,12 @@ async def test_a_read_only_store_reads_and_creates_nothing(
     assert result["updated_at"] == SESSIONS[sorted(SESSIONS)[0]]["updatedAt"]
     assert result["exported"] == len(SESSIONS)
     assert json.loads((out / "exported.json").read_bytes()) == SESSIONS
-    assert result["fsck"] == {"ok": True, "sessions": len(SESSIONS), "problems": []}
+    fsck = result["fsck"]
+    assert fsck["sessions"] == len(SESSIONS)
+    if state == "pristine":
+        assert fsck["ok"] and fsck["problems"] == []
+    else:
+        assert len(fsck["problems"]) == 1 and "orphaned-tmp" in fsck["problems"][0]
     # The write fails, clearly: the session, the reason and the file that could not be made.
     error = result["write_error"]
     expected_errno = errno.EROFS if how == "read-only-mount" else errno.EACCES
