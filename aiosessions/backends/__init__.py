@@ -11,10 +11,23 @@ Hand any of them, or your own implementation of :class:`Backend`, to
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._base import Backend as Backend
 from ._base import BatchResult as BatchResult
 from ._base import Write as Write
 from ._directory import DirectoryBackend as DirectoryBackend
 from ._json import JsonBackend as JsonBackend
 
+# RedisBackend is public too, but imported on first use (below): `import aiosessions`
+# must not import redis-py, which is an optional extra. It is left out of __all__ so
+# that `from aiosessions.backends import *` does not need it either.
 __all__ = ["Backend", "BatchResult", "DirectoryBackend", "JsonBackend", "Write"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RedisBackend":
+        from ._redis import RedisBackend
+
+        return RedisBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

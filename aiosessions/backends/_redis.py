@@ -1,0 +1,880 @@
+"""The Redis backend: one store shared by processes on several hosts (redis-py's asyncio client).
+
+Imported lazily (``open_store("redis://...")``, ``aiosessions.backends.RedisBackend``), so
+``import aiosessions`` never imports redis-py. The layout (docs/format.md, "Redis"):
+
+- ``{P}:format``: the store's marker, ``{"format": "aiosessions.redis", "version": 1,
+  "buckets": B}``, written once when the store is created;
+- per bucket ``b`` (a key's bucket is CRC-32 of its UTF-8 bytes modulo B), all in the hash
+  slot of ``{P/b}``: ``{P/b}:s:<key>`` the entry (the same JSON bytes as ``meta.json``),
+  ``{P/b}:k`` the keys, ``{P/b}:r`` the recency index, ``{P/b}:v`` the version tokens,
+  ``{P/b}:x:<token>`` batch receipts (see ``_redis_lua``).
+
+A session's keys share one slot with its bucket's indexes, so one script writes entries
+and indexes atomically (a listing is never wrong, even if a writer dies half-way) and a
+batch is one script per bucket, all in one pipeline: one round trip on one server, one per
+node (in parallel) on a cluster. One bucket (the default on a single server) keeps
+``newest()`` and ``count()`` one command; a cluster store defaults to 16 buckets so its
+load spreads over the nodes.
+
+Compare-and-swap is by version token: every write stores a fresh token beside the entry,
+and the backend remembers the token of the bytes it last read or wrote of each key, so an
+``update()`` sends the token it expects (a few bytes), not the entry it expects (which can
+be 100 KB). Without a remembered token it sends the expected bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+import sys
+import zlib
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import msgspec
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+
+from .._entry import DECODE_ERRORS, recency_of
+from .._errors import StoreFormatError, StoreIOError
+from . import _redis_lua as lua
+from ._base import BatchResult, Write
+
+__all__ = ["RedisBackend", "decode_member", "recency_code"]
+
+FORMAT_NAME: Final = "aiosessions.redis"
+FORMAT_VERSION: Final = 1
+DEFAULT_PREFIX: Final = "aiosessions"
+#: Buckets of a new store: one on a single server (newest() is one command), 16 on a cluster.
+SERVER_BUCKETS: Final = 1
+CLUSTER_BUCKETS: Final = 16
+#: How long a batch receipt outlives its batch if nobody deletes it (a writer that died).
+RECEIPT_TTL: Final = 24 * 3600
+#: Most writes, and most bytes, one script call carries; a batch is split into several
+#: calls of one pipeline beyond that, so no single script blocks the server for long.
+SCRIPT_WRITES: Final = 128
+SCRIPT_BYTES: Final = 1 << 20
+#: Keys per listing command.
+CHUNK: Final = 1000
+
+#: Options of ``open_store("redis://...?prefix=...")`` that are ours, not redis-py's.
+URL_OPTIONS: Final = ("prefix", "buckets", "replicas", "replica_timeout", "cluster")
+
+_PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
+_NETWORK_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+_TWO_64 = 1 << 64
+
+
+# -- the recency code: byte order = newest first, ties by key, no updatedAt last --------------
+
+
+def recency_code(updated_at: int | None) -> bytes:
+    """A code whose byte order is descending ``updated_at`` (None after every integer).
+
+    Fixed width for every 64-bit value, so a member ``<code><key>`` sorts by recency and
+    then by key; any other integer keeps its exact place too (length-prefixed digits).
+    """
+    if updated_at is None:
+        return b"~"
+    w = -updated_at  # ascending w = descending updated_at
+    if -_TWO_64 < w < _TWO_64:
+        return b"1%017x" % (w + _TWO_64)
+    digits = b"%x" % abs(w)
+    if len(digits) > 0xFFFF:
+        raise ValueError("updatedAt has more than 262,140 bits")
+    if w > 0:  # a hugely negative updated_at: after every 64-bit value
+        return b"2%04x" % len(digits) + digits
+    # a hugely positive updated_at: before every 64-bit value; longer (larger) first
+    flipped = digits.translate(_FLIP)
+    return b"0%04x" % (0xFFFF - len(digits)) + flipped
+
+
+_FLIP = bytes.maketrans(b"0123456789abcdef", b"fedcba9876543210")
+
+
+def decode_member(member: bytes) -> tuple[str, int | None]:
+    """``(key, updated_at)`` of a member of the recency index."""
+    kind = member[:1]
+    if kind == b"~":
+        return member[1:].decode(), None
+    if kind == b"1":
+        return member[18:].decode(), _TWO_64 - int(member[1:18], 16)
+    length = int(member[1:5], 16)
+    if kind == b"2":
+        return member[5 + length :].decode(), -int(member[5 : 5 + length], 16)
+    length = 0xFFFF - length
+    return member[5 + length :].decode(), int(member[5 : 5 + length].translate(_FLIP), 16)
+
+
+def _recency(data: bytes) -> int | None:
+    try:
+        return recency_of(data)
+    except DECODE_ERRORS:
+        return None  # not a JSON object: listed last, and `get` reports it as corrupt
+
+
+# -- targets ------------------------------------------------------------------------------
+
+
+def is_redis_url(target: object) -> bool:
+    """Whether ``target`` is a URL the Redis backend opens (redis://, rediss://, unix://)."""
+    return isinstance(target, str) and target.split("://", 1)[0].lower() in ("redis", "rediss", "unix")
+
+
+def _check_prefix(prefix: str) -> str:
+    if not isinstance(prefix, str) or not prefix or len(prefix) > 200:
+        raise ValueError(
+            f"the Redis key prefix must be a non-empty str of at most 200 characters: {prefix!r}"
+        )
+    bad = sorted(set(prefix) - _PREFIX_CHARS)
+    if bad:
+        raise ValueError(
+            f"the Redis key prefix {prefix!r} may only hold letters, digits and _-.: (not {''.join(bad)!r})"
+        )
+    return prefix
+
+
+def _split_url(url: str) -> tuple[str, dict[str, str]]:
+    """The URL for redis-py without our options, and our options."""
+    parts = urlsplit(url)
+    ours: dict[str, str] = {}
+    theirs: list[tuple[str, str]] = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        (ours.__setitem__(name, value) if name in URL_OPTIONS else theirs.append((name, value)))
+    return urlunsplit(parts._replace(query=urlencode(theirs))), ours
+
+
+def _flag(name: str, text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false in the Redis URL, not {text!r}")
+
+
+def _describe_server(client: Any) -> str:
+    """The server as a URL without credentials, for messages."""
+    if isinstance(client, RedisCluster):
+        nodes = client.get_nodes() or client.startup_nodes
+        shown = ",".join(sorted(f"{node.host}:{node.port}" for node in nodes)[:3])
+        return f"redis cluster {shown}"
+    kwargs = client.connection_pool.connection_kwargs
+    db = kwargs.get("db", 0)
+    path = kwargs.get("path")
+    if path:
+        return f"unix://{path}?db={db}"
+    scheme = "rediss" if "ssl" in client.connection_pool.connection_class.__name__.lower() else "redis"
+    return f"{scheme}://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
+
+
+# -- the backend --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Doubt:
+    """A write sent in a batch whose reply never came: it may or may not have landed."""
+
+    receipt: bytes
+    position: int  # its index in the batch (its status in the receipt)
+    write: Write
+    token: bytes  # the version token it carried
+
+
+@dataclass(slots=True)
+class _Call:
+    """One script call of a batch: writes of one bucket (see ``_redis_lua.WRITE``)."""
+
+    bucket: int
+    receipt: bytes
+    keys: list[bytes]  # receipt, indexes, receipts to delete, then the entries
+    argv: list[Any]
+    writes: list[tuple[Write, bytes]] = field(default_factory=list)  # the write, its version token
+
+
+class RedisBackend:
+    """Sessions in Redis, under a key prefix; several processes and hosts share them.
+
+    Build it from a ``redis.asyncio.Redis``, a ``redis.asyncio.RedisCluster`` or a
+    ``redis.asyncio.ConnectionPool`` (the backend does not close what you hand it), or
+    with :meth:`from_url`; pass it to :func:`aiosessions.open_store`.
+
+    :param prefix: the store's name in the database; stores with different prefixes
+        share a database without touching each other's keys.
+    :param buckets: for a new store, how many hash slots its keys spread over (default:
+        1 on a single server, 16 on a cluster); an existing store keeps its own.
+    :param replicas: with ``durable`` writes (``fsync=True``, the default), wait until this
+        many replicas acknowledged each batch (``WAIT``), or report the batch unsynced.
+    :param replica_timeout: seconds ``WAIT`` waits for them.
+    :param cache_bytes: bytes of entries whose version token is remembered, so that an
+        ``update()`` of them sends a token instead of the whole expected entry.
+    """
+
+    mode: Final = "redis"
+    batch_size: Final = 512
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        buckets: int | None = None,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
+        cache_bytes: int = 16 * 1024 * 1024,
+        owns_client: bool = False,
+    ) -> None:
+        if isinstance(client, aioredis.ConnectionPool):
+            client = aioredis.Redis(connection_pool=client)
+        if not isinstance(client, (aioredis.Redis, RedisCluster)):
+            raise TypeError(
+                "RedisBackend needs a redis.asyncio.Redis, RedisCluster or ConnectionPool, "
+                f"not {type(client).__name__}"
+            )
+        if _decodes(client):
+            raise ValueError(
+                "the Redis client decodes responses (decode_responses=True): aiosessions stores "
+                "bytes; pass a client made with decode_responses=False"
+            )
+        if buckets is not None and not 1 <= buckets <= 1024:
+            raise ValueError(f"buckets must be between 1 and 1024, not {buckets!r}")
+        if replicas < 0 or replica_timeout < 0:
+            raise ValueError("replicas and replica_timeout must not be negative")
+        self._client: Any = client
+        self._owns_client = owns_client
+        self.prefix = _check_prefix(prefix)
+        self._prefix_bytes = prefix.encode()
+        self._wanted_buckets = buckets
+        self._replicas = replicas
+        self._replica_timeout = replica_timeout
+        self._cache_limit = cache_bytes
+        self._cluster = isinstance(client, RedisCluster)
+        self._detect_cluster = False  # from_url: look at the server on open
+        self._url: str | None = None
+        self._server = _describe_server(client)
+        self._tags: list[bytes] = []
+        self._opened = False
+        self._closed = False
+        self._shas: dict[str, str] = {}
+        self._writer = secrets.token_hex(6).encode()
+        self._tokens = itertools.count(1)
+        #: key -> (bytes, version token) last read or written: compare-and-swap by token.
+        self._versions: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()
+        self._versions_bytes = 0
+        #: Writes whose outcome is unknown, by key, and what their resolution found.
+        self._doubts: dict[str, _Doubt] = {}
+        self._resolved: dict[str, tuple[bool, _Doubt]] = {}
+        #: Keys written over their own earlier attempt that had landed unbeknownst to us.
+        self._reapplied_risk: set[str] = set()
+        #: Receipts of acknowledged batches, per bucket, deleted by the bucket's next batch.
+        self._acknowledged: dict[int, list[bytes]] = {}
+        self._counters: dict[str, int] = {"round_trips": 0, "in_doubt": 0, "in_doubt_reapplied": 0}
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str | None = None,
+        buckets: int | None = None,
+        replicas: int | None = None,
+        replica_timeout: float | None = None,
+        cluster: bool | None = None,
+        cache_bytes: int = 16 * 1024 * 1024,
+        **client_options: Any,
+    ) -> RedisBackend:
+        """A backend on its own client for ``url`` (closed with the store).
+
+        ``redis://[user:password@]host:port/db?prefix=NAME``, ``rediss://`` (TLS) and
+        ``unix:///path/redis.sock?db=N&prefix=NAME``; the options ``prefix``, ``buckets``,
+        ``replicas``, ``replica_timeout`` and ``cluster`` may be given in the query (the
+        arguments win), every other query option is redis-py's. A server in cluster mode
+        is detected on open (``cluster=false`` skips that; ``cluster=true`` insists).
+        """
+        if not is_redis_url(url):
+            raise ValueError(f"not a redis://, rediss:// or unix:// URL: {url!r}")
+        _require_asyncio(required=False)
+        redis_url, ours = _split_url(url)
+        try:
+            chosen_prefix = prefix if prefix is not None else ours.get("prefix", DEFAULT_PREFIX)
+            chosen_buckets = buckets if buckets is not None else _int_option(ours, "buckets")
+            chosen_replicas = replicas if replicas is not None else (_int_option(ours, "replicas") or 0)
+            timeout = replica_timeout
+            if timeout is None:
+                timeout = float(ours["replica_timeout"]) if "replica_timeout" in ours else 1.0
+        except ValueError as exc:
+            raise ValueError(f"{exc} (in {_hide_password(url)})") from None
+        if cluster is None and "cluster" in ours:
+            cluster = _flag("cluster", ours["cluster"])
+        options = _client_defaults(redis_url)
+        options.update(client_options)
+        client: Any
+        if cluster:
+            client = RedisCluster.from_url(redis_url, **options)
+        else:
+            client = aioredis.Redis.from_url(redis_url, **options)
+        backend = cls(
+            client,
+            prefix=chosen_prefix,
+            buckets=chosen_buckets,
+            replicas=chosen_replicas,
+            replica_timeout=timeout,
+            cache_bytes=cache_bytes,
+            owns_client=True,
+        )
+        backend._url = redis_url
+        backend._client_options = options
+        backend._detect_cluster = cluster is None
+        return backend
+
+    _client_options: dict[str, Any]
+
+    # -- the protocol ---------------------------------------------------------------------
+
+    def location(self, key: str | None = None) -> str:
+        if key is None or not self._tags:
+            return f"{self._server} prefix {self.prefix!r}"
+        return f"{self._server} key {self._entry(self._bucket(key), key).decode(errors='replace')!r}"
+
+    def counters(self) -> Mapping[str, int]:
+        """``round_trips`` to the server, writes found ``in_doubt`` (a reply lost), and
+        ``in_doubt_reapplied``: those whose update functions may have been applied twice."""
+        return dict(self._counters)
+
+    async def open(self) -> None:
+        _require_asyncio(required=True)
+        if self._opened:
+            raise RuntimeError(f"the Redis store {self.location()} is already open")
+        self._opened = True
+        try:
+            if self._detect_cluster:
+                await self._become_cluster_if_needed()
+            await self._load_scripts()
+            await self._open_marker()
+        except redis_errors.RedisError as exc:
+            raise self._io_error(exc, f"opening the store {self.location()}") from exc
+        except OSError as exc:
+            raise self._io_error(exc, f"opening the store {self.location()}") from exc
+
+    async def _become_cluster_if_needed(self) -> None:
+        info = await self._client.info("cluster")
+        self._count()
+        if not info.get("cluster_enabled"):
+            return
+        assert self._url is not None
+        await self._client.aclose()
+        url = urlunsplit(urlsplit(self._url)._replace(path=""))
+        self._client = RedisCluster.from_url(url, **self._client_options)
+        self._cluster = True
+        await self._client.initialize()
+        self._server = _describe_server(self._client)
+
+    async def _load_scripts(self) -> None:
+        for name, text in (("read", lua.READ), ("write", lua.WRITE), ("resolve", lua.RESOLVE)):
+            self._shas[name] = await self._client.script_load(text)
+            self._count()
+
+    async def _open_marker(self) -> None:
+        marker = b"{" + self._prefix_bytes + b"}:format"
+        buckets = self._wanted_buckets or (CLUSTER_BUCKETS if self._cluster else SERVER_BUCKETS)
+        wanted = msgspec.json.encode({"format": FORMAT_NAME, "version": FORMAT_VERSION, "buckets": buckets})
+        await self._client.set(marker, wanted, nx=True)
+        raw = await self._client.get(marker)
+        self._count(2)
+        where = f"{self._server} key {marker.decode()!r}"
+        try:
+            found = msgspec.json.decode(raw or b"")
+            name, version, stored = found["format"], found["version"], found["buckets"]
+        except (msgspec.DecodeError, KeyError, TypeError) as exc:
+            raise StoreFormatError(f"{where} is not an aiosessions store marker: {raw!r}") from exc
+        if name != FORMAT_NAME:
+            raise StoreFormatError(f"{where} marks a store of format {name!r}, not {FORMAT_NAME!r}")
+        if version != FORMAT_VERSION:
+            raise StoreFormatError(
+                f"{where} is a store of version {version!r}; this aiosessions reads version "
+                f"{FORMAT_VERSION} (upgrade aiosessions)"
+            )
+        if not isinstance(stored, int) or not 1 <= stored <= 1024:
+            raise StoreFormatError(f"{where} holds an invalid bucket count {stored!r}")
+        if self._wanted_buckets is not None and stored != self._wanted_buckets:
+            raise StoreFormatError(
+                f"{where}: the store exists with {stored} bucket(s), not {self._wanted_buckets}; "
+                "leave buckets unset to open it"
+            )
+        self._tags = [b"{" + self._prefix_bytes + b"/%d}" % bucket for bucket in range(stored)]
+
+    @property
+    def buckets(self) -> int:
+        """How many hash slots the store's keys spread over (known once open)."""
+        return len(self._tags)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            stale = [receipt for receipts in self._acknowledged.values() for receipt in receipts]
+            if stale and self._tags:
+                # Best effort: each would expire anyway. One command per bucket (one slot).
+                pipe = self._client.pipeline(transaction=False)
+                for receipts in self._acknowledged.values():
+                    pipe.delete(*receipts)
+                await pipe.execute(raise_on_error=False)
+                self._count()
+        except (redis_errors.RedisError, OSError):
+            pass
+        finally:
+            self._acknowledged.clear()
+            if self._owns_client:
+                try:
+                    await self._client.aclose()
+                except (redis_errors.RedisError, OSError):
+                    pass
+
+    async def maintain(self) -> None:
+        """Nothing to sweep: receipts left by writers that died expire by themselves."""
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def read(self, key: str) -> bytes | None:
+        bucket = self._bucket(key)
+        field = key.encode()
+        try:
+            reply = await self._evalsha("read", self._entry(bucket, key), self._tag(bucket) + b":v", field)
+        except (redis_errors.RedisError, OSError) as exc:
+            raise self._io_error(exc, "reading", key) from exc
+        data, version = reply
+        if data is not None and version is not None:
+            self._remember(key, data, version.split(b" ", 1)[0])
+        return data  # type: ignore[no-any-return]
+
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | BaseException | None]:
+        if not keys:
+            return []
+        by_bucket: dict[int, list[int]] = {}
+        for index, key in enumerate(keys):
+            by_bucket.setdefault(self._bucket(key), []).append(index)
+        pipe = self._client.pipeline(transaction=False)
+        for bucket, indexes in by_bucket.items():
+            pipe.mget([self._entry(bucket, keys[index]) for index in indexes])
+        found: list[bytes | BaseException | None] = [None] * len(keys)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except (redis_errors.RedisError, OSError) as exc:
+            return [self._io_error(exc, "reading", key) for key in keys]
+        finally:
+            self._count()
+        for (_, indexes), reply in zip(by_bucket.items(), replies, strict=True):
+            for position, index in enumerate(indexes):
+                found[index] = (
+                    self._io_error(reply, "reading", keys[index])
+                    if isinstance(reply, Exception)
+                    else reply[position]
+                )
+        return found
+
+    async def exists(self, key: str) -> bool:
+        try:
+            found = await self._client.exists(self._entry(self._bucket(key), key))
+        except (redis_errors.RedisError, OSError) as exc:
+            raise self._io_error(exc, "reading", key) from exc
+        finally:
+            self._count()
+        return bool(found)
+
+    async def key_chunks(self, prefix: str = "") -> AsyncIterator[list[str]]:
+        """The keys starting with ``prefix``, from each bucket's key index in byte order."""
+        low, high = _lex_bounds(prefix)
+        for bucket in range(len(self._tags)):
+            index = self._tag(bucket) + b":k"
+            start = low
+            while True:
+                try:
+                    members = await self._client.zrangebylex(index, start, high, 0, CHUNK)
+                except (redis_errors.RedisError, OSError) as exc:
+                    raise self._io_error(exc, "listing keys") from exc
+                finally:
+                    self._count()
+                if members:
+                    yield [member.decode() for member in members]
+                if len(members) < CHUNK:
+                    break
+                start = b"(" + members[-1]
+
+    async def newest(
+        self, limit: int, *, after: tuple[str, int | None] | None = None
+    ) -> list[tuple[str, int | None]]:
+        """The ``limit`` sessions of highest ``updatedAt`` (ties by key; none last), after ``after``."""
+        if limit <= 0:
+            return []
+        start = b"-" if after is None else b"(" + recency_code(after[1]) + after[0].encode()
+        pipe = self._client.pipeline(transaction=False)
+        for bucket in range(len(self._tags)):
+            pipe.zrangebylex(self._tag(bucket) + b":r", start, b"+", 0, limit)
+        try:
+            replies = await pipe.execute()
+        except (redis_errors.RedisError, OSError) as exc:
+            raise self._io_error(exc, "listing the newest sessions") from exc
+        finally:
+            self._count()
+        members = replies[0] if len(replies) == 1 else sorted(itertools.chain.from_iterable(replies))
+        return [decode_member(member) for member in members[:limit]]
+
+    async def count(self) -> int:
+        """How many sessions the store holds (one ZCARD per bucket, one round trip)."""
+        pipe = self._client.pipeline(transaction=False)
+        for bucket in range(len(self._tags)):
+            pipe.zcard(self._tag(bucket) + b":k")
+        try:
+            replies = await pipe.execute()
+        except (redis_errors.RedisError, OSError) as exc:
+            raise self._io_error(exc, "counting sessions") from exc
+        finally:
+            self._count()
+        return sum(replies)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def write_batch(self, writes: Sequence[Write], *, durable: bool) -> BatchResult:
+        result = BatchResult()
+        if self._doubts:
+            try:
+                await self._resolve_doubts()
+            except (redis_errors.RedisError, OSError) as exc:
+                for write in writes:
+                    result.failed[write.key] = self._io_error(exc, "writing", write.key)
+                return result
+        calls = self._plan(writes, result)
+        if not calls:
+            return result
+        try:
+            replies = await self._send(calls, durable)
+        except (redis_errors.RedisError, OSError) as exc:
+            self._doubt(calls)
+            for call in calls:
+                for write, _ in call.writes:
+                    result.failed[write.key] = self._io_error(exc, "writing", write.key, doubt=True)
+            return result
+        acked = replies.pop() if durable and self._replicas else None
+        for call, reply in zip(calls, replies, strict=True):
+            self._settle(call, reply, result)
+        if acked is not None and acked < self._replicas:
+            error = StoreIOError(
+                None,
+                f"only {acked} of {self._replicas} replica(s) of {self._server} acknowledged the "
+                f"batch within {self._replica_timeout:g}s; it is written again",
+                where=self._server,
+            )
+            for key in result.landed:
+                result.unsynced[key] = error
+            result.landed = []
+        return result
+
+    def _plan(self, writes: Sequence[Write], result: BatchResult) -> list[_Call]:
+        """The script calls of a batch: its writes by bucket, cut at SCRIPT_WRITES/BYTES."""
+        by_bucket: dict[int, list[Write]] = {}
+        for write in writes:
+            resolved = self._resolved.pop(write.key, None)
+            if resolved is not None:
+                landed, doubt = resolved
+                if landed and _same(write, doubt.write):
+                    result.landed.append(write.key)  # it had landed: nothing left to write
+                    self._remember_written(write.key, write.data, doubt.token)
+                    continue
+                if landed and not write.blind:
+                    # Our earlier attempt is the stored state now: compare with what it wrote.
+                    if doubt.write.data is None:
+                        write = Write(write.key, write.data, None, blind=False)
+                    else:
+                        self._remember(write.key, doubt.write.data, doubt.token)
+                        write = Write(write.key, write.data, doubt.write.data, blind=False)
+                    self._reapplied_risk.add(write.key)
+            by_bucket.setdefault(self._bucket(write.key), []).append(write)
+        calls: list[_Call] = []
+        for bucket, bucket_writes in by_bucket.items():
+            call: _Call | None = None
+            size = 0
+            for write in bucket_writes:
+                weight = 64 + len(write.key) + len(write.data or b"")
+                if call is None or len(call.writes) >= SCRIPT_WRITES or size + weight > SCRIPT_BYTES:
+                    deletes = self._acknowledged.pop(bucket, []) if call is None else []
+                    call = self._new_call(bucket, deletes=deletes)
+                    calls.append(call)
+                    size = 0
+                size += weight
+                self._add(call, write)
+        for call in calls:
+            call.argv[2] = len(call.writes)
+        return calls
+
+    def _new_call(self, bucket: int, *, deletes: list[bytes]) -> _Call:
+        tag = self._tag(bucket)
+        receipt = tag + b":x:" + self._token()
+        keys = [receipt, tag + b":k", tag + b":r", tag + b":v", *deletes]
+        return _Call(bucket, receipt, keys, [RECEIPT_TTL, len(deletes), 0])
+
+    def _add(self, call: _Call, write: Write) -> None:
+        token = self._token()
+        if write.data is None:
+            code = b""
+            action = b"D"
+        else:
+            code = recency_code(_recency(write.data))
+            action = b"S"
+        if write.blind:
+            guard, expected = b"B", b""
+        elif write.expected is None:
+            guard, expected = b"A", b""
+        else:
+            known = self._versions.get(write.key)
+            if known is not None and (known[0] is write.expected or known[0] == write.expected):
+                guard, expected = b"T", known[1]
+            else:
+                guard, expected = b"V", write.expected
+        call.keys.append(self._entry(call.bucket, write.key))
+        call.argv.extend((action, guard, write.key.encode(), token, expected, write.data or b"", code))
+        call.writes.append((write, token))
+
+    async def _send(self, calls: list[_Call], durable: bool) -> list[Any]:
+        """Run every call of a batch (and WAIT) in one pipeline; reload scripts once if needed."""
+        for attempt in (1, 2):
+            pipe = self._client.pipeline(transaction=False)
+            for call in calls:
+                pipe.execute_command("EVALSHA", self._shas["write"], len(call.keys), *call.keys, *call.argv)
+            if durable and self._replicas:
+                pipe.execute_command("WAIT", self._replicas, int(self._replica_timeout * 1000))
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            self._count()
+            missing = any(isinstance(reply, redis_errors.NoScriptError) for reply in replies)
+            if not missing or attempt == 2:
+                break
+            await self._load_scripts()  # the server restarted without its script cache
+        for reply in replies:
+            if isinstance(reply, (redis_errors.ConnectionError, redis_errors.TimeoutError)):
+                raise reply
+        return replies
+
+    def _settle(self, call: _Call, reply: Any, result: BatchResult) -> None:
+        if isinstance(reply, Exception):
+            error = reply
+            for write, _ in call.writes:
+                result.failed[write.key] = self._io_error(error, "writing", write.key)
+            return
+        statuses: bytes = reply[0]
+        if statuses == b"aborted":  # cannot happen to a fresh receipt; never mark it landed
+            for write, _ in call.writes:
+                result.failed[write.key] = StoreIOError(
+                    None, f"the batch writing {write.key!r} was aborted", key=write.key, where=self._server
+                )
+            return
+        self._acknowledged.setdefault(call.bucket, []).append(call.receipt)
+        conflict = 1
+        for (write, token), status in zip(call.writes, statuses.decode(), strict=True):
+            if status == "L":
+                result.landed.append(write.key)
+                self._remember_written(write.key, write.data, token)
+                if write.key in self._reapplied_risk:
+                    self._reapplied_risk.discard(write.key)
+            else:
+                current, version = reply[conflict], reply[conflict + 1]
+                conflict += 2
+                if write.key in self._reapplied_risk:
+                    # Our earlier attempt landed and someone wrote over it before we could
+                    # tell: its functions are re-applied on top (counted; see durability.md).
+                    self._reapplied_risk.discard(write.key)
+                    self._counters["in_doubt_reapplied"] += 1
+                if current is not None and version:
+                    self._remember(write.key, current, version)
+                else:
+                    self._forget(write.key)
+                result.conflicts[write.key] = current
+
+    def _doubt(self, calls: list[_Call]) -> None:
+        """A batch's reply never came: each of its writes may or may not have landed."""
+        for call in calls:
+            for position, (write, token) in enumerate(call.writes):
+                self._doubts[write.key] = _Doubt(call.receipt, position, write, token)
+                self._counters["in_doubt"] += 1
+                self._forget(write.key)
+
+    async def _resolve_doubts(self) -> None:
+        """Ask the receipts of batches whose reply never came what became of them.
+
+        A receipt that is missing is set to ``aborted``, so that batch can never run later
+        (a command still on its way to the server): its writes are known not to have landed.
+        """
+        receipts = sorted({doubt.receipt for doubt in self._doubts.values()})
+        pipe = self._client.pipeline(transaction=False)
+        for receipt in receipts:
+            pipe.execute_command("EVALSHA", self._shas["resolve"], 1, receipt, RECEIPT_TTL)
+        replies = await pipe.execute(raise_on_error=False)
+        self._count()
+        if any(isinstance(reply, redis_errors.NoScriptError) for reply in replies):
+            await self._load_scripts()
+            return await self._resolve_doubts()
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        outcome = dict(zip(receipts, replies, strict=True))
+        for key, doubt in self._doubts.items():
+            statuses: bytes = outcome[doubt.receipt]
+            landed = statuses != b"aborted" and statuses[doubt.position : doubt.position + 1] == b"L"
+            self._resolved[key] = (landed, doubt)
+        self._doubts.clear()
+        return None
+
+    # -- helpers --------------------------------------------------------------------------
+
+    async def _evalsha(self, name: str, *keys_then_args: bytes) -> Any:
+        """Run one read script (``keys_then_args``: the keys, then the last one field)."""
+        keys, args = keys_then_args[:-1], keys_then_args[-1:]
+        try:
+            return await self._client.execute_command("EVALSHA", self._shas[name], len(keys), *keys, *args)
+        except redis_errors.NoScriptError:
+            await self._load_scripts()
+            return await self._client.execute_command("EVALSHA", self._shas[name], len(keys), *keys, *args)
+        finally:
+            self._count()
+
+    def _token(self) -> bytes:
+        return self._writer + b".%x" % next(self._tokens)
+
+    def _bucket(self, key: str) -> int:
+        count = len(self._tags)
+        return 0 if count == 1 else zlib.crc32(key.encode()) % count
+
+    def _tag(self, bucket: int) -> bytes:
+        return self._tags[bucket]
+
+    def _entry(self, bucket: int, key: str) -> bytes:
+        return self._tags[bucket] + b":s:" + key.encode()
+
+    def _count(self, n: int = 1) -> None:
+        self._counters["round_trips"] += n
+
+    def _remember(self, key: str, data: bytes, token: bytes) -> None:
+        if len(data) > self._cache_limit // 4:
+            self._forget(key)
+            return
+        old = self._versions.pop(key, None)
+        if old is not None:
+            self._versions_bytes -= len(old[0])
+        self._versions[key] = (data, token)
+        self._versions_bytes += len(data)
+        while self._versions_bytes > self._cache_limit:
+            _, (dropped, _) = self._versions.popitem(last=False)
+            self._versions_bytes -= len(dropped)
+
+    def _remember_written(self, key: str, data: bytes | None, token: bytes) -> None:
+        if data is None:
+            self._forget(key)
+        else:
+            self._remember(key, data, token)
+
+    def _forget(self, key: str) -> None:
+        old = self._versions.pop(key, None)
+        if old is not None:
+            self._versions_bytes -= len(old[0])
+
+    def _io_error(
+        self, exc: BaseException, action: str, key: str | None = None, *, doubt: bool = False
+    ) -> StoreIOError:
+        if isinstance(exc, StoreIOError):
+            return exc
+        what = f"{action} failed" + (f" for session {key!r}" if key is not None else "")
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        message = f"{what}: Redis server {self._server}: {reason}"
+        if doubt:
+            message += " (the reply was lost: the write is checked and retried)"
+        error = StoreIOError(None, message, key=key, where=self._server)
+        error.__cause__ = exc
+        return error
+
+    def __repr__(self) -> str:
+        return f"<RedisBackend {self.location()}>"
+
+
+def _require_asyncio(*, required: bool) -> None:
+    """Refuse trio (or any other loop) at once, with the reason, not with redis-py's error later.
+
+    ``required``: we are in async code that must be asyncio (open); else (from_url) only a
+    running trio is refused, since a backend may be built before any loop runs.
+    """
+    try:
+        asyncio.get_running_loop()
+        return
+    except RuntimeError:
+        pass
+    trio = sys.modules.get("trio")
+    in_trio = False
+    if trio is not None:
+        try:
+            trio.lowlevel.current_trio_token()
+            in_trio = True
+        except RuntimeError:
+            pass
+    if in_trio or required:
+        raise RuntimeError(
+            "the Redis backend runs on asyncio only: redis-py's asyncio client does not run "
+            "under trio. Use the directory store under trio, or run the bot on asyncio "
+            "(see docs/several-hosts.md)"
+        )
+
+
+def _same(a: Write, b: Write) -> bool:
+    return a.blind == b.blind and a.data == b.data and a.expected == b.expected
+
+
+def _lex_bounds(prefix: str) -> tuple[bytes, bytes]:
+    if not prefix:
+        return b"-", b"+"
+    raw = prefix.encode()
+    # No UTF-8 text holds the byte 0xff, so every key starting with `raw` sorts below this.
+    return b"[" + raw, b"(" + raw + b"\xff"
+
+
+def _decodes(client: Any) -> bool:
+    if isinstance(client, RedisCluster):
+        return bool(client.get_encoder().decode_responses)
+    return bool(client.connection_pool.connection_kwargs.get("decode_responses", False))
+
+
+def _int_option(options: Mapping[str, str], name: str) -> int | None:
+    if name not in options:
+        return None
+    try:
+        return int(options[name])
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, not {options[name]!r}") from None
+
+
+def _client_defaults(url: str) -> dict[str, Any]:
+    """Timeouts and retries for a client we make: a dead server fails calls within seconds.
+
+    Retried commands are safe: reads, and batches whose receipt makes a second run a no-op.
+    """
+    given = {name for name, _ in parse_qsl(urlsplit(url).query)}
+    options: dict[str, Any] = {
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3),
+    }
+    if "socket_timeout" not in given:
+        options["socket_timeout"] = 10.0
+    if "socket_connect_timeout" not in given:
+        options["socket_connect_timeout"] = 3.0
+    return options
+
+
+def _hide_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,393 @@
+"""The Redis backend on a real server: layout, prefixes, compare-and-swap, receipts, listings, errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+import aiosessions
+from aiosessions import SessionEntry, StoreFormatError, StoreIOError, open_store
+from aiosessions._entry import codec_for
+from aiosessions.backends import BatchResult, Write
+from aiosessions.backends._redis import RedisBackend
+
+from .conftest import prefix_keys
+
+pytestmark = pytest.mark.asyncio
+
+
+def backend_for(url: str, **options: Any) -> RedisBackend:
+    return RedisBackend.from_url(url, **options)
+
+
+# -- opening ------------------------------------------------------------------------------
+
+
+async def test_open_store_by_url_round_trips_entries(
+    redis_url: str, shared_redis: str, redis_prefix: str
+) -> None:
+    entry = SessionEntry(session_id="s1", updated_at=1_700_000_000_000, channel="telegram", label=None)
+    async with open_store(redis_url) as store:
+        assert store.mode == "redis"
+        assert redis_prefix in store.path and "127.0.0.1:6379/9" in store.path
+        await store.set("agent:main:telegram:direct:42", entry)
+        await store.flush()
+    async with open_store(redis_url) as store:
+        assert await store.get("agent:main:telegram:direct:42") == entry
+    # The entry is the same compact JSON as a meta.json, readable with redis-cli GET.
+    async with aioredis.Redis.from_url(shared_redis) as client:
+        raw = await client.get("{" + redis_prefix + "/0}:s:agent:main:telegram:direct:42")
+        marker = json.loads(await client.get("{" + redis_prefix + "}:format"))
+    assert raw == codec_for(SessionEntry).encode(entry)
+    assert marker == {"format": "aiosessions.redis", "version": 1, "buckets": 1}
+
+
+async def test_a_backend_from_a_client_or_a_pool_leaves_it_open(shared_redis: str, redis_prefix: str) -> None:
+    client = aioredis.Redis.from_url(shared_redis)
+    pool = aioredis.ConnectionPool.from_url(shared_redis)
+    try:
+        async with open_store(RedisBackend(client, prefix=redis_prefix), flush_interval=0) as store:
+            await store.set("k", SessionEntry(session_id="from a client"))
+        async with open_store(RedisBackend(pool, prefix=redis_prefix)) as store:
+            entry = await store.get("k")
+            assert entry is not None and entry.session_id == "from a client"
+        assert await client.ping()  # still ours to use and close
+        async with aioredis.Redis(connection_pool=pool) as other:
+            assert await other.ping()
+    finally:
+        await client.aclose()
+        await pool.aclose()
+
+
+async def test_the_public_name_is_imported_on_first_use() -> None:
+    from aiosessions.backends import RedisBackend as public
+
+    assert public is RedisBackend
+
+
+async def test_a_decoding_client_is_refused(shared_redis: str) -> None:
+    client = aioredis.Redis.from_url(shared_redis, decode_responses=True)
+    with pytest.raises(ValueError, match="decode_responses"):
+        RedisBackend(client, prefix="x")
+    await client.aclose()
+
+
+@pytest.mark.parametrize("prefix", ["", "a b", "a{b", "a}b", "a/b", "é"])
+async def test_a_prefix_that_could_clash_is_refused(prefix: str) -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        backend_for(f"redis://127.0.0.1:6379/9?prefix={prefix}" if prefix else "redis://x", prefix=prefix)
+
+
+async def test_url_options_are_ours_and_the_rest_redis_pys(shared_redis: str, redis_prefix: str) -> None:
+    backend = backend_for(f"{shared_redis}?prefix={redis_prefix}&buckets=4&socket_timeout=7")
+    async with open_store(backend) as store:
+        assert backend.buckets == 4
+        assert backend._client.connection_pool.connection_kwargs["socket_timeout"] == 7
+        await store.set("a", SessionEntry(session_id="a"))
+    with pytest.raises(ValueError, match="buckets must be an integer"):
+        backend_for(f"{shared_redis}?prefix=x&buckets=many")
+
+
+async def test_an_existing_store_keeps_its_buckets(redis_url: str) -> None:
+    async with open_store(backend_for(redis_url, buckets=3)):
+        pass
+    backend = backend_for(redis_url)
+    async with open_store(backend):
+        assert backend.buckets == 3
+    with pytest.raises(StoreFormatError, match="3 bucket"):
+        async with open_store(backend_for(redis_url, buckets=5)):
+            pass
+
+
+async def test_a_foreign_marker_is_refused(shared_redis: str, redis_prefix: str) -> None:
+    async with aioredis.Redis.from_url(shared_redis) as client:
+        await client.set(
+            "{" + redis_prefix + "}:format", b'{"format": "aiosessions.redis", "version": 9, "buckets": 1}'
+        )
+    with pytest.raises(StoreFormatError, match=r"version 9.*upgrade"):
+        async with open_store(f"{shared_redis}?prefix={redis_prefix}"):
+            pass
+
+
+async def test_a_server_that_is_not_there_is_named(redis_server: Any) -> None:
+    server = redis_server()
+    url = server.url
+    server.kill()
+    with pytest.raises(StoreIOError) as caught:
+        async with open_store(f"{url}?prefix=gone"):
+            pass
+    assert f"127.0.0.1:{server.port}" in str(caught.value)
+    assert caught.value.where is not None and str(server.port) in caught.value.where
+
+
+async def test_a_unix_socket_url(redis_server: Any) -> None:
+    server = redis_server()
+    url = f"unix://{server.socket_path}?db=3&prefix=sock"
+    async with open_store(url, flush_interval=0) as store:
+        assert store.path.startswith(f"unix://{server.socket_path}?db=3")
+        await store.set("k", SessionEntry(session_id="over a socket"))
+    with server.client() as client:
+        client.select(3)
+        assert client.get("{sock/0}:s:k") == b'{"sessionId":"over a socket"}'
+
+
+# -- prefixes: stores side by side --------------------------------------------------------
+
+
+async def test_stores_with_different_prefixes_do_not_touch_each_other(
+    shared_redis: str, redis_prefix: str
+) -> None:
+    other = redis_prefix + "-other"
+    neighbours = {  # keys that look alike but belong to nobody
+        redis_prefix + ":s:a": b"not ours",
+        "{" + redis_prefix + "x/0}:s:a": b"not ours either",
+        "{" + redis_prefix + "-other}:stray": b"a key of the other prefix's namespace",
+    }
+    async with aioredis.Redis.from_url(shared_redis) as client:
+        await client.mset(neighbours)
+        try:
+            async with (
+                open_store(f"{shared_redis}?prefix={redis_prefix}") as first,
+                open_store(f"{shared_redis}?prefix={other}") as second,
+            ):
+                await first.set("a", SessionEntry(session_id="first"))
+                await second.set("a", SessionEntry(session_id="second"))
+                await second.set("b", SessionEntry(session_id="second"))
+                await first.flush()
+                await second.flush()
+                assert [key async for key in first.keys()] == ["a"]
+                assert sorted([key async for key in second.keys()]) == ["a", "b"]
+                await first.delete("a")
+                await first.flush()
+                entry = await second.get("a")
+                assert entry is not None and entry.session_id == "second"
+            for key, value in neighbours.items():
+                assert await client.get(key) == value
+        finally:
+            await client.delete(*neighbours)
+            from .conftest import delete_prefix
+
+            delete_prefix(shared_redis, other)
+    assert all(
+        key.startswith(b"{" + redis_prefix.encode() + b"/0}") or key.endswith(b"}:format")
+        for key in prefix_keys(shared_redis, redis_prefix)
+    )
+
+
+# -- compare-and-swap, versions and receipts ----------------------------------------------
+
+
+async def test_compare_and_swap_by_token_and_by_bytes(redis_url: str) -> None:
+    one, two = backend_for(redis_url), backend_for(redis_url)
+    await one.open()
+    await two.open()
+    try:
+        assert (await one.write_batch([Write("k", b'{"n":1}', None, blind=False)], durable=True)).landed == [
+            "k"
+        ]
+        # `two` never saw the key: it compares bytes; `one` compares its remembered token.
+        assert await two.read("k") == b'{"n":1}'
+        two._versions.clear()
+        result = await two.write_batch([Write("k", b'{"n":2}', b'{"n":1}', blind=False)], durable=True)
+        assert result.landed == ["k"]
+        stale = await one.write_batch([Write("k", b'{"n":9}', b'{"n":1}', blind=False)], durable=True)
+        assert stale.conflicts == {"k": b'{"n":2}'} and not stale.landed
+        # The conflict taught `one` the current token: its retry lands.
+        retry = await one.write_batch([Write("k", b'{"n":3}', b'{"n":2}', blind=False)], durable=True)
+        assert retry.landed == ["k"]
+        absent = await two.write_batch([Write("k", b"{}", None, blind=False)], durable=True)
+        assert absent.conflicts == {"k": b'{"n":3}'}
+        assert await one.read("k") == b'{"n":3}'
+    finally:
+        await one.aclose()
+        await two.aclose()
+
+
+async def test_a_large_entry_is_compared_by_its_token(redis_url: str) -> None:
+    big = msgspec.json.encode({"updatedAt": 1, "blob": "x" * 200_000})
+    backend = backend_for(redis_url)
+    await backend.open()
+    try:
+        await backend.write_batch([Write("big", big)], durable=True)
+        stored = await backend.read("big")
+        assert stored == big
+        newer = big.replace(b'"updatedAt":1', b'"updatedAt":2')
+        # What the script is sent: the expected version token (a few bytes), not 200 KB.
+        (call,) = backend._plan([Write("big", newer, stored, blind=False)], BatchResult())
+        guard, expected = call.argv[3 + 1], call.argv[3 + 4]
+        assert guard == b"T" and len(expected) < 40
+        result = await backend.write_batch([Write("big", newer, stored, blind=False)], durable=True)
+        assert result.landed == ["big"]
+        assert await backend.newest(1) == [("big", 2)]
+    finally:
+        await backend.aclose()
+
+
+class LostReply(Exception):
+    pass
+
+
+async def test_a_batch_whose_reply_was_lost_is_resolved_by_its_receipt(redis_url: str) -> None:
+    """The script ran but its reply never came: the next attempt learns it landed, once."""
+    backend = backend_for(redis_url)
+    await backend.open()
+    send = backend._send
+
+    async def run_then_lose_the_reply(calls: Any, durable: bool) -> Any:
+        await send(calls, durable)
+        raise aioredis.ConnectionError("connection lost after the batch was sent")
+
+    try:
+        await backend.write_batch([Write("k", b'{"n":1}')], durable=True)
+        backend._send = run_then_lose_the_reply  # type: ignore[method-assign]
+        write = Write("k", b'{"n":2}', b'{"n":1}', blind=False)
+        lost = await backend.write_batch([write], durable=True)
+        assert set(lost.failed) == {"k"} and isinstance(lost.failed["k"], StoreIOError)
+        assert "reply was lost" in str(lost.failed["k"])
+        backend._send = send  # type: ignore[method-assign]
+        # The queue sends the same write again: it had landed, so it is not applied twice.
+        again = await backend.write_batch([write], durable=True)
+        assert again.landed == ["k"] and not again.conflicts
+        assert await backend.read("k") == b'{"n":2}'
+        assert backend.counters()["in_doubt"] == 1
+    finally:
+        await backend.aclose()
+
+
+async def test_a_batch_that_never_ran_is_aborted_for_good(redis_url: str, shared_redis: str) -> None:
+    """Lost before it ran: its receipt is set to aborted, so a late copy of it changes nothing."""
+    backend = backend_for(redis_url)
+    await backend.open()
+    held: list[Any] = []
+
+    async def never_send(calls: Any, durable: bool) -> Any:
+        held.extend(calls)
+        raise aioredis.ConnectionError("connection refused")
+
+    try:
+        await backend.write_batch([Write("k", b'{"n":1}')], durable=True)
+        send = backend._send
+        backend._send = never_send  # type: ignore[method-assign]
+        write = Write("k", b'{"n":2}', b'{"n":1}', blind=False)
+        assert set((await backend.write_batch([write], durable=True)).failed) == {"k"}
+        backend._send = send  # type: ignore[method-assign]
+        again = await backend.write_batch([Write("k", b'{"n":3}', b'{"n":1}', blind=False)], durable=True)
+        assert again.landed == ["k"]
+        # The lost batch arrives late (a command still on its way): it finds its receipt aborted.
+        late = await send(held, True)
+        assert late == [[b"aborted"]]
+        assert await backend.read("k") == b'{"n":3}'
+    finally:
+        await backend.aclose()
+
+
+async def test_a_replayed_batch_changes_nothing(redis_url: str) -> None:
+    """redis-py resends a command whose connection dropped: the receipt makes the second run a no-op."""
+    backend = backend_for(redis_url)
+    await backend.open()
+    try:
+        calls = backend._plan([Write("a", b'{"n":1}'), Write("b", None)], BatchResult())
+        first = await backend._send(calls, True)
+        async with aioredis.Redis.from_url(redis_url.split("?")[0]) as client:
+            await client.set(backend._entry(0, "a"), b'{"n":"changed since"}')
+        second = await backend._send(calls, True)
+        assert first == second == [[b"LL"]]
+        assert await backend.read("a") == b'{"n":"changed since"}'
+    finally:
+        await backend.aclose()
+
+
+async def test_receipts_do_not_pile_up(redis_url: str, shared_redis: str, redis_prefix: str) -> None:
+    async with open_store(redis_url, flush_interval=0) as store:
+        for n in range(20):
+            await store.set(f"k{n % 3}", SessionEntry(session_id=str(n)))
+        receipts = [key for key in prefix_keys(shared_redis, redis_prefix) if b":x:" in key]
+        assert len(receipts) <= 1  # the last batch's, deleted by the next one or at close
+    assert not [key for key in prefix_keys(shared_redis, redis_prefix) if b":x:" in key]
+
+
+# -- listings -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("buckets", [1, 5])
+async def test_listings_from_the_indexes(redis_url: str, buckets: int) -> None:
+    backend = backend_for(redis_url, buckets=buckets)
+    async with open_store(backend, entry_type=dict) as store:
+        for n in range(2500):
+            entry: dict[str, Any] = {"sessionId": str(n)}
+            if n % 7:
+                entry["updatedAt"] = n % 1000
+            await store.set(f"agent:{n % 4}:s{n:05d}", entry)
+        await store.set("bool", {"updatedAt": True})
+        await store.flush()
+        assert await backend.count() == 2501
+        everything = [key async for key in store.keys()]
+        assert len(everything) == len(set(everything)) == 2501
+        chunks = [chunk async for chunk in backend.key_chunks("agent:2:")]
+        assert sorted(itertools.chain.from_iterable(chunks)) == [
+            f"agent:2:s{n:05d}" for n in range(2, 2500, 4)
+        ]
+        expected = sorted(
+            ((f"agent:{n % 4}:s{n:05d}", n % 1000 if n % 7 else None) for n in range(2500)),
+            key=lambda pair: (pair[1] is None, -(pair[1] or 0), pair[0]),
+        )
+        expected.insert(next(i for i, pair in enumerate(expected) if pair[1] is None), ("bool", None))
+        expected.sort(key=lambda pair: (pair[1] is None, -(pair[1] or 0), pair[0]))
+        assert await backend.newest(50) == expected[:50]
+        paged: list[tuple[str, int | None]] = []
+        after = None
+        while page := await backend.newest(333, after=after):
+            paged.extend(page)
+            after = page[-1]
+        assert paged == expected
+        # A change moves the session in the recency index; a delete removes it.
+        await store.set(expected[-1][0], {"updatedAt": 10_000})
+        await store.delete(expected[0][0])
+        await store.flush()
+        assert (await backend.newest(2))[0] == (expected[-1][0], 10_000)
+        assert expected[0][0] not in [key for key, _ in await backend.newest(3000)]
+        assert await backend.count() == 2500
+
+
+# -- a server that goes away --------------------------------------------------------------
+
+
+async def test_a_server_down_keeps_changes_queued_and_reports_them(redis_server: Any) -> None:
+    server = redis_server("--appendonly", "yes", "--appendfsync", "always")
+    url = f"{server.url}?prefix=down"
+    async with open_store(url, flush_interval=3600, max_pending_keys=50) as store:
+        await store.set("before", SessionEntry(session_id="before"))
+        await store.flush()
+        server.kill()
+        await store.set("during", SessionEntry(session_id="during"))
+        with pytest.raises(aiosessions.FlushError) as caught:
+            await store.flush()
+        assert f"127.0.0.1:{server.port}" in str(caught.value)
+        assert caught.value.where is not None and str(server.port) in caught.value.where
+        assert store.statistics().pending == 1
+        entry = await store.get("during")  # still seen by this process
+        assert entry is not None
+        with pytest.raises(StoreIOError, match=str(server.port)):
+            await store.get("before")
+        server.start()
+        await store.flush()
+        assert store.statistics().pending == 0
+    async with open_store(url) as store:
+        assert {key async for key in store.keys()} == {"before", "during"}
+
+
+async def test_aclose_with_the_server_down_says_what_is_lost(redis_server: Any) -> None:
+    server = redis_server()
+    url = f"{server.url}?prefix=lost"
+    with pytest.raises(aiosessions.FlushError, match="2 session") as caught:
+        async with open_store(url, flush_interval=3600) as store:
+            await store.set("a", SessionEntry(session_id="a"))
+            await store.set("b", SessionEntry(session_id="b"))
+            server.kill()
+    assert caught.value.unwritten == 2
+    assert str(server.port) in str(caught.value.failures["a"])
