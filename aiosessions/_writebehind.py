@@ -87,6 +87,7 @@ class _Pending:
         "seq",
         "since",
         "unknown",
+        "doubt",
         "visible_seq",
     )
 
@@ -105,6 +106,10 @@ class _Pending:
         #: ``(seq, bytes)`` of a write whose outcome is unknown (the backend raised): if
         #: the stored bytes turn out to be exactly these, it landed.
         self.unknown: tuple[int, bytes | None] | None = None
+        #: A write the backend reported in doubt (a server's reply was lost) and its change's
+        #: seq: it is sent again unchanged, so the backend can tell whether it landed; later
+        #: changes wait for that, as they wait behind a write in flight.
+        self.doubt: tuple[Write, int] | None = None
 
     @property
     def blind(self) -> bool:
@@ -457,8 +462,9 @@ class WriteBehind:
         self._retry_now = self._kicked = False
         snapshot: list[tuple[_Pending, Write, int]] = []
         for key, p in self._pending.items():
-            p.inflight_seq = p.seq
-            snapshot.append((p, Write(key, p.data, p.base, p.blind), p.seq))
+            write, seq = p.doubt if p.doubt is not None else (Write(key, p.data, p.base, p.blind), p.seq)
+            p.inflight_seq = seq
+            snapshot.append((p, write, seq))
             if len(snapshot) >= self._batch_size:
                 break
         self._batch_no += 1
@@ -491,6 +497,7 @@ class WriteBehind:
         failed = False
         for p, write, seq in snapshot:
             key = write.key
+            p.doubt = None
             if key in landed:
                 self._writes += 1
                 p.error = None
@@ -532,7 +539,13 @@ class WriteBehind:
             else:
                 failed = True
                 self._failures += 1
-                p.error = result.failed.get(key) or StoreIOError(None, f"writing {key!r} failed")
+                if key in result.in_doubt:
+                    p.doubt = (write, seq)
+                p.error = (
+                    result.failed.get(key)
+                    or result.in_doubt.get(key)
+                    or StoreIOError(None, f"writing {key!r} failed")
+                )
                 p.error_batch = self._batch_no
         if failed:
             self._backoff = min(max(self._backoff * 2, _FIRST_BACKOFF), _LONGEST_BACKOFF)

@@ -75,12 +75,16 @@ class BatchResult:
             errors, naming the key).
         unsynced: Keys whose new bytes replaced the stored ones (readers see them) but
             whose durability is unknown (a failed fsync): the queue writes them again.
+        in_doubt: Keys whose write may or may not have landed (a server's reply was lost):
+            the queue sends that very write again, unchanged, and the backend tells then
+            whether it had landed (by a receipt, say), so an update is never applied twice.
     """
 
     landed: list[str] = field(default_factory=list)
     conflicts: dict[str, bytes | None] = field(default_factory=dict)
     failed: dict[str, BaseException] = field(default_factory=dict)
     unsynced: dict[str, BaseException] = field(default_factory=dict)
+    in_doubt: dict[str, BaseException] = field(default_factory=dict)
 
 
 class Backend(Protocol):
