@@ -550,7 +550,8 @@ class RedisBackend:
                 await self._resolve_doubts()
             except (redis_errors.RedisError, OSError) as exc:
                 for write in writes:
-                    result.failed[write.key] = self._io_error(exc, "writing", write.key)
+                    error = self._io_error(exc, "writing", write.key, doubt=write.key in self._doubts)
+                    (result.in_doubt if write.key in self._doubts else result.failed)[write.key] = error
                 return result
         calls = self._plan(writes, result)
         if not calls:
@@ -558,10 +559,12 @@ class RedisBackend:
         try:
             replies = await self._send(calls, durable)
         except (redis_errors.RedisError, OSError) as exc:
+            # Sent, perhaps run, reply lost: the queue sends these writes again unchanged,
+            # and their receipts tell then whether they landed.
             self._doubt(calls)
             for call in calls:
                 for write, _ in call.writes:
-                    result.failed[write.key] = self._io_error(exc, "writing", write.key, doubt=True)
+                    result.in_doubt[write.key] = self._io_error(exc, "writing", write.key, doubt=True)
             return result
         acked = replies.pop() if durable and self._replicas else None
         for call, reply in zip(calls, replies, strict=True):

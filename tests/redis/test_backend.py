@@ -247,8 +247,8 @@ async def test_a_batch_whose_reply_was_lost_is_resolved_by_its_receipt(redis_url
         backend._send = run_then_lose_the_reply  # type: ignore[method-assign]
         write = Write("k", b'{"n":2}', b'{"n":1}', blind=False)
         lost = await backend.write_batch([write], durable=True)
-        assert set(lost.failed) == {"k"} and isinstance(lost.failed["k"], StoreIOError)
-        assert "reply was lost" in str(lost.failed["k"])
+        assert set(lost.in_doubt) == {"k"} and isinstance(lost.in_doubt["k"], StoreIOError)
+        assert "reply was lost" in str(lost.in_doubt["k"])
         backend._send = send  # type: ignore[method-assign]
         # The queue sends the same write again: it had landed, so it is not applied twice.
         again = await backend.write_batch([write], durable=True)
@@ -274,7 +274,7 @@ async def test_a_batch_that_never_ran_is_aborted_for_good(redis_url: str, shared
         send = backend._send
         backend._send = never_send  # type: ignore[method-assign]
         write = Write("k", b'{"n":2}', b'{"n":1}', blind=False)
-        assert set((await backend.write_batch([write], durable=True)).failed) == {"k"}
+        assert set((await backend.write_batch([write], durable=True)).in_doubt) == {"k"}
         backend._send = send  # type: ignore[method-assign]
         again = await backend.write_batch([Write("k", b'{"n":3}', b'{"n":1}', blind=False)], durable=True)
         assert again.landed == ["k"]
@@ -391,3 +391,46 @@ async def test_aclose_with_the_server_down_says_what_is_lost(redis_server: Any) 
             server.kill()
     assert caught.value.unwritten == 2
     assert str(server.port) in str(caught.value.failures["a"])
+
+
+async def test_a_lost_reply_then_more_updates_then_another_host_counts_exactly(redis_url: str) -> None:
+    """The hard case: our batch landed but its reply was lost; we update the key again
+    before we know; another host then updates on top of what landed. Every increment
+    counts once: the queue resends the very write in doubt, learns that it landed, and
+    re-applies only the later update to the other host's value."""
+
+    def bump(entry: dict[str, Any] | None) -> dict[str, Any]:
+        return {"n": (entry or {"n": 0})["n"] + 1}
+
+    other = backend_for(redis_url)
+    await other.open()
+    try:
+        async with open_store(redis_url, entry_type=dict, flush_interval=3600) as store:
+            backend = store.backend
+            assert isinstance(backend, RedisBackend)
+            await store.update("k", bump)
+            await store.flush()
+            send = backend._send
+
+            async def run_then_lose_the_reply(calls: Any, durable: bool) -> Any:
+                await send(calls, durable)
+                raise aioredis.ConnectionError("connection lost after the batch was sent")
+
+            backend._send = run_then_lose_the_reply  # type: ignore[method-assign]
+            await store.update("k", bump)  # 2, lands, but we do not know
+            with pytest.raises(aiosessions.FlushError, match="reply was lost"):
+                await store.flush()
+            backend._send = send  # type: ignore[method-assign]
+            await store.update("k", bump)  # 3 here, queued behind the write in doubt
+            # Another host adds 10 to what it reads: the 2 that landed.
+            stored = await other.read("k")
+            assert stored == b'{"n":2}'
+            result = await other.write_batch([Write("k", b'{"n":12}', stored, blind=False)], durable=True)
+            assert result.landed == ["k"]
+            await store.flush()
+            assert await store.get("k") == {"n": 13}
+            assert backend.counters()["in_doubt"] == 1
+            assert backend.counters()["in_doubt_reapplied"] == 0
+        assert await other.read("k") == b'{"n":13}'
+    finally:
+        await other.aclose()
