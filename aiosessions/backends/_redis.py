@@ -464,7 +464,7 @@ class RedisBackend:
             by_bucket.setdefault(self._bucket(key), []).append(index)
         pipe = self._client.pipeline(transaction=False)
         for bucket, indexes in by_bucket.items():
-            pipe.mget([self._entry(bucket, keys[index]) for index in indexes])
+            pipe.execute_command("MGET", *[self._entry(bucket, keys[index]) for index in indexes])
         found: list[bytes | BaseException | None] = [None] * len(keys)
         try:
             replies = await pipe.execute(raise_on_error=False)
