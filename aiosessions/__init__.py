@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from ._copy import CopyReport as CopyReport
+from ._copy import copy_store as copy_store
 from ._entry import Entry as Entry
 from ._entry import SessionEntry as SessionEntry
 from ._errors import CorruptSessionError as CorruptSessionError
@@ -38,6 +40,7 @@ from ._writebehind import StoreStatistics as StoreStatistics
 __version__ = "0.1.0"
 
 __all__ = [
+    "CopyReport",
     "CorruptSessionError",
     "DELETE",
     "Entry",
@@ -58,6 +61,7 @@ __all__ = [
     "StoreFormatError",
     "StoreIOError",
     "StoreStatistics",
+    "copy_store",
     "export_json",
     "fsck",
     "migrate",

@@ -30,6 +30,7 @@ import anyio
 import msgspec
 
 from . import __version__, _bench
+from ._copy import CopyReport, copy_store
 from ._defaults import DEFAULT_LOCK_TIMEOUT
 from ._errors import CorruptSessionError, SessionStoreError
 from ._fs import FileSystem
@@ -510,6 +511,47 @@ def _reasons(errors: Sequence[CorruptSessionError]) -> dict[str, str]:
     return {error.key or error.where: _one_line(error) for error in errors}
 
 
+def _copy_target(arg: str) -> str:
+    """A URL as it is; a path as the store file it names (like the other commands' PATH)."""
+    if arg.startswith(("redis://", "rediss://", "unix://")):
+        return arg
+    return str(_store_path(arg))
+
+
+async def cmd_copy(args: argparse.Namespace) -> int:
+    bar = _ProgressBar("copying")
+    try:
+        report = await copy_store(
+            _copy_target(args.source), _copy_target(args.destination), delete=args.delete, progress=bar
+        )
+    finally:
+        bar.close()
+    if args.json:
+        _print_json(_report_dict(report))
+    else:
+        _describe_copy(report, delete=args.delete)
+    return EXIT_ERROR if report.problems else EXIT_OK
+
+
+def _describe_copy(report: CopyReport, *, delete: bool) -> None:
+    out = sys.stdout
+    out.write(
+        f"copied {report.copied} of {report.sessions} sessions from {report.source} to "
+        f"{report.destination} in {report.seconds:.2f} s ({report.unchanged} already there)\n"
+    )
+    if report.extra and delete:
+        out.write(f"deleted {report.deleted} sessions the source does not have\n")
+    elif report.extra:
+        out.write(
+            f"{report.extra} sessions of the destination are not in the source "
+            "(kept; --delete deletes them)\n"
+        )
+    if report.problems:
+        out.write(f"could not copy {len(report.problems)} sessions (run again once fixed):\n")
+        for key, reason in report.problems.items():
+            out.write(f"  {key!r}: {reason}\n")
+
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -772,6 +814,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out sessions that cannot be read (each is named on stderr) instead of refusing",
     )
+
+    p = command(
+        "copy",
+        cmd_copy,
+        "copy every session into another store (a Redis URL, a folder, a legacy file)",
+        "Copy every session of SOURCE into DESTINATION: a store PATH or a redis://, rediss:// or "
+        "unix:// URL (?prefix=NAME), either way round. Sessions already there with the same "
+        "bytes are skipped, so an interrupted copy resumes when run again, and a last run after "
+        "stopping the bot copies only what changed since. Run it while the bot writes to SOURCE, "
+        "never while it writes to DESTINATION.",
+    )
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("destination", metavar="DESTINATION")
+    p.add_argument("--delete", action="store_true", help="also delete sessions the source does not have")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = command(
         "prune",

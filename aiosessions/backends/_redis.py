@@ -216,6 +216,9 @@ class RedisBackend:
     :param replica_timeout: seconds ``WAIT`` waits for them.
     :param cache_bytes: bytes of entries whose version token is remembered, so that an
         ``update()`` of them sends a token instead of the whole expected entry.
+    :param create: make the store (its marker) at :meth:`open` when there is none; with
+        False, a missing store is :class:`~aiosessions.StoreFormatError`.
+    :param owns_client: close the client with the store (:meth:`from_url` sets it).
     """
 
     mode: Final = "redis"
@@ -230,6 +233,7 @@ class RedisBackend:
         replicas: int = 0,
         replica_timeout: float = 1.0,
         cache_bytes: int = 16 * 1024 * 1024,
+        create: bool = True,
         owns_client: bool = False,
     ) -> None:
         if isinstance(client, aioredis.ConnectionPool):
@@ -256,6 +260,7 @@ class RedisBackend:
         self._replicas = replicas
         self._replica_timeout = replica_timeout
         self._cache_limit = cache_bytes
+        self._create = create
         self._cluster = isinstance(client, RedisCluster)
         self._detect_cluster = False  # from_url: look at the server on open
         self._url: str | None = None
@@ -289,6 +294,7 @@ class RedisBackend:
         replica_timeout: float | None = None,
         cluster: bool | None = None,
         cache_bytes: int = 16 * 1024 * 1024,
+        create: bool = True,
         **client_options: Any,
     ) -> RedisBackend:
         """A backend on its own client for ``url`` (closed with the store).
@@ -328,6 +334,7 @@ class RedisBackend:
             replicas=chosen_replicas,
             replica_timeout=timeout,
             cache_bytes=cache_bytes,
+            create=create,
             owns_client=True,
         )
         backend._url = redis_url
@@ -386,10 +393,14 @@ class RedisBackend:
         marker = b"{" + self._prefix_bytes + b"}:format"
         buckets = self._wanted_buckets or (CLUSTER_BUCKETS if self._cluster else SERVER_BUCKETS)
         wanted = msgspec.json.encode({"format": FORMAT_NAME, "version": FORMAT_VERSION, "buckets": buckets})
-        await self._client.set(marker, wanted, nx=True)
+        if self._create:
+            await self._client.set(marker, wanted, nx=True)
+            self._count()
         raw = await self._client.get(marker)
-        self._count(2)
+        self._count()
         where = f"{self._server} key {marker.decode()!r}"
+        if raw is None:
+            raise StoreFormatError(f"no session store with the prefix {self.prefix!r} at {self._server}")
         try:
             found = msgspec.json.decode(raw or b"")
             name, version, stored = found["format"], found["version"], found["buckets"]
