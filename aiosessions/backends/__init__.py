@@ -11,7 +11,7 @@ Hand any of them, or your own implementation of :class:`Backend`, to
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any as _Any
 
 from ._base import Backend as Backend
 from ._base import BatchResult as BatchResult
@@ -25,7 +25,7 @@ from ._json import JsonBackend as JsonBackend
 __all__ = ["Backend", "BatchResult", "DirectoryBackend", "JsonBackend", "Write"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     if name == "RedisBackend":
         from ._redis import RedisBackend
 

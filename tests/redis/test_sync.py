@@ -32,3 +32,14 @@ def test_trio_is_refused_at_once_with_a_clear_error(redis_url: str) -> None:
 
     with pytest.raises(RuntimeError, match="asyncio only"):
         anyio.run(main, backend="trio")
+
+
+def test_import_aiosessions_does_not_import_redis() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, aiosessions, aiosessions.backends; "
+        "assert not [m for m in sys.modules if m == 'redis' or m.startswith('redis.')], 'redis imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
