@@ -11,6 +11,8 @@ Stages (each printed as it starts):
 4. migration time;
 5. write cost: a one-field update of 2 KB vs 120 KB entries at every durability,
    the plain loop, and SQLite (the same measure as ``aiosessions bench --writes``).
+6. several processes on one Redis (``benchmarks/several_hosts.py``): the Redis backend against
+   aiogram's GET/SET and the directory store, 1 to 8 processes (needs redis-server).
 
 Results go to ``benchmarks/results/`` (``results.json``, ``tables.md``) and the PNG charts
 to ``docs/assets/benchmarks/``, where the documentation site shows them.
@@ -261,8 +263,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=None, help="where the stores are built (a temp folder)")
     parser.add_argument(
         "--stages",
-        default="headline,throughput,scaling,migration,writes",
-        help="comma-separated stages to run (headline, throughput, scaling, migration, writes)",
+        default="headline,throughput,scaling,migration,writes,redis",
+        help="comma-separated stages to run (headline, throughput, scaling, migration, writes, redis)",
     )
     parser.add_argument("--only", default=None, help="comma-separated contender names to run (default: all)")
     parser.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
@@ -340,6 +342,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             writes = await run_write_cost(settings, folder=work_root, quiet=True)
             writes["table"] = write_cost_report(writes)
             results["writes"] = writes
+        if "redis" in stages:
+            from . import several_hosts
+
+            results["redis"] = await several_hosts.run_stage(
+                work_root / "redis",
+                seconds=0.3 if args.quick else 3.0,
+                processes=(1, 2) if args.quick else several_hosts.PROCESSES,
+                seed=args.seed,
+                step=progress.step,
+            )
     finally:
         progress.close()
         shutil.rmtree(work_root, ignore_errors=True)

@@ -91,6 +91,12 @@ def _rate_table(section: dict[str, Any], measure: str, *, lag: str | None = None
     return _markdown(header, rows)
 
 
+def _several_hosts(results: dict[str, Any]) -> str:
+    from . import several_hosts
+
+    return "### Several processes on one Redis\n\n" + several_hosts.tables(results["redis"])
+
+
 def tables(results: dict[str, Any]) -> str:
     """Every table of the run, as Markdown (what docs/benchmarks.md includes)."""
     machine = results["machine"]
@@ -208,6 +214,8 @@ def tables(results: dict[str, Any]) -> str:
         # bench --writes` prints), kept verbatim in a code block.
         out += ["### Write cost: one-field update of 2 KB vs 120 KB entries; SQLite", "", "```"]
         out += [results["writes"]["table"], "```", ""]
+    if "redis" in results:
+        out += [_several_hosts(results), ""]
     return "\n".join(out)
 
 
@@ -324,6 +332,10 @@ def charts(results: dict[str, Any], folder: Path, *, suffix: str = "") -> Iterab
     """Write the PNG charts into ``folder``; yield their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     stores = results.get("stores", {})
+    if "redis" in results:
+        from . import several_hosts
+
+        yield from several_hosts.charts(results["redis"], folder, suffix=suffix)
     if "headline" in results:
         section = results["headline"]
         store = stores["headline"]
