@@ -697,6 +697,13 @@ class RedisBackend:
                 self._remember_written(write.key, write.data, token)
                 if write.key in self._reapplied_risk:
                     self._reapplied_risk.discard(write.key)
+            elif status == "E":
+                message = reply[conflict]
+                conflict += 2
+                text = message.decode(errors="replace") if isinstance(message, bytes) else str(message)
+                result.failed[write.key] = self._io_error(
+                    redis_errors.ResponseError(text), "writing", write.key
+                )
             else:
                 current, version = reply[conflict], reply[conflict + 1]
                 conflict += 2

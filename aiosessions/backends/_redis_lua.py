@@ -38,8 +38,9 @@ return out
 #: ARGV: 1 receipt ttl (s), 2 d, 3 n, then 7 per write:
 #:   action ('S' set, 'D' delete), guard ('B' blind, 'A' absent, 'T' version token,
 #:   'V' value bytes), key, new version token, expected (token or bytes), data, recency code.
-#: Returns {statuses, then current bytes and version token of each conflict in order}
-#: or {'aborted'} when the batch was declared lost before it ran.
+#: Returns {statuses ('L' landed, 'C' conflict, 'E' error), then for each C the current
+#: bytes and version token, for each E the error and '', in order} or {'aborted'} when the
+#: batch was declared lost before it ran.
 WRITE = """
 local receipt = redis.call('GET', KEYS[1])
 local d = tonumber(ARGV[2])
@@ -51,15 +52,26 @@ local function version_of(field)
   local sp = string.find(v, ' ', 1, true)
   return string.sub(v, 1, sp - 1), string.sub(v, sp + 1)
 end
+-- A command on an entry key fails alone (say, someone made it a hash): that write fails,
+-- the others of the batch go on; nothing of a failed write was changed.
+local function try(...)
+  local reply = redis.pcall(...)
+  if type(reply) == 'table' and reply['err'] then return nil, reply['err'] end
+  return reply, nil
+end
 if receipt then
   if receipt == 'aborted' then return {'aborted'} end
   local out = {receipt}
   for i = 1, n do
-    if string.sub(receipt, i, i) == 'C' then
-      local field = ARGV[4 + (i - 1) * 7 + 2]
-      local token = version_of(field)
-      out[#out + 1] = redis.call('GET', KEYS[first + i])
+    local status = string.sub(receipt, i, i)
+    if status == 'C' then
+      local token = version_of(ARGV[4 + (i - 1) * 7 + 2])
+      local current, err = try('GET', KEYS[first + i])
+      out[#out + 1] = current or false
       out[#out + 1] = token or ''
+    elseif status == 'E' then
+      out[#out + 1] = 'failed when this batch first ran'
+      out[#out + 1] = ''
     end
   end
   return out
@@ -80,7 +92,7 @@ for i = 1, n do
   local token, expected, data, code = ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
   local entry = KEYS[first + i]
   local current, current_code = version_of(field)
-  local ok
+  local ok, err, _
   if guard == 'B' then
     ok = true
   elseif guard == 'A' then
@@ -88,24 +100,36 @@ for i = 1, n do
   elseif guard == 'T' then
     ok = current == expected and redis.call('EXISTS', entry) == 1
   else
-    ok = redis.call('GET', entry) == expected
+    local stored
+    stored, err = try('GET', entry)
+    ok = err == nil and stored == expected
   end
   if ok then
+    if action == 'S' then
+      _, err = try('SET', entry, data)
+    else
+      _, err = try('DEL', entry)
+    end
+  end
+  if err then
+    statuses[i] = 'E'
+    out[#out + 1] = err
+    out[#out + 1] = ''
+  elseif ok then
     if current_code then redis.call('ZREM', KEYS[3], current_code .. field) end
     if action == 'S' then
-      redis.call('SET', entry, data)
       redis.call('ZADD', KEYS[2], 0, field)
       redis.call('ZADD', KEYS[3], 0, code .. field)
       redis.call('HSET', KEYS[4], field, token .. ' ' .. code)
     else
-      redis.call('DEL', entry)
       redis.call('ZREM', KEYS[2], field)
       redis.call('HDEL', KEYS[4], field)
     end
     statuses[i] = 'L'
   else
     statuses[i] = 'C'
-    out[#out + 1] = redis.call('GET', entry)
+    local now = try('GET', entry)
+    out[#out + 1] = now or false
     out[#out + 1] = current or ''
   end
 end

@@ -434,3 +434,33 @@ async def test_a_lost_reply_then_more_updates_then_another_host_counts_exactly(r
         assert await other.read("k") == b'{"n":13}'
     finally:
         await other.aclose()
+
+
+async def test_a_command_the_server_refuses_fails_that_write_alone(redis_url: str, shared_redis: str) -> None:
+    """An entry key someone made a hash: comparing with it fails (WRONGTYPE) for that key only;
+    the batch's other writes land, and nothing of the failed one was changed."""
+    backend = backend_for(redis_url)
+    await backend.open()
+    try:
+        await backend.write_batch([Write("odd", b'{"n":1}'), Write("fine", b'{"n":1}')], durable=True)
+        entry = backend._entry(0, "odd")
+        async with aioredis.Redis.from_url(shared_redis) as client:
+            await client.delete(entry)
+            await client.hset(entry, "not", "an entry")
+        backend._versions.clear()  # compare by bytes: a GET of the hash
+        result = await backend.write_batch(
+            [
+                Write("odd", b'{"n":2}', b'{"n":1}', blind=False),
+                Write("fine", b'{"n":2}', b'{"n":1}', blind=False),
+            ],
+            durable=True,
+        )
+        assert result.landed == ["fine"]
+        assert set(result.failed) == {"odd"} and "WRONGTYPE" in str(result.failed["odd"])
+        assert await backend.read_many(["fine"]) == [b'{"n":2}']
+        async with aioredis.Redis.from_url(shared_redis) as client:
+            assert await client.type(entry) == b"hash"
+        # A blind write replaces whatever is there.
+        assert (await backend.write_batch([Write("odd", b'{"n":3}')], durable=True)).landed == ["odd"]
+    finally:
+        await backend.aclose()
