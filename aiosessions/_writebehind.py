@@ -79,6 +79,7 @@ class _Pending:
         "base",
         "blind_seq",
         "data",
+        "doubt",
         "error",
         "error_batch",
         "fns",
@@ -87,7 +88,6 @@ class _Pending:
         "seq",
         "since",
         "unknown",
-        "doubt",
         "visible_seq",
     )
 
