@@ -35,8 +35,9 @@ _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 class CopyReport:
     """What :func:`copy_store` did."""
 
-    #: Where the sessions came from and went to (paths, or servers and prefixes).
+    #: Where the sessions came from (a path, or a server and prefix).
     source: str
+    #: Where they went.
     destination: str
     #: Sessions in the source.
     sessions: int
@@ -44,12 +45,13 @@ class CopyReport:
     copied: int
     #: Sessions the destination already held with the same bytes.
     unchanged: int
-    #: Sessions of the destination that are not in the source: deleted with ``delete=True``,
-    #: else left there.
+    #: Sessions of the destination that are not in the source.
     extra: int
+    #: Of those, how many were deleted (all of them with ``delete=True``, else none).
     deleted: int
     #: Sessions that could not be read from the source, and why (they were not copied).
     problems: dict[str, str] = field(default_factory=dict)
+    #: How long the copy took.
     seconds: float = 0.0
 
 
@@ -70,7 +72,11 @@ async def copy_store(
     deleted with ``delete=True``. Every batch is written durably. Run it while your bot
     writes to the source, never while it writes to the destination.
 
+    :param source: the store to copy from; it must exist.
+    :param destination: the store to copy into; made if there is none.
+    :param delete: also delete the destination's sessions that the source does not have.
     :param progress: called as ``progress(done, total)`` after each chunk of sessions.
+    :param chunk: sessions read, compared and written per round.
     :raises StoreFormatError: there is no store at ``source``, or both name one store.
     :raises StoreIOError: reading or writing failed (run it again: it resumes).
     """

@@ -11,6 +11,7 @@ Hand any of them, or your own implementation of :class:`Backend`, to
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
 from ._base import Backend as Backend
@@ -18,6 +19,9 @@ from ._base import BatchResult as BatchResult
 from ._base import Write as Write
 from ._directory import DirectoryBackend as DirectoryBackend
 from ._json import JsonBackend as JsonBackend
+
+if _TYPE_CHECKING:  # for type checkers and the API reference; at run time, see __getattr__
+    from ._redis import RedisBackend as RedisBackend
 
 # RedisBackend is public too, but imported on first use (below): `import aiosessions`
 # must not import redis-py, which is an optional extra. It is left out of __all__ so
