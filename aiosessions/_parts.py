@@ -1,0 +1,98 @@
+"""Large members of an entry stored apart: split an entry's JSON into a small ``meta.json`` and
+content-addressed blobs, and join them back, byte for byte (docs/design.md, "Large,
+rarely-changing members stored apart").
+
+Pure functions on bytes, no I/O: the directory format (format version 2) decides where blobs
+live and when they are written; this module only decides what is split and how a split entry
+reads. Members are handled as ``msgspec.Raw`` slices, never decoded, so splitting or joining a
+123 KB entry scans it once and copies it once.
+
+- A top-level member whose encoded value is ``BLOB_MIN`` bytes or more, in an entry of
+  ``ENTRY_MIN`` bytes or more, goes into a blob named by the SHA-256 of its bytes. Smaller
+  entries, and anything that is not a JSON object, are left whole: ``meta.json`` is the entry.
+- The split ``meta.json`` holds the other members in their order plus one reserved member,
+  ``"$parts": [[name, position, digest], ...]``. An entry's own top-level ``$parts`` member is
+  always stored apart, so in a ``meta.json`` that name means this map and nothing else.
+- :func:`join` puts every blob back at its position. The store writes compact JSON, so joining
+  gives back exactly the bytes that were split (the compare-and-swap compares those bytes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+import msgspec
+
+__all__ = ["BLOB_MIN", "ENTRY_MIN", "PARTS", "join", "references", "split"]
+
+#: A member at least this large (its encoded JSON value) is stored apart ...
+BLOB_MIN = 8 * 1024
+#: ... in an entry at least this large.
+ENTRY_MIN = 16 * 1024
+#: The reserved member of a split ``meta.json``.
+PARTS = "$parts"
+_PARTS_BYTES = b'"' + PARTS.encode() + b'"'
+
+_members = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_parts = msgspec.json.Decoder(list[tuple[str, int, str]])
+_encoder = msgspec.json.Encoder()
+
+
+def split(data: bytes) -> tuple[bytes, dict[str, bytes]]:
+    """``(meta, blobs)``: the bytes for ``meta.json`` and ``{digest: bytes}`` of each blob.
+
+    ``meta`` is ``data`` itself (and ``blobs`` empty) when nothing is split.
+    """
+    if len(data) < ENTRY_MIN and _PARTS_BYTES not in data:
+        return data, {}
+    try:
+        members = _members.decode(data)
+    except msgspec.DecodeError:
+        return data, {}  # not a JSON object (an array-like Struct): kept whole
+    small: dict[str, object] = {}
+    parts: list[tuple[str, int, str]] = []
+    blobs: dict[str, bytes] = {}
+    for position, (name, raw) in enumerate(members.items()):
+        if name == PARTS or (len(data) >= ENTRY_MIN and len(raw) >= BLOB_MIN):
+            blob = bytes(raw)
+            digest = hashlib.sha256(blob).hexdigest()
+            blobs[digest] = blob
+            parts.append((name, position, digest))
+        else:
+            small[name] = raw
+    if not parts:
+        return data, {}
+    small[PARTS] = parts
+    return _encoder.encode(small), blobs
+
+
+def references(meta: bytes) -> list[tuple[str, int, str]] | None:
+    """The blobs a ``meta.json`` names, as ``(member, position, digest)``; None when it is whole."""
+    if _PARTS_BYTES not in meta:
+        return None
+    try:
+        members = _members.decode(meta)
+    except msgspec.DecodeError:
+        return None
+    raw = members.get(PARTS)
+    return None if raw is None else _parts.decode(raw)
+
+
+def join(meta: bytes, blobs: Mapping[str, bytes]) -> bytes:
+    """The whole entry: ``meta`` with each blob it names put back at its position.
+
+    Raises ``KeyError`` naming the digest of a blob missing from ``blobs``, and
+    ``msgspec.DecodeError`` for a ``meta.json`` whose ``$parts`` is not this module's.
+    """
+    if _PARTS_BYTES not in meta:
+        return meta
+    members = _members.decode(meta)
+    raw = members.pop(PARTS, None)
+    if raw is None:
+        return meta
+    parts = _parts.decode(raw)
+    ordered = list(members.items())
+    for name, position, digest in sorted(parts, key=lambda part: part[1]):
+        ordered.insert(position, (name, msgspec.Raw(blobs[digest])))
+    return _encoder.encode(dict(ordered))

@@ -1,0 +1,78 @@
+"""Splitting an entry into a small meta.json and content-addressed blobs, and joining it back:
+byte for byte, member order kept, small entries and non-objects untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aiosessions._bench import generate_sessions, sized_sessions
+from aiosessions._parts import BLOB_MIN, ENTRY_MIN, PARTS, join, references, split
+
+encode = msgspec.json.encode
+
+
+def test_a_large_entry_keeps_its_small_members_in_meta_and_joins_back_byte_for_byte() -> None:
+    for key, entry in sized_sessions(20, 121_000, seed=3).items():
+        data = encode(entry)
+        meta, blobs = split(data)
+        assert len(meta) < 3_000, key  # only the fields that change
+        assert {hashlib.sha256(b).hexdigest() for b in blobs.values()} == set(blobs)
+        assert join(meta, blobs) == data
+        names = [name for name, _, _ in references(meta) or []]
+        assert "skillsSnapshot" in names
+        whole = json.loads(meta)
+        assert whole["updatedAt"] == entry["updatedAt"] and "skillsSnapshot" not in whole
+
+
+def test_small_entries_and_non_objects_stay_whole() -> None:
+    for entry in generate_sessions(50, seed=4, blob_fraction=0).values():
+        data = encode(entry)
+        if len(data) < ENTRY_MIN:
+            assert split(data) == (data, {})
+            assert references(data) is None and join(data, {}) == data
+    array = encode([1, "x" * ENTRY_MIN])
+    assert split(array) == (array, {})
+
+
+def test_an_entrys_own_parts_member_is_always_stored_apart() -> None:
+    data = encode({"a": 1, PARTS: [["x", 0, "0" * 64]], "b": 2})
+    meta, blobs = split(data)
+    assert list(blobs.values()) == [b'[["x",0,"' + b"0" * 64 + b'"]]']
+    assert json.loads(meta)[PARTS] == [[PARTS, 1, next(iter(blobs))]]
+    assert join(meta, blobs) == data
+
+
+def test_a_missing_blob_is_an_error_naming_it() -> None:
+    data = encode({"a": "x" * BLOB_MIN * 2, "b": 1})
+    meta, blobs = split(data)
+    with pytest.raises(KeyError) as caught:
+        join(meta, {})
+    assert caught.value.args[0] == next(iter(blobs))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.text(max_size=12), json_values, max_size=8), st.randoms(use_true_random=False))
+def test_any_object_joins_back_to_the_same_bytes(members: dict[str, object], rng: random.Random) -> None:
+    # Make some members large enough to be split, at random positions.
+    for name in list(members):
+        if rng.random() < 0.4:
+            members[name] = "y" * rng.randrange(BLOB_MIN, 3 * BLOB_MIN)
+    data = encode(members)
+    meta, blobs = split(data)
+    assert join(meta, blobs) == data
+    if len(data) < ENTRY_MIN and PARTS not in members:
+        assert meta == data
