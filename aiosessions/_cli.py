@@ -38,6 +38,7 @@ from ._layout import FORMAT_FILE, StorePaths, detect_mode
 from ._maintenance import FsckReport, PruneReport, fsck, prune, unreadable_sessions
 from ._migrate import MigrationReport, export_bytes, export_json, migrate
 from ._store import open_store
+from ._targets import is_redis_url
 
 __all__ = ["main"]
 
@@ -513,7 +514,7 @@ def _reasons(errors: Sequence[CorruptSessionError]) -> dict[str, str]:
 
 def _copy_target(arg: str) -> str:
     """A URL as it is; a path as the store file it names (like the other commands' PATH)."""
-    if arg.startswith(("redis://", "rediss://", "unix://")):
+    if is_redis_url(arg):
         return arg
     return str(_store_path(arg))
 

@@ -21,14 +21,13 @@ from ._defaults import DEFAULT_CACHE_BYTES, DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_EN
 from ._errors import SessionStoreError, StoreFormatError
 from ._fs import FileSystem
 from ._layout import StorePaths, detect_mode
+from ._targets import is_redis_url, redis_backend
 from .backends import Backend, Write
 from .backends._files import file_backend
 
 __all__ = ["CopyReport", "copy_store"]
 
 Progress = Callable[[int, int], None]
-
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass(frozen=True)
@@ -173,10 +172,9 @@ async def _write(backend: Backend, writes: list[Write]) -> None:
 
 async def _backend(target: str | os.PathLike[str] | Backend, *, must_exist: bool) -> Backend:
     """The unopened backend ``target`` names (as ``open_store`` reads it)."""
-    if isinstance(target, str) and target.startswith(_REDIS_SCHEMES):
-        from .backends._redis import RedisBackend
-
-        return RedisBackend.from_url(target, create=not must_exist)
+    if is_redis_url(target):
+        assert isinstance(target, str)
+        return redis_backend(target, create=not must_exist)
     if isinstance(target, (str, os.PathLike)):
         paths = StorePaths.of(target)
         fs = FileSystem()

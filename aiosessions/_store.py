@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import os
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from types import TracebackType
 from typing import Any, Final, Generic, TypedDict, TypeVar, Union, overload
 
@@ -31,6 +30,7 @@ from ._fs import FileSystem
 from ._keys import validate_key
 from ._layout import StorePaths
 from ._locks import KeyLocks
+from ._targets import is_redis_url, redis_backend
 from ._writebehind import StoreStatistics, WriteBehind
 from .backends import Backend
 from .backends._files import file_backend
@@ -38,9 +38,6 @@ from .backends._files import file_backend
 __all__ = ["DELETE", "SessionStore", "open_store"]
 
 T = TypeVar("T")
-
-#: URL schemes opened by the Redis backend (``pip install "aiosessions[redis]"``).
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class _Delete:
@@ -620,14 +617,24 @@ async def _start_own_task(store: SessionStore[Any]) -> None:
     started = anyio.Event()
 
     async def host() -> None:
-        async with anyio.create_task_group() as tasks:
-            await tasks.start(store._run_background)
-            started.set()
+        try:
+            async with anyio.create_task_group() as tasks:
+                await tasks.start(store._run_background)
+                started.set()
+        finally:
+            started.set()  # also when starting failed: the opener must not wait forever
 
     task = asyncio.get_running_loop().create_task(host(), name=f"aiosessions {store.path}")
     _HOSTS.add(task)
     task.add_done_callback(_HOSTS.discard)
     await started.wait()
+    if task.done():  # it ended while starting: say why (the opener closes the backend)
+        error: BaseException | None = None if task.cancelled() else task.exception()
+        inner: Sequence[BaseException] = getattr(error, "exceptions", ())
+        while len(inner) == 1:  # a task group's wrapping of one error says nothing more
+            error = inner[0]
+            inner = getattr(error, "exceptions", ())
+        raise error or RuntimeError(f"the background tasks of the store {store.path} ended while starting")
 
 
 #: The asyncio tasks hosting stores' background work: a running task must be referenced.
@@ -825,9 +832,7 @@ def open_store(
         max_entry_bytes=max_entry_bytes,
     )
     make_backend: Callable[[], Awaitable[Backend]]
-    is_path = isinstance(target, os.PathLike) or (
-        isinstance(target, str) and not target.startswith(REDIS_SCHEMES)
-    )
+    is_path = isinstance(target, os.PathLike) or (isinstance(target, str) and not is_redis_url(target))
     if not is_path:
         _refuse_file_options(
             mode=mode,
@@ -840,7 +845,7 @@ def open_store(
         url = target
 
         async def make_backend() -> Backend:
-            return _redis_backend(url)
+            return redis_backend(url)
 
     elif isinstance(target, (str, os.PathLike)):
         paths = StorePaths.of(target)
@@ -881,15 +886,3 @@ def _refuse_file_options(**given: object) -> None:
             f"{', '.join(wrong)}: options of file stores; a URL or a backend object takes its own "
             "options (pass them to the backend's constructor)"
         )
-
-
-def _redis_backend(url: str) -> Backend:
-    """The Redis backend for ``url``, imported only now: ``import aiosessions`` needs no redis."""
-    try:
-        module = importlib.import_module("aiosessions.backends._redis")
-    except ImportError as exc:
-        raise ImportError(
-            f'opening {url.split("@")[-1]!r} needs the Redis backend: pip install "aiosessions[redis]"'
-        ) from exc
-    backend: Backend = module.RedisBackend.from_url(url)
-    return backend

@@ -495,3 +495,19 @@ async def test_an_entry_nested_too_deep_is_refused_at_set(store_path: Path, mode
     async with aiosessions.open_store(store_path, mode=mode, entry_type=dict) as store:
         assert await store.get("ok") == {"v": nested(MAX_NESTING - 1)}
         assert await store.contains("deep") is False
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the store's own task: asyncio only
+async def test_a_flusher_that_fails_to_start_fails_the_open(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiosessions._writebehind import WriteBehind
+
+    async def broken(self: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the flusher broke before it started")
+
+    monkeypatch.setattr(WriteBehind, "run", broken)
+    before = set(os.listdir("/proc/self/fd"))
+    with anyio.fail_after(10), pytest.raises(BaseException, match="the flusher broke"):
+        await aiosessions.open_store(store_path)
+    assert set(os.listdir("/proc/self/fd")) <= before

@@ -45,6 +45,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 
 from .._entry import DECODE_ERRORS, recency_of
 from .._errors import StoreFormatError, StoreIOError
+from .._targets import is_redis_url
 from . import _redis_lua as lua
 from ._base import BatchResult, Write
 
@@ -122,11 +123,6 @@ def _recency(data: bytes) -> int | None:
 
 
 # -- targets ------------------------------------------------------------------------------
-
-
-def is_redis_url(target: object) -> bool:
-    """Whether ``target`` is a URL the Redis backend opens (redis://, rediss://, unix://)."""
-    return isinstance(target, str) and target.split("://", 1)[0].lower() in ("redis", "rediss", "unix")
 
 
 def _check_prefix(prefix: str) -> str:
