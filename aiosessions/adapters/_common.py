@@ -100,8 +100,9 @@ class StoreHandle:
     """The store an adapter works on.
 
     Made from a path or URL, the store is opened (``entry_type=dict``) on first use and
-    closed by :meth:`aclose`, from any task; a later use opens it again. Made from an
-    open store, it uses that store and never closes it.
+    closed by :meth:`aclose`, from any task; a later use opens it again. Made from a
+    backend object, the same: but a backend that cannot be opened twice (the Redis
+    backend) raises then. Made from an open store, it uses that store and never closes it.
     """
 
     def __init__(self, target: StoreTarget, *, what: str, options: dict[str, Any] | None = None) -> None:
