@@ -1,9 +1,9 @@
 """A process sharing a store with others through the aiogram adapter (tests/adapters/test_aiogram.py).
 
-    python -m tests.adapters._aiogram_worker NAME ROUNDS STORE:MODE...
+    python -m tests.adapters._aiogram_worker NAME ROUNDS STORE|BACKEND|GO...
 
 For each store in turn (one process pair serves every backend: importing aiogram takes
-seconds), waits for the file STORE.go, then for ROUNDS rounds: under the isolation lock of one
+seconds), waits for the file GO, then for ROUNDS rounds: under the isolation lock of one
 shared key, reads a counter and writes it back plus one (lost updates if the lock did not
 exclude the other processes); and merges one key of its own into another shared key with
 update_data (lost keys if update_data were not atomic).
@@ -26,15 +26,16 @@ MERGED = StorageKey(bot_id=1, chat_id=2, user_id=2)
 
 async def main(name: str, rounds: int, stores: list[str]) -> None:
     for place in stores:
-        store, mode = place.rsplit(":", 1)
-        await share(store, mode, name, rounds)
+        store, mode, go = place.split("|")
+        await share(store, mode, Path(go), name, rounds)
 
 
-async def share(store: str, mode: str, name: str, rounds: int) -> None:
-    options = {"fsync": False, **({"mode": mode} if mode == "json" else {})}
+async def share(store: str, mode: str, go: Path, name: str, rounds: int) -> None:
+    options: dict[str, object] = {} if mode == "redis" else {"fsync": False}
+    if mode == "json":
+        options["mode"] = "json"
     storage = AiosessionsStorage(store, store_options=options)
     isolation = storage.create_isolation(lease=30)
-    go = Path(store + ".go")
     while not go.exists():
         time.sleep(0.005)
     for i in range(rounds):

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import BACKENDS
+
 ROOT = Path(__file__).resolve().parents[2]
 SUITES = Path(__file__).resolve().parent / "suites"
-#: The backends each framework's suite runs on, every test once per backend, in one run.
-BACKENDS = ["directory", "json"]
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from aiosessions import LockTimeoutError
 from aiosessions._keys import validate_key
 from aiosessions.adapters.aiogram import AiosessionsStorage
 
-from .conftest import Place
+from .conftest import BACKENDS, Place, delete_redis_prefix
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = StorageKey(bot_id=1, chat_id=-100500, user_id=7)
@@ -237,30 +237,37 @@ async def test_a_dead_holders_lease_expires_and_a_live_one_times_out(storage: Ai
 @pytest.mark.slow
 def test_two_processes_share_one_store_through_the_adapter(tmp_path: Path) -> None:
     """Isolation excludes across processes (a read-then-write counter loses nothing), and
-    update_data is atomic across processes (no merged key lost); on each file backend."""
+    update_data is atomic across processes (no merged key lost); on each backend."""
     rounds = 30
-    stores = {mode: str(tmp_path / mode / "sessions.json") for mode in ("directory", "json")}
-    for store in stores.values():
-        Path(store).parent.mkdir()
-    places = [f"{store}:{mode}" for mode, store in stores.items()]
+    places = {backend: Place(backend, tmp_path / backend) for backend in BACKENDS}
+    for place in places.values():
+        place.path.parent.mkdir()
+    args = [f"{place.target}|{backend}|{place.path}.go" for backend, place in places.items()]
     workers = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.adapters._aiogram_worker", name, str(rounds), *places], cwd=ROOT
+            [sys.executable, "-m", "tests.adapters._aiogram_worker", name, str(rounds), *args], cwd=ROOT
         )
         for name in ("a", "b")
     ]
-    for store in stores.values():
-        Path(store + ".go").touch()
-    assert [w.wait(timeout=300) for w in workers] == [0, 0]
+    try:
+        for place in places.values():
+            Path(f"{place.path}.go").touch()
+        assert [w.wait(timeout=300) for w in workers] == [0, 0]
 
-    async def check(store: str, mode: str) -> None:
-        storage = AiosessionsStorage(store, store_options={"mode": mode} if mode == "json" else None)
-        try:
-            assert await storage.get_data(StorageKey(bot_id=1, chat_id=1, user_id=1)) == {"count": 2 * rounds}
-            merged = await storage.get_data(StorageKey(bot_id=1, chat_id=2, user_id=2))
-            assert merged == {f"{n}-{i}": i for n in ("a", "b") for i in range(rounds)}
-        finally:
-            await storage.close()
+        async def check(place: Place) -> None:
+            storage = AiosessionsStorage(place.target, store_options=place.options)
+            try:
+                assert await storage.get_data(StorageKey(bot_id=1, chat_id=1, user_id=1)) == {
+                    "count": 2 * rounds
+                }
+                merged = await storage.get_data(StorageKey(bot_id=1, chat_id=2, user_id=2))
+                assert merged == {f"{n}-{i}": i for n in ("a", "b") for i in range(rounds)}
+            finally:
+                await storage.close()
 
-    for mode, store in stores.items():
-        asyncio.run(check(store, mode))
+        for place in places.values():
+            asyncio.run(check(place))
+    finally:
+        for place in places.values():
+            if place.redis_prefix is not None:
+                delete_redis_prefix(place.redis_prefix)

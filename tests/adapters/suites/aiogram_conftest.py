@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from aiogram.fsm.storage.base import BaseEventIsolation, StorageKey
-from aiosessions_suite_support import backend, check_reopened, snapshot, store_target
+from aiosessions_suite_support import backend, check_reopened, forget, snapshot, store_target
 
 from aiosessions.adapters._common import StoreHandle
 from aiosessions.adapters.aiogram import AiosessionsStorage
@@ -37,7 +37,7 @@ def storage_key() -> StorageKey:
     return StorageKey(chat_id=CHAT_ID, user_id=USER_ID, bot_id=BOT_ID)
 
 
-__all__ = ["backend", "isolation", "storage", "storage_key"]
+__all__ = ["backend", "forget", "isolation", "storage", "storage_key"]
 
 
 async def _ours(name: str, folder: Path, backend: str) -> tuple[AiosessionsStorage, StoreHandle | None]:
@@ -56,7 +56,7 @@ async def _ours(name: str, folder: Path, backend: str) -> tuple[AiosessionsStora
 
 @pytest.fixture
 async def storage(
-    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str, forget: None
 ) -> AsyncIterator[AiosessionsStorage]:
     ours, handle = await _ours(request.param, tmp_path, backend)
     yield ours
@@ -71,7 +71,7 @@ async def storage(
 
 @pytest.fixture
 async def isolation(
-    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str, forget: None
 ) -> AsyncIterator[BaseEventIsolation]:
     settings: dict[str, Any] = {
         "redis_isolation": {},

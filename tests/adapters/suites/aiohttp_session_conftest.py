@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp_session.redis_storage
 import pytest
-from aiosessions_suite_support import backend, check_reopened, snapshot, store_target
+from aiosessions_suite_support import backend, check_reopened, forget, snapshot, store_target
 
 from aiosessions.adapters._common import Record, StoreHandle, now_ms
 from aiosessions.adapters.aiohttp import AiosessionsStorage, _expired, _record_of, _text_of
@@ -68,14 +68,14 @@ def _storage(redis_pool: Any, **options: Any) -> AiosessionsStorage:
     return AiosessionsStorage(store, **options)
 
 
-__all__ = ["backend", "redis"]
+__all__ = ["backend", "forget", "redis"]
 
 # The swap: the suite's `from aiohttp_session.redis_storage import RedisStorage` gets ours.
 aiohttp_session.redis_storage.RedisStorage = _storage  # type: ignore[assignment,misc]
 
 
 @pytest.fixture
-async def redis(tmp_path: Path, backend: str) -> AsyncIterator[StoreAsRedis]:
+async def redis(tmp_path: Path, backend: str, forget: None) -> AsyncIterator[StoreAsRedis]:
     target, options = store_target(tmp_path, backend)
     handle = StoreHandle(target, what="the suite's store", options=options)
     store = await handle.store()

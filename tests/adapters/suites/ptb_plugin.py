@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosessions_suite_support import backend, store_target
+from aiosessions_suite_support import backend, forget, store_target
 
 from aiosessions.adapters._common import items_with_prefix
 from aiosessions.adapters.ptb import AiosessionsPersistence
 
-__all__ = ["backend"]
+__all__ = ["backend", "forget"]
 
 _PLACE: dict[str, Any] = {}
 _INSTANCES: list[Any] = []
@@ -195,8 +195,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
-async def _ours_in_a_store(tmp_path: Path, backend: str) -> AsyncIterator[None]:
-    """Each test's store, and the read-back check of every persistence the test used."""
+async def _ours_in_a_store(tmp_path: Path, backend: str, forget: None) -> AsyncIterator[None]:
+    """Each test's store, and the read-back check of every persistence the test used.
+
+    (After ``forget``'s setup, so before its teardown deletes a Redis store's keys.)
+    """
     target, options = store_target(tmp_path, backend)
     _PLACE.update(target=target, options=options)
     _INSTANCES.clear()

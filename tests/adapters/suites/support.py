@@ -7,6 +7,7 @@ import from our ``tests`` package.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,42 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 def store_target(folder: Path, backend: str) -> tuple[Any, dict[str, Any]]:
-    """Where the store of one test lives, and the options to open it with."""
+    """Where the store of one test lives, and the options to open it with.
+
+    On Redis: the shared test server, under a prefix made from the test's folder (unique),
+    whose keys :func:`forget` deletes.
+    """
     if backend == "directory":
         return folder / "sessions.json", {"fsync": False}
     if backend == "json":
         return folder / "sessions.json", {"fsync": False, "mode": "json"}
     if backend == "redis":
-        return os.environ["AIOSESSIONS_SUITE_REDIS_URL"], {}
+        return f"{REDIS_URL}?prefix={_redis_prefix(folder)}", {}
     raise AssertionError(f"unknown backend {backend!r}")
+
+
+REDIS_URL = os.environ.get("AIOSESSIONS_TEST_REDIS", "redis://127.0.0.1:6379/9")
+_PREFIXES: dict[Path, str] = {}
+
+
+def _redis_prefix(folder: Path) -> str:
+    return _PREFIXES.setdefault(folder, "aiosessions-suite-" + os.urandom(6).hex())
+
+
+@pytest.fixture(autouse=True)
+def forget(tmp_path: Path, backend: str) -> Iterator[None]:
+    """After each test on Redis, delete the keys of its prefix (and only those)."""
+    yield
+    prefix = _PREFIXES.pop(tmp_path, None)
+    if prefix is None:
+        return
+    import redis
+
+    with redis.Redis.from_url(REDIS_URL) as client:
+        for pattern in ("{" + prefix + "}*", "{" + prefix + "/*"):
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            for start in range(0, len(keys), 500):
+                client.delete(*keys[start : start + 500])
 
 
 async def snapshot(handle: StoreHandle, prefix: str = "") -> dict[str, Record]:
