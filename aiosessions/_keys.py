@@ -23,6 +23,7 @@ shortened name is kept in a ``key`` file beside its ``meta.json``.
 from __future__ import annotations
 
 import hashlib
+import re
 import zlib
 
 from ._errors import InvalidKeyError
@@ -49,6 +50,8 @@ _HASH_MARK = "="
 
 _LITERAL = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 _HEX = frozenset("0123456789abcdef")
+#: A name of plain tokens only, no "." first or last, not too long: decoded by one replace.
+_PLAIN_NAME = re.compile(rf"[a-z0-9_~-](?:[a-z0-9_.~-]{{0,{MAX_NAME_BYTES - 2}}}[a-z0-9_~-])?")
 _RESERVED = frozenset(
     ["con", "prn", "aux", "nul"] + [f"com{i}" for i in range(10)] + [f"lpt{i}" for i in range(10)]
 )
@@ -152,6 +155,10 @@ def decode_name(name: str) -> str:
     :raises ValueError: ``name`` is not a name :func:`encode_key` produces
         (including shortened names, whose key must be read from their ``key`` file).
     """
+    if _PLAIN_NAME.fullmatch(name) and name.split(".", 1)[0] not in _RESERVED:
+        # Nearly every real name: letters, digits, "-", "_", inner "." and "~" for ":".
+        # Each stands for itself (or ":"), so it is canonical as it is.
+        return name.replace("~", ":")
     if is_shortened(name):
         raise ValueError(f"{name!r} is a shortened name; its key is in its key file")
     if len(name) > MAX_NAME_BYTES:
