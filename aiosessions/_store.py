@@ -30,6 +30,7 @@ from ._fs import FileSystem
 from ._keys import validate_key
 from ._layout import StorePaths
 from ._locks import KeyLocks
+from ._recency import PendingRecency, check_limit, merge_pending, position_of
 from ._targets import is_redis_url, redis_backend
 from ._writebehind import StoreStatistics, WriteBehind
 from .backends import Backend
@@ -103,6 +104,8 @@ class SessionStore(Generic[T]):
             max_pending_bytes=max_pending_bytes,
             batch_size=backend.batch_size or max_pending_keys,
         )
+        #: The recency of pending changes, decoded once per value (for newest()).
+        self._pending_recency = PendingRecency()
         self._closed = False
         self._opened = False
         # The background tasks (flusher, upkeep): their scope, and whether they are over.
@@ -203,16 +206,87 @@ class SessionStore(Generic[T]):
         finally:
             await self._leave()
 
-    async def keys(self) -> AsyncIterator[str]:
-        """Every key, in no particular order, listed a chunk at a time.
+    async def newest(
+        self, limit: int, *, after: tuple[str, int | None] | None = None
+    ) -> list[tuple[str, int | None]]:
+        """The ``limit`` most recently updated sessions as ``(key, updated_at)`` pairs, newest first.
 
-        Entries are not read. Changes made while iterating may or may not be seen.
+        Sorted by ``updatedAt`` (epoch ms), highest first, ties by key; sessions without
+        an integer ``updatedAt`` come last with None. Exact: this process's unwritten
+        changes and every other process's written ones are in it. Entries are not read:
+        the backend keeps an index. A session that changes between pages may be missed or
+        seen twice.
 
+        :param limit: the most pairs to return.
+        :param after: the last pair of the previous page, to page on from there (None: from
+            the newest).
+        :raises ValueError: ``limit`` is negative.
+        :raises TypeError: ``limit`` is not an int, or ``after`` not such a pair.
+        """
+        await anyio.lowlevel.checkpoint()
+        self._check_open()
+        check_limit(limit)
+        start = position_of(after)
+        changed = self._queue.pending_keys()
+        pending = {
+            key: self._pending_recency.of(key, data)
+            for key, exists in changed.items()
+            if exists and (data := self._pending_bytes(key)) is not None
+        }
+        if len(self._pending_recency) > 2 * len(changed) + 256:
+            self._pending_recency.forget_all_but(changed)
+        stored: list[tuple[str, int | None]] = []
+        if limit:
+            self._enter()
+            try:
+                stored = await self._backend.newest(limit + len(changed), after=after)
+            finally:
+                await self._leave()
+        return merge_pending(stored, pending, changed, limit=limit, start=start)
+
+    async def count(self) -> int:
+        """How many sessions there are (this process's unwritten changes included), without reading them."""
+        await anyio.lowlevel.checkpoint()
+        self._check_open()
+        changed = self._queue.pending_keys()
+        keys = list(changed)
+        self._enter()
+        try:
+            total = await self._backend.count()
+            # Whether each changed key is stored decides what its pending state adds.
+            stored = await self._backend.read_many(keys) if keys else []
+        finally:
+            await self._leave()
+        if keys:
+            for key, found in zip(keys, stored, strict=True):
+                if isinstance(found, CorruptSessionError):
+                    found = b""  # stored, if unreadable
+                elif isinstance(found, BaseException):
+                    raise found
+                now = self._queue.pending(key)
+                exists = changed[key] if now is None else now[0] is not None
+                total += exists - (found is not None)
+        return total
+
+    def _pending_bytes(self, key: str) -> bytes | None:
+        pending = self._queue.pending(key)
+        return None if pending is None else pending[0]
+
+    async def keys(self, prefix: str = "") -> AsyncIterator[str]:
+        """Every key (starting with ``prefix``), listed a chunk at a time; entries are not read.
+
+        The order is the backend's (the directory store lists keys in order). Changes
+        made while iterating may or may not be seen.
+
+        :param prefix: only keys starting with it (``""``: all); the cost grows with the
+            keys that match, not with the store.
         :raises StoreClosedError: the store was closed (also while iterating).
         """
         self._check_open()
         pending = self._queue.pending_keys()
-        chunks = self._backend.key_chunks()
+        if prefix:
+            pending = {key: exists for key, exists in pending.items() if key.startswith(prefix)}
+        chunks = self._backend.key_chunks(prefix)
         try:
             while True:
                 await anyio.lowlevel.checkpoint()  # every chunk, even one answered from memory
@@ -242,14 +316,15 @@ class SessionStore(Generic[T]):
             if exists:
                 yield key
 
-    async def items(self, *, skip_corrupt: bool = False) -> AsyncIterator[tuple[str, T]]:
-        """Every ``(key, entry)``, reading entries a chunk at a time (one thread hop per chunk).
+    async def items(self, prefix: str = "", *, skip_corrupt: bool = False) -> AsyncIterator[tuple[str, T]]:
+        """Every ``(key, entry)`` (whose key starts with ``prefix``), reading entries a chunk at a time.
 
+        :param prefix: only keys starting with it (``""``: all), as :meth:`keys`.
         :param skip_corrupt: leave out entries that do not decode instead of raising
             :class:`CorruptSessionError`.
         """
         chunk: list[str] = []
-        async for key in self.keys():
+        async for key in self.keys(prefix):
             chunk.append(key)
             if len(chunk) >= 256:
                 async for item in self._read_chunk(chunk, skip_corrupt):

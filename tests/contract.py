@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import random
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -71,6 +72,7 @@ __all__ = [
     "all_items",
     "all_keys",
     "cas",
+    "check_listings",
     "opened",
     "values",
     "write",
@@ -1222,3 +1224,160 @@ class BackendContract:
             assert set(stable) <= set(seen)
             assert set(seen) <= set(stable) | set(doomed) | added
             assert sorted(await listed(backend)) == sorted(set(stable) | added | (set(doomed) - removed))
+
+    # -- listings: newest first, prefixes, counts (issue 12) ----------------------------------
+
+    async def test_newest_count_and_prefixes_follow_a_model(
+        self, open_test_store: Opener, backend_factory: BackendFactory
+    ) -> None:
+        """newest() pages, count() and keys(prefix)/items(prefix) say what a model says, with
+        this store's unwritten changes and another writer's written ones."""
+        rng = random.Random(12)
+        keys = [f"agent:{i % 4}:{i}" for i in range(60)] + ["odd", "x.y", "agent:1:" + "é" * 80]
+        at_values: list[Any] = [*range(20), None, "absent", True, 1.5, "str", 2**60, -5, -(2**53)]
+        entries: dict[str, dict[str, Any]] = {}
+        async with open_test_store(entry_type=dict) as store, opened(backend_factory) as other:
+            await check_listings(store, entries)
+            for step in range(240):
+                key = rng.choice(keys)
+                roll = rng.random()
+                if roll < 0.12:
+                    await store.delete(key)
+                    entries.pop(key, None)
+                elif roll < 0.5:
+                    entries[key] = stamped(rng.choice(at_values))
+                    await store.set(key, entries[key])
+                elif roll < 0.85:
+                    change = stamped(rng.choice(at_values))
+                    entries[key] = {**entries.get(key, {}), **change}
+                    await store.update(key, lambda e, change=change: {**(e or {}), **change})
+                else:  # another writer, on a key this store has no change pending for
+                    await store.flush()
+                    value = stamped(rng.choice(at_values))
+                    await write(other, Write(key, json.dumps(value).encode()))
+                    entries[key] = value
+                if step % 30 == 0:
+                    await check_listings(store, entries)  # with changes pending
+                if step % 60 == 0:
+                    await store.flush()
+                    await check_listings(store, entries)
+        async with open_test_store(entry_type=dict) as store:
+            await check_listings(store, entries)
+
+    async def test_newest_checks_its_arguments(self, open_test_store: Opener) -> None:
+        async with open_test_store() as store:
+            for bad in (-1,):
+                with pytest.raises(ValueError):
+                    await store.newest(bad)
+            for bad_limit in (1.5, "5", None):
+                with pytest.raises(TypeError):
+                    await store.newest(bad_limit)
+            for after in ("k", ("k",), (5, 5), ("k", 1.5), ("k", True), ("k", 2**60)):
+                with pytest.raises(TypeError):
+                    await store.newest(5, after=after)
+
+    async def test_listing_prefixes_are_exact_whatever_the_keys(self, open_test_store: Opener) -> None:
+        """Keys a file name cannot hold as they are (escapes, shortened names, device names,
+        dots at either end): a prefix selects by key, nothing else."""
+        async with open_test_store(entry_type=dict) as store:
+            for i, key in enumerate(TRICKY_KEYS):
+                await store.set(key, {"updatedAt": i})
+            await store.flush()
+            prefixes = {key[:n] for key in TRICKY_KEYS for n in range(0, min(len(key), 100) + 1, 3)}
+            prefixes |= {
+                "co",
+                "con",
+                "con.",
+                ".",
+                "..",
+                "end",
+                "end.",
+                "l" * 96,
+                "l" * 96 + ":",
+                "\U0010ffff",
+            }
+            for prefix in sorted(prefixes):
+                got = [key async for key in store.keys(prefix)]
+                assert sorted(got) == sorted(k for k in TRICKY_KEYS if k.startswith(prefix)), prefix
+            want = sorted(enumerate(TRICKY_KEYS), key=lambda item: (-item[0], item[1]))
+            assert await store.newest(100) == [(key, i) for i, key in want]
+            assert await store.count() == len(TRICKY_KEYS)
+
+    async def test_backend_newest_and_count_directly(self, backend_factory: BackendFactory) -> None:
+        """The protocol's newest() and count(): ties by key, no-recency last, pages that neither
+        repeat nor skip, and another backend object's writes in the next answer."""
+        async with opened(backend_factory) as backend, opened(backend_factory) as other:
+            assert await backend.newest(5) == []
+            assert await backend.count() == 0
+            rows = {"b": 5, "a": 5, "c": None, "d": 2**53, "e": -(2**53), "f": None, "g": 7}
+            await write(
+                other,
+                *(
+                    Write(k, json.dumps({} if v is None else {"updatedAt": v}).encode())
+                    for k, v in rows.items()
+                ),
+            )
+            want = [("d", 2**53), ("g", 7), ("a", 5), ("b", 5), ("e", -(2**53)), ("c", None), ("f", None)]
+            assert await backend.newest(10) == want
+            assert await backend.count() == 7
+            for size in (1, 2, 3):
+                seen: list[tuple[str, int | None]] = []
+                after = None
+                while page := await backend.newest(size, after=after):
+                    seen += page
+                    after = page[-1]
+                assert seen == want
+            assert await backend.newest(3, after=("a", 5)) == [("b", 5), ("e", -(2**53)), ("c", None)]
+            assert await backend.newest(3, after=("zz", 6)) == [("a", 5), ("b", 5), ("e", -(2**53))]
+            await write(other, Write("g", None), Write("a", b'{"updatedAt": 1}'))
+            assert await backend.newest(3) == [("d", 2**53), ("b", 5), ("a", 1)]
+            assert await backend.count() == 6
+
+
+def stamped(at: Any) -> dict[str, Any]:
+    """An entry whose updatedAt is ``at`` ("absent": none)."""
+    return {"sessionId": "s"} if at == "absent" else {"sessionId": "s", "updatedAt": at}
+
+
+def recency(entry: dict[str, Any]) -> int | None:
+    """The listing's rule: an int (not a bool) within +-2**53, else None."""
+    at = entry.get("updatedAt")
+    return at if type(at) is int and abs(at) <= 2**53 else None
+
+
+async def check_listings(store: aiosessions.SessionStore[Any], entries: dict[str, dict[str, Any]]) -> None:
+    """newest() (whole and paged), count(), keys(prefix) and items(prefix) against ``entries``."""
+    want = sorted(
+        ((key, recency(e)) for key, e in entries.items()), key=lambda p: (p[1] is None, -(p[1] or 0), p[0])
+    )
+    assert await store.newest(7) == want[:7]
+    assert await store.newest(0) == []
+    for size in (5, 64):
+        seen: list[tuple[str, int | None]] = []
+        after = None
+        while True:
+            page = await store.newest(size, after=after)
+            assert len(page) <= size
+            seen += page
+            if len(page) < size:
+                break
+            after = page[-1]
+        assert seen == want
+    assert await store.count() == len(entries)
+    assert await all_keys(store) == sorted(entries)
+    for prefix in ("agent:1:", "agent:", "zz", ""):
+        keys = [key async for key in store.keys(prefix)]
+        assert sorted(keys) == sorted(k for k in entries if k.startswith(prefix)), prefix
+        assert len(keys) == len(set(keys))
+    assert {k: v async for k, v in store.items("agent:2:")} == {
+        k: v for k, v in entries.items() if k.startswith("agent:2:")
+    }
+
+
+#: Keys whose folder names differ from them in every way the name encoding knows.
+TRICKY_KEYS = [
+    *(".hidden", ".", "..", "end.", "a.b.", "con", "con.txt", "CON", "com1", "co", "cons", "nul.x"),
+    *("Agent:Main", "agent:main", "agent:main:x", "agent:main~x", "a/b", "a%2e", "ключ:1", "ключ:2"),
+    *("l" * 96 + ":1", "l" * 96 + ":2", "l" * 150, "l" * 150 + "x", "l" * 90 + "é" * 40),
+    *("\U0010ffff" * 3, "\U0010ffffa"),
+]

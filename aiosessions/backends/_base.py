@@ -28,6 +28,9 @@ What a backend guarantees:
 * **Listing in chunks.** :meth:`Backend.key_chunks` yields keys a chunk at a time
   without reading entries; keys changed while listing may or may not be seen, but
   a key that exists throughout is listed exactly once.
+* **Recency.** :meth:`Backend.newest` and :meth:`Backend.count` answer from an
+  index, not by reading every entry, exactly: what another process or host wrote
+  is in the next answer, and a writer that died half-way never leaves it wrong.
 * **Errors of the library.** Failures are :class:`~aiosessions.StoreIOError` (or
   another :class:`~aiosessions.SessionStoreError`) naming the key and where it
   lives; an entry that cannot be read back is
@@ -134,8 +137,31 @@ class Backend(Protocol):
     def key_chunks(self, prefix: str = "") -> AsyncIterator[list[str]]:
         """Every stored key starting with ``prefix``, a chunk at a time, without reading entries.
 
+        The cost should grow with the keys that match, not with the store.
+
         :param prefix: only keys starting with it ("" for all).
         """
+        ...
+
+    async def newest(
+        self, limit: int, *, after: tuple[str, int | None] | None = None
+    ) -> list[tuple[str, int | None]]:
+        """Up to ``limit`` ``(key, updatedAt)`` pairs, the highest ``updatedAt`` first.
+
+        Ties are broken by key (ascending, code point order); sessions without a
+        recency (``updatedAt`` absent, not an integer, beyond +-2**53, or an entry
+        that does not decode) come last with None, by key. Exact, including other
+        processes' and hosts' written changes, without reading every entry (see
+        ``aiosessions/_recency.py`` for the rule).
+
+        :param limit: the most pairs to return.
+        :param after: the last pair of the previous page: the page holds what sorts
+            strictly after it (None: from the newest).
+        """
+        ...
+
+    async def count(self) -> int:
+        """How many sessions are stored, without reading them."""
         ...
 
     async def maintain(self) -> None:

@@ -36,10 +36,12 @@ from .._defaults import (
 )
 from .._errors import CorruptSessionError, LockTimeoutError, StoreFormatError, io_error
 from .._fs import FileSystem, NotRegularFileError, Signature, TooLargeError, UnsyncedError, is_tmp_name
-from .._keys import MAX_KEY_BYTES, decode_name, encode_key, is_shortened, lock_stripe
+from .._keys import MAX_KEY_BYTES, encode_key, is_shortened, lock_stripe
 from .._layout import FORMAT_FILE, StorePaths, check_format, encode_format
 from .._locks import acquire_file_lock_sync, release_file_lock
+from .._recency import position_of
 from ._base import BatchResult, Write
+from ._index import Intent, RecencyIndex
 
 __all__ = ["DirectoryBackend"]
 
@@ -169,6 +171,10 @@ class DirectoryBackend:
         self.swept = 0
         #: Decided at the first durable batch (it needs the open store folder).
         self._policy: BarrierPolicy | None = None
+        #: Newest first, prefixes and counts without reading sessions (backends/_index.py).
+        self._index = RecencyIndex(
+            paths.directory, fs, lock_timeout=lock_timeout, max_entry_bytes=max_entry_bytes
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -225,10 +231,12 @@ class DirectoryBackend:
             self._close_fds()
             raise
         self._root = root
+        self._index.attach(root, self._locks_dir)
 
     async def aclose(self) -> None:
         if self._trash_left and self._trash >= 0:
             await anyio.to_thread.run_sync(self._empty_trash_sync)
+        self._index.close()
         self._close_fds()
 
     def _close_fds(self) -> None:
@@ -371,41 +379,17 @@ class DirectoryBackend:
             raise io_error(exc, "checking", key=key, path=self.location(key)) from exc
         return stat_module.S_ISREG(st.st_mode)
 
-    async def key_chunks(self, prefix: str = "") -> AsyncIterator[list[str]]:
-        try:
-            names = await anyio.to_thread.run_sync(self._fs.listdir, self._root)
-        except OSError as exc:
-            raise io_error(exc, f"listing {self.paths.directory}", path=str(self.paths.directory)) from exc
-        for start in range(0, len(names), CHUNK):
-            keys = await anyio.to_thread.run_sync(self._keys_of_sync, names[start : start + CHUNK])
-            if prefix:
-                keys = [key for key in keys if key.startswith(prefix)]
-            if keys:
-                yield keys
+    def key_chunks(self, prefix: str = "") -> AsyncIterator[list[str]]:
+        # The index's own generator, not one wrapping it: closing the iteration closes it.
+        return self._index.key_chunks(prefix)
 
-    def _keys_of_sync(self, names: list[str]) -> list[str]:
-        keys = []
-        for name in names:
-            if name.startswith(".") or name == FORMAT_FILE:
-                continue
-            try:
-                if is_shortened(name):
-                    found = self._fs.read_dir_file(name, KEY_FILE, dir_fd=self._root, max_bytes=MAX_KEY_BYTES)
-                    if found is None:
-                        continue
-                    key = found[0].decode("utf-8")
-                    if encode_key(key) != name:
-                        continue  # a key file naming another key: fsck reports it
-                else:
-                    key = decode_name(name)
-                st = self._fs.stat(f"{name}/{META}", dir_fd=self._root)
-                if not self._is_real_dir(name):
-                    continue  # a symlink planted as a session folder: never followed
-            except (OSError, ValueError):
-                continue  # not a session (yet, or any more); fsck reports strays
-            if stat_module.S_ISREG(st.st_mode):
-                keys.append(key)
-        return keys
+    async def newest(
+        self, limit: int, *, after: tuple[str, int | None] | None = None
+    ) -> list[tuple[str, int | None]]:
+        return await self._index.newest(limit, position_of(after))
+
+    async def count(self) -> int:
+        return await self._index.count()
 
     def _is_real_dir(self, name: str) -> bool:
         """Whether ``name`` in the store folder is a folder, not a symlink to one."""
@@ -502,10 +486,10 @@ class DirectoryBackend:
         are visible but unsynced, so the queue writes them again from scratch.
         """
         result, signatures = BatchResult(), dict[str, Signature]()
-        staged: list[tuple[list[_Staged], list[int]]] = []
-        for part_result, part_staged, held in await self._in_parts(groups, count, self._stage_sync):
+        staged: list[tuple[list[_Staged], list[int], list[Intent | None]]] = []
+        for part_result, part_staged, held, intents in await self._in_parts(groups, count, self._stage_sync):
             self._merge(result, part_result)
-            staged.append((part_staged, held))
+            staged.append((part_staged, held, intents))
         syncfs_seconds = 0.0
         with self._state_lock:
             failures_before = self._root_failures
@@ -513,7 +497,7 @@ class DirectoryBackend:
         syncfs_seconds += error[1]
         if error[0] is not None:
             await anyio.to_thread.run_sync(self._abandon_sync, staged)
-            for part_staged, _ in staged:
+            for part_staged, _, _ in staged:
                 for item in part_staged:
                     result.failed[item.write.key] = error[0]
             return result, signatures
@@ -542,11 +526,14 @@ class DirectoryBackend:
             self._barrier_policy().barriered(time.perf_counter() - started, syncfs_seconds, count)
         return result, signatures
 
-    def _stage_sync(self, groups: Groups) -> tuple[BatchResult, list[_Staged], list[int]]:
+    def _stage_sync(
+        self, groups: Groups
+    ) -> tuple[BatchResult, list[_Staged], list[int], list[Intent | None]]:
         """Take each stripe's lock (kept until :meth:`_commit_sync`), compare, write tmp files."""
         result = BatchResult()
         staged: list[_Staged] = []
         held: list[int] = []
+        intents: list[Intent | None] = []  # the recency index's, ended before the locks go
         self._empty_trash_sync()
         for stripe, writes in groups:
             what = f"{self.location()}/{LOCKS}/{stripe:02x}"
@@ -559,6 +546,7 @@ class DirectoryBackend:
                     result.failed[write.key] = error
                 continue
             held.append(fd)
+            intents.append(self._index.begin(stripe, writes, result, None))
             for write in writes:
                 try:
                     item = self._stage_one(write, result)
@@ -573,7 +561,7 @@ class DirectoryBackend:
                 else:
                     if item is not None:
                         staged.append(item)
-        return result, staged, held
+        return result, staged, held, intents
 
     def _stage_one(self, write: Write, result: BatchResult) -> _Staged | None:
         fs, root, name = self._fs, self._root, encode_key(write.key)
@@ -609,12 +597,14 @@ class DirectoryBackend:
             return error, time.perf_counter() - started
         return None, time.perf_counter() - started
 
-    def _abandon_sync(self, staged: list[tuple[list[_Staged], list[int]]]) -> None:
+    def _abandon_sync(self, staged: list[tuple[list[_Staged], list[int], list[Intent | None]]]) -> None:
         """The first barrier failed: remove the tmp files and let the locks go."""
-        for part_staged, held in staged:
+        for part_staged, held, intents in staged:
             for item in part_staged:
                 if item.tmp is not None:
                     self._discard_tmp(item)
+            for intent in intents:
+                self._index.end(intent, {})
             self._release(held)
 
     def _discard_tmp(self, item: _Staged) -> None:
@@ -644,7 +634,7 @@ class DirectoryBackend:
                 pass  # closing the descriptor at aclose releases it in any case
 
     def _commit_sync(
-        self, staged: list[_Staged], held: list[int]
+        self, staged: list[_Staged], held: list[int], intents: list[Intent | None]
     ) -> tuple[BatchResult, dict[str, Signature]]:
         """Rename the staged tmp files onto their ``meta.json`` (and delete), then unlock."""
         result = BatchResult()
@@ -673,6 +663,8 @@ class DirectoryBackend:
                 else:
                     result.landed.append(key)
         finally:
+            for intent in intents:
+                self._index.end(intent, signatures, result)  # before the stripes' locks go
             self._release(held)
         return result, signatures
 
@@ -698,6 +690,7 @@ class DirectoryBackend:
                         else io_error(exc, "writing", key=write.key, path=where)
                     )
                 continue
+            intent = self._index.begin(stripe, writes, result, namespace_changed)
             try:
                 for write in writes:
                     try:
@@ -712,6 +705,7 @@ class DirectoryBackend:
                             exc, action, key=write.key, path=self.location(write.key)
                         )
             finally:
+                self._index.end(intent, signatures)  # before another writer may take the stripe
                 try:
                     release_file_lock(self._fs, fd)
                 except OSError:
@@ -739,6 +733,7 @@ class DirectoryBackend:
                 with self._state_lock:
                     if self._root_failures == failures_before:
                         self._root_unsynced = False
+        self._index.after_batch()
         return result, signatures
 
     def _lock_fd(self, stripe: int) -> int:

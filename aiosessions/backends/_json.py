@@ -45,6 +45,7 @@ from .._errors import (
 from .._fs import FileSystem, Signature, UnsyncedError, is_tmp_for
 from .._layout import FORMAT_FILE, StorePaths
 from .._locks import acquire_file_lock_sync, release_file_lock
+from .._recency import Ordered, position_of, recency_of_stored
 from ._base import BatchResult, Write
 from ._directory import DirectoryBackend
 
@@ -128,6 +129,9 @@ class JsonBackend:
         # thread builds the next state while readers keep using this one.
         self._entries: Entries = {}
         self._signature: Signature | None = None
+        #: Listings: the entries sorted for one version of ``_entries``, and each key's recency.
+        self._order: tuple[Entries, Ordered] | None = None
+        self._recencies: dict[str, tuple[msgspec.Raw, int | None]] = {}
         #: The last durable rewrite's fsync of the folder failed: rewrite on the next
         #: durable batch even if it changes nothing (a retried delete finds its key gone).
         self._unsynced = False
@@ -311,7 +315,7 @@ class JsonBackend:
                 if close is not None:
                     await close()
             return
-        keys = [key for key in entries if key.startswith(prefix)]
+        keys = self._ordered(entries).with_prefix(prefix) if prefix else list(entries)
         for start in range(0, len(keys), CHUNK):
             yield keys[start : start + CHUNK]
 
@@ -350,6 +354,42 @@ class JsonBackend:
         except OSError:
             return  # still broken: try again with the next rewrite
         self._unclean = False
+
+    def _ordered(self, entries: Entries) -> Ordered:
+        """``entries`` sorted by recency and by key, built once per version of the file.
+
+        An entry's recency is decoded once: an unchanged entry keeps its ``Raw`` object
+        across this process's rewrites, so only what changed is decoded again.
+        """
+        if self._order is not None and self._order[0] is entries:
+            return self._order[1]
+        memo = self._recencies
+        pairs = []
+        for key, raw in entries.items():
+            seen = memo.get(key)
+            if seen is None or seen[0] is not raw:
+                seen = memo[key] = (raw, recency_of_stored(raw))
+            pairs.append((key, seen[1]))
+        if len(memo) > len(entries):
+            self._recencies = {key: memo[key] for key in entries}
+        ordered = Ordered(pairs)
+        self._order = (entries, ordered)
+        return ordered
+
+    async def newest(
+        self, limit: int, *, after: tuple[str, int | None] | None = None
+    ) -> list[tuple[str, int | None]]:
+        start = position_of(after)
+        entries = await self._fresh()
+        if isinstance(entries, DirectoryBackend):
+            return await entries.newest(limit, after=after)
+        return self._ordered(entries).newest(limit, start)
+
+    async def count(self) -> int:
+        entries = await self._fresh()
+        if isinstance(entries, DirectoryBackend):
+            return await entries.count()
+        return len(entries)
 
     # -- writes ----------------------------------------------------------------------------
 
