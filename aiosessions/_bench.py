@@ -535,9 +535,7 @@ class AiosessionsContender:
         return bool(await self.store.delete(key))
 
     async def newest(self, n: int) -> list[str]:
-        # No recency index: every entry is read (in chunks, one worker-thread hop each).
-        items = [(key, entry) async for key, entry in self.store.items(skip_corrupt=True)]
-        return [key for key, _ in sorted(items, key=_recency, reverse=True)[:n]]
+        return [key for key, _ in await self.store.newest(n)]  # from the store's recency index
 
     async def flush(self) -> None:
         await self.store.flush()

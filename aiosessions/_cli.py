@@ -288,13 +288,26 @@ async def cmd_ls(args: argparse.Namespace) -> int:
     path = await _existing_store(args.path)
     rows: list[dict[str, Any]] = []
     async with _open_to_read(path) as store:
-        # One unreadable entry must not hide the others: skip it, and say so.
-        async for key, entry in store.items(skip_corrupt=True):
-            rows.append(_summary(key, entry))
-        unreadable = await unreadable_sessions(store, {row["key"] for row in rows})
+        unreadable: dict[str, CorruptSessionError] = {}
+        if args.limit is not None and not args.prefix:
+            # The store's index says which are the newest: only those are read.
+            total = await store.count()
+            for key, _ in await store.newest(args.limit):
+                try:
+                    entry = await store.get(key)
+                except CorruptSessionError as exc:
+                    unreadable[key] = exc
+                    continue
+                if entry is not None:  # else deleted meanwhile
+                    rows.append(_summary(key, entry))
+        else:
+            # One unreadable entry must not hide the others: skip it, and say so.
+            async for key, entry in store.items(args.prefix, skip_corrupt=True):
+                rows.append(_summary(key, entry))
+            unreadable = await unreadable_sessions(store, {row["key"] for row in rows}, args.prefix)
+            total = len(rows)
     _warn_unreadable("ls", _reasons(list(unreadable.values())), "not listed")
     rows.sort(key=lambda r: (r["updatedAt"] is None, -(r["updatedAt"] or 0), r["key"]))
-    total = len(rows)
     if args.limit is not None:
         rows = rows[: args.limit]
     if args.json:
@@ -776,6 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("ls", cmd_ls, "list sessions, newest first", "List the sessions of a store, newest first.")
     p.add_argument("path", metavar="PATH")
     p.add_argument("--limit", "-n", type=_count, metavar="N", help="show only the N newest")
+    p.add_argument("--prefix", default="", metavar="PREFIX", help="only sessions whose key starts with it")
     p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
 
     p = command("show", cmd_show, "print one session as JSON", "Print one session's entry as pretty JSON.")

@@ -38,7 +38,7 @@ from typing import Any, Literal
 import anyio
 import msgspec
 
-from ._defaults import DEFAULT_LOCK_TIMEOUT, DEFAULT_TMP_MAX_AGE
+from ._defaults import DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_ENTRY_BYTES, DEFAULT_TMP_MAX_AGE
 from ._entry import DECODE_ERRORS
 from ._errors import (
     CorruptSessionError,
@@ -61,8 +61,10 @@ from ._layout import (
 )
 from ._locks import acquire_file_lock_sync, release_file_lock
 from ._migrate import RECORD, STAGING_SUFFIX, _check_entries, _stamp, object_decoder, unreadable_error
+from ._recency import bounded
 from ._store import DELETE, _Delete, open_store
 from .backends._directory import CHUNK, KEY_FILE, LOCK_STRIPES, LOCKS, META, TRASH
+from .backends._index import INDEX_DIR, check_index
 from .backends._json import decode_legacy
 
 __all__ = ["FsckProblem", "FsckReport", "PruneReport", "fsck", "plan_prune", "prune"]
@@ -227,9 +229,19 @@ async def prune(
             filesystem=fs,
         ) as store:
             where = store.path
-            async for key, entry in store.items(skip_corrupt=True):
-                recency[key] = _recency(entry)
-            unreadable.update(await unreadable_sessions(store, recency))
+            # From the store's index: no entry is read, but those without a recency (an
+            # updatedAt that is not an integer, or an entry that cannot be read).
+            after: tuple[str, int | None] | None = None
+            while page := await store.newest(_PAGE, after=after):
+                recency.update(page)
+                after = page[-1]
+            for key in [key for key, at in recency.items() if at is None]:
+                try:
+                    if await store.get(key) is None:
+                        del recency[key]  # deleted meanwhile
+                except CorruptSessionError as exc:
+                    unreadable[key] = exc
+                    del recency[key]
             if unreadable and not (skip_corrupt or dry_run):
                 raise unreadable_error(list(unreadable.values()), "nothing was removed", "skip_corrupt=True")
             stale, capped = plan_prune(recency, cutoff_ms=cutoff_ms, max_entries=max_entries)
@@ -249,14 +261,17 @@ async def prune(
     return report(dry=dry_run)
 
 
-async def unreadable_sessions(store: Any, read: Collection[str]) -> dict[str, CorruptSessionError]:
-    """The sessions of ``store`` missing from ``read`` because their entry does not decode.
+async def unreadable_sessions(
+    store: Any, read: Collection[str], prefix: str = ""
+) -> dict[str, CorruptSessionError]:
+    """The sessions of ``store`` (whose key starts with ``prefix``) missing from ``read`` because
+    their entry does not decode.
 
-    ``read`` holds the keys ``items(skip_corrupt=True)`` yielded; each other key is read
-    once more for the error that says why (prune and ``aiosessions ls`` name them).
+    ``read`` holds the keys ``items(prefix, skip_corrupt=True)`` yielded; each other key is
+    read once more for the error that says why (``aiosessions ls`` names them).
     """
     found: dict[str, CorruptSessionError] = {}
-    async for key in store.keys():
+    async for key in store.keys(prefix):
         if key in read:
             continue
         try:
@@ -282,9 +297,12 @@ def _not_removed(exc: FlushError, where: str, chosen: int) -> StoreIOError:
     )
 
 
+#: Sessions per page of the newest-first listing prune reads.
+_PAGE = 4096
+
+
 def _recency(entry: Mapping[str, Any]) -> int | None:
-    at = entry.get("updatedAt")
-    return at if isinstance(at, int) and not isinstance(at, bool) else None
+    return bounded(entry.get("updatedAt"))  # the rule of listings (aiosessions/_recency.py)
 
 
 def _older_than(cutoff_ms: int | None) -> Callable[[int | None], bool]:
@@ -341,6 +359,7 @@ Kind = Literal[
     "corrupt-legacy",
     "invalid-entry",
     "stale-legacy",
+    "stale-index",
 ]
 
 
@@ -608,6 +627,19 @@ class _Checker:
             self.fs.write_atomic(FORMAT_FILE, encode_format(), dir_fd=self.root, durable=True)
             self.fs.fsync_dir(str(self.paths.directory.parent))
 
+    def check_index(self) -> None:
+        """The recency index against the session files (after the repairs above, which it
+        notices); with ``repair`` a damaged or stale index is rebuilt (backends/_index.py)."""
+        problems, rebuilt = check_index(
+            self.paths.directory,
+            self.fs,
+            repair=self.repair,
+            lock_timeout=self.lock_timeout,
+            max_entry_bytes=DEFAULT_MAX_ENTRY_BYTES,
+        )
+        for detail in problems:
+            self.add("stale-index", self.paths.directory / INDEX_DIR, detail, "rebuilt" if rebuilt else "")
+
     # -- the per-name checks -----------------------------------------------------------------
 
     def scan(self, names: list[str]) -> None:
@@ -821,6 +853,8 @@ async def fsck(
             for chunk in _chunks(names):
                 await anyio.to_thread.run_sync(checker.scan, chunk)
             await anyio.to_thread.run_sync(checker.finish)
+            if checker.mode == "directory":
+                await anyio.to_thread.run_sync(checker.check_index)
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(checker.close)

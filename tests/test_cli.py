@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from aiosessions._keys import encode_key
+
 BIN = Path(sys.executable).parent / "aiosessions"
 COMMANDS = ("ls", "show", "migrate", "export", "prune", "fsck", "bench")
 
@@ -129,6 +131,34 @@ def test_ls_newest_first_on_both_kinds(legacy: Path, openclaw_sessions: dict[str
     assert table[0].split() == ["UPDATED", "(UTC)", "AGE", "TOKENS", "MODEL", "NAME", "KEY"]
     assert [line.rsplit(maxsplit=1)[-1] for line in table[1:4]] == newest[:3]
     assert table[-1] == f"{len(openclaw_sessions)} sessions (showing the newest 3)"
+
+
+def test_ls_by_prefix_and_newest_on_both_kinds(legacy: Path, openclaw_sessions: dict[str, Any]) -> None:
+    def newest(prefix: str = "") -> list[str]:
+        keys = [k for k in openclaw_sessions if k.startswith(prefix)]
+        return sorted(keys, key=lambda k: (-openclaw_sessions[k]["updatedAt"], k))
+
+    prefix = "agent:main:telegram:"
+    assert newest(prefix) and len(newest(prefix)) < len(openclaw_sessions)
+    for _ in ("json", "directory"):
+        rows = json.loads(run("ls", legacy, "--json", "--prefix", prefix).stdout)
+        assert [row["key"] for row in rows] == newest(prefix)
+        limited = json.loads(run("ls", legacy, "--json", "--prefix", prefix, "-n", "2").stdout)
+        assert [row["key"] for row in limited] == newest(prefix)[:2]
+        assert json.loads(run("ls", legacy, "--json", "--prefix", "no-such:").stdout) == []
+        table = run("ls", legacy, "-n", "4").stdout.splitlines()
+        assert [line.rsplit(maxsplit=1)[-1] for line in table[1:5]] == newest()[:4]
+        assert table[-1] == f"{len(openclaw_sessions)} sessions (showing the newest 4)"
+        run("migrate", legacy, "--no-fsync")
+
+
+def test_ls_n_names_an_unreadable_session_among_the_newest(migrated: Path) -> None:
+    key = sorted(json.loads(run("ls", migrated, "--json").stdout), key=lambda r: -r["updatedAt"])[0]["key"]
+    meta = migrated.with_name("sessions.d") / encode_key(key) / "meta.json"
+    meta.write_text('{"updatedAt": 99999999999999, "cut short')
+    done = run("ls", migrated, "-n", "3", "--json")
+    assert key not in [row["key"] for row in json.loads(done.stdout)]
+    assert key in done.stderr
 
 
 def test_show_prints_the_entry(migrated: Path, openclaw_sessions: dict[str, Any]) -> None:
