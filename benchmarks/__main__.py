@@ -13,6 +13,8 @@ Stages (each printed as it starts):
    the plain loop, and SQLite (the same measure as ``aiosessions bench --writes``).
 6. several processes on one Redis (``benchmarks/several_hosts.py``): the Redis backend against
    aiogram's GET/SET and the directory store, 1 to 8 processes (needs redis-server).
+7. listings at scale: newest 50, keys, prefixes, counts, ``ls`` and the index's upkeep
+   on 10,000 and 100,000 sessions (``benchmarks/listing.py``).
 
 Results go to ``benchmarks/results/`` (``results.json``, ``tables.md``) and the PNG charts
 to ``docs/assets/benchmarks/``, where the documentation site shows them.
@@ -51,6 +53,7 @@ from aiosessions._bench import (
 
 from . import measures
 from .contenders import AiofilesContender, DiskcacheContender, PhysicalLimit, SqliteContender
+from .listing import stage_listing
 from .measures import Plan
 from .workload import Workload, build_workload
 
@@ -263,8 +266,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=None, help="where the stores are built (a temp folder)")
     parser.add_argument(
         "--stages",
-        default="headline,throughput,scaling,migration,writes,redis",
-        help="comma-separated stages to run (headline, throughput, scaling, migration, writes, redis)",
+        default="headline,throughput,scaling,migration,writes,redis,listing",
+        help="comma-separated stages (headline, throughput, scaling, migration, writes, redis, listing)",
     )
     parser.add_argument("--only", default=None, help="comma-separated contender names to run (default: all)")
     parser.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
@@ -306,6 +309,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results["headline"] = await stage_headline(work, plan, progress, only)
             if "migration" in stages:
                 results["migration"] = {"headline": await stage_migration(work, work_root / "mig", progress)}
+            if "listing" in stages:
+                results["listing"] = await stage_listing(
+                    work_root, seed=args.seed, quick=args.quick, headline=work, progress=progress.step
+                )
             shutil.rmtree(work.folder)
         sizes: list[tuple[str, Workload]] = []
         if "throughput" in stages or "scaling" in stages:
@@ -352,6 +359,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 seed=args.seed,
                 step=progress.step,
             )
+        if "listing" in stages and "listing" not in results:
+            results["listing"] = await stage_listing(
+                work_root, seed=args.seed, quick=args.quick, headline=None, progress=progress.step
+            )
     finally:
         progress.close()
         shutil.rmtree(work_root, ignore_errors=True)
@@ -370,6 +381,14 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / name).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     tables = report.tables(data)
     (args.out / ("tables-quick.md" if args.quick else "tables.md")).write_text(tables, encoding="utf-8")
+    if "listing" in data:
+        # Its own file too: docs/benchmarks.md shows it in its own section.
+        from .listing import table
+
+        stem = "listing-quick" if args.quick else "listing"
+        (args.out / f"{stem}.md").write_text(table(data["listing"], header=False), encoding="utf-8")
+        listing = json.dumps(data["listing"], indent=2, ensure_ascii=False) + "\n"
+        (args.out / f"{stem}.json").write_text(listing, encoding="utf-8")
     print(tables)
     if not args.no_charts:
         # The documentation site shows the charts of the last full run, so a full run

@@ -216,6 +216,10 @@ def tables(results: dict[str, Any]) -> str:
         out += [results["writes"]["table"], "```", ""]
     if "redis" in results:
         out += [_several_hosts(results), ""]
+    if "listing" in results:
+        from .listing import table
+
+        out += [table(results["listing"])]
     return "\n".join(out)
 
 
