@@ -78,21 +78,9 @@ def key_part(value: str) -> str:
 
 
 async def items_with_prefix(store: SessionStore[Record], prefix: str) -> AsyncIterator[tuple[str, Record]]:
-    """Every ``(key, entry)`` whose key starts with ``prefix``.
-
-    The one place the adapters list by prefix. Uses the store's prefix listing when it
-    has one (cost proportional to the matches); until then it filters ``keys()``.
-    """
-    items: Callable[..., AsyncIterator[tuple[str, Record]]] = store.items
-    try:
-        listing = items(prefix=prefix)
-    except TypeError:
-        # TODO(listing): remove once keys(prefix=)/items(prefix=) land in the store.
-        async for key, entry in store.items():
-            if key.startswith(prefix):
-                yield key, entry
-        return
-    async for key, entry in listing:
+    """Every ``(key, entry)`` whose key starts with ``prefix``, listed by the store at a cost
+    that grows with the matches, not with the store (``store.items(prefix)``)."""
+    async for key, entry in store.items(prefix):
         yield key, entry
 
 

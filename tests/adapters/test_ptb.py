@@ -192,3 +192,26 @@ async def test_refuses_a_store_of_another_entry_type(place: Place) -> None:
 async def test_a_plain_bot_is_refused_when_callback_data_is_kept(place: Place) -> None:
     with pytest.raises(TypeError, match="ExtBot"):
         AiosessionsPersistence(place.target).set_bot(Bot("1000:offline"))
+
+
+async def test_loading_asks_the_store_for_its_prefix_only(
+    place: Place, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """get_user_data/get_chat_data/get_conversations list by prefix (cost of the matches only)."""
+    ours = persistence(place)
+    await ours.update_user_data(1, {"a": 1})
+    await ours.update_conversation("signup", (1, 1), 2)
+    store = await ours._handle.store()
+    asked: list[str] = []
+    real = store.items
+
+    def spy(prefix: str = "", **options: Any) -> Any:
+        asked.append(prefix)
+        return real(prefix, **options)
+
+    monkeypatch.setattr(store, "items", spy)
+    assert await ours.get_user_data() == {1: {"a": 1}}
+    assert await ours.get_chat_data() == {}
+    assert await ours.get_conversations("signup") == {(1, 1): 2}
+    assert asked == ["ptb:user:", "ptb:chat:", "ptb:conv:signup:"]
+    await ours.flush()
