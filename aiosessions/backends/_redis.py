@@ -28,12 +28,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
-import sys
 import zlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
@@ -48,8 +47,11 @@ from .._recency import recency_of_encoded
 from .._targets import is_redis_url
 from . import _redis_lua as lua
 from ._base import BatchResult, Write
+from ._loop_thread import LoopThread, running_trio
 
 __all__ = ["RedisBackend", "decode_member", "recency_code"]
+
+T = TypeVar("T")
 
 FORMAT_NAME: Final = "aiosessions.redis"
 FORMAT_VERSION: Final = 1
@@ -278,6 +280,8 @@ class RedisBackend:
         #: Receipts of acknowledged batches, per bucket, deleted by the bucket's next batch.
         self._acknowledged: dict[int, list[bytes]] = {}
         self._counters: dict[str, int] = {"round_trips": 0, "in_doubt": 0, "in_doubt_reapplied": 0}
+        #: Under trio: the asyncio loop (in a thread of its own) the client runs on.
+        self._bridge: LoopThread | None = None
 
     @classmethod
     def from_url(
@@ -303,7 +307,6 @@ class RedisBackend:
         """
         if not is_redis_url(url):
             raise ValueError(f"not a redis://, rediss:// or unix:// URL: {url!r}")
-        _require_asyncio(required=False)
         redis_url, ours = _split_url(url)
         try:
             chosen_prefix = prefix if prefix is not None else ours.get("prefix", DEFAULT_PREFIX)
@@ -318,11 +321,13 @@ class RedisBackend:
             cluster = _flag("cluster", ours["cluster"])
         options = _client_defaults(redis_url)
         options.update(client_options)
-        client: Any
-        if cluster:
-            client = RedisCluster.from_url(redis_url, **options)
-        else:
-            client = aioredis.Redis.from_url(redis_url, **options)
+        kind: Any = RedisCluster if cluster else aioredis.Redis
+        bridge = LoopThread("aiosessions-redis") if running_trio() else None
+        client = (
+            kind.from_url(redis_url, **options)
+            if bridge is None
+            else bridge.call(lambda: kind.from_url(redis_url, **options))
+        )
         backend = cls(
             client,
             prefix=chosen_prefix,
@@ -336,6 +341,7 @@ class RedisBackend:
         backend._url = redis_url
         backend._client_options = options
         backend._detect_cluster = cluster is None
+        backend._bridge = bridge
         return backend
 
     _client_options: dict[str, Any]
@@ -353,10 +359,28 @@ class RedisBackend:
         return dict(self._counters)
 
     async def open(self) -> None:
-        _require_asyncio(required=True)
+        """Connect, load the scripts, and read (or create) the store's marker.
+
+        Under trio, the client runs on an asyncio loop in a thread of its own (see
+        ``_loop_thread``); every call crosses to it and back.
+        """
         if self._opened:
             raise RuntimeError(f"the Redis store {self.location()} is already open")
         self._opened = True
+        if running_trio():
+            if self._bridge is None:
+                self._bridge = LoopThread("aiosessions-redis")
+        else:
+            _require_asyncio()
+        await self._call(self._open())
+
+    async def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Await ``coroutine`` where the client lives: here on asyncio, on the loop thread under trio."""
+        if self._bridge is None:
+            return await coroutine
+        return await self._bridge.run(coroutine)
+
+    async def _open(self) -> None:
         try:
             if self._detect_cluster:
                 await self._become_cluster_if_needed()
@@ -428,6 +452,13 @@ class RedisBackend:
             return
         self._closed = True
         try:
+            await self._call(self._aclose())
+        finally:
+            if self._bridge is not None:
+                self._bridge.stop()
+
+    async def _aclose(self) -> None:
+        try:
             stale = [receipt for receipts in self._acknowledged.values() for receipt in receipts]
             if stale and self._tags:
                 # Best effort: each would expire anyway. One command per bucket (one slot).
@@ -440,11 +471,18 @@ class RedisBackend:
             pass
         finally:
             self._acknowledged.clear()
-            if self._owns_client:
-                try:
+            try:
+                if self._owns_client:
                     await self._client.aclose()
-                except (redis_errors.RedisError, OSError):
-                    pass
+                elif self._bridge is not None:
+                    # Under trio a client you handed over made its connections on our loop
+                    # thread, which stops now: close them (the client can connect again).
+                    if isinstance(self._client, RedisCluster):
+                        await self._client.aclose()
+                    else:
+                        await self._client.connection_pool.disconnect()
+            except (redis_errors.RedisError, OSError):
+                pass
 
     async def maintain(self) -> None:
         """Nothing to sweep: receipts left by writers that died expire by themselves."""
@@ -452,6 +490,9 @@ class RedisBackend:
     # -- reads ----------------------------------------------------------------------------
 
     async def read(self, key: str) -> bytes | None:
+        return await self._call(self._read(key))
+
+    async def _read(self, key: str) -> bytes | None:
         bucket = self._bucket(key)
         field = key.encode()
         try:
@@ -466,6 +507,9 @@ class RedisBackend:
     async def read_many(self, keys: Sequence[str]) -> list[bytes | BaseException | None]:
         if not keys:
             return []
+        return await self._call(self._read_many(keys))
+
+    async def _read_many(self, keys: Sequence[str]) -> list[bytes | BaseException | None]:
         by_bucket: dict[int, list[int]] = {}
         for index, key in enumerate(keys):
             by_bucket.setdefault(self._bucket(key), []).append(index)
@@ -489,6 +533,9 @@ class RedisBackend:
         return found
 
     async def exists(self, key: str) -> bool:
+        return await self._call(self._exists(key))
+
+    async def _exists(self, key: str) -> bool:
         try:
             found = await self._client.exists(self._entry(self._bucket(key), key))
         except (redis_errors.RedisError, OSError) as exc:
@@ -504,17 +551,21 @@ class RedisBackend:
             index = self._tag(bucket) + b":k"
             start = low
             while True:
-                try:
-                    members = await self._client.zrangebylex(index, start, high, 0, CHUNK)
-                except (redis_errors.RedisError, OSError) as exc:
-                    raise self._io_error(exc, "listing keys") from exc
-                finally:
-                    self._count()
+                members = await self._call(self._page(index, start, high))
                 if members:
                     yield [member.decode() for member in members]
                 if len(members) < CHUNK:
                     break
                 start = b"(" + members[-1]
+
+    async def _page(self, index: bytes, start: bytes, high: bytes) -> list[bytes]:
+        try:
+            members: list[bytes] = await self._client.zrangebylex(index, start, high, 0, CHUNK)
+        except (redis_errors.RedisError, OSError) as exc:
+            raise self._io_error(exc, "listing keys") from exc
+        finally:
+            self._count()
+        return members
 
     async def newest(
         self, limit: int, *, after: tuple[str, int | None] | None = None
@@ -522,6 +573,9 @@ class RedisBackend:
         """The ``limit`` sessions of highest ``updatedAt`` (ties by key; none last), after ``after``."""
         if limit <= 0:
             return []
+        return await self._call(self._newest(limit, after))
+
+    async def _newest(self, limit: int, after: tuple[str, int | None] | None) -> list[tuple[str, int | None]]:
         start = b"-" if after is None else b"(" + recency_code(after[1]) + after[0].encode()
         pipe = self._client.pipeline(transaction=False)
         for bucket in range(len(self._tags)):
@@ -537,6 +591,9 @@ class RedisBackend:
 
     async def count(self) -> int:
         """How many sessions the store holds (one ZCARD per bucket, one round trip)."""
+        return await self._call(self._count_sessions())
+
+    async def _count_sessions(self) -> int:
         pipe = self._client.pipeline(transaction=False)
         for bucket in range(len(self._tags)):
             pipe.zcard(self._tag(bucket) + b":k")
@@ -551,6 +608,9 @@ class RedisBackend:
     # -- writes ---------------------------------------------------------------------------
 
     async def write_batch(self, writes: Sequence[Write], *, durable: bool) -> BatchResult:
+        return await self._call(self._write_batch(writes, durable))
+
+    async def _write_batch(self, writes: Sequence[Write], durable: bool) -> BatchResult:
         result = BatchResult()
         if self._doubts:
             try:
@@ -819,31 +879,15 @@ class RedisBackend:
         return f"<RedisBackend {self.location()}>"
 
 
-def _require_asyncio(*, required: bool) -> None:
-    """Refuse trio (or any other loop) at once, with the reason, not with redis-py's error later.
-
-    ``required``: we are in async code that must be asyncio (open); else (from_url) only a
-    running trio is refused, since a backend may be built before any loop runs.
-    """
+def _require_asyncio() -> None:
+    """Refuse an event loop that is neither asyncio nor trio, saying why."""
     try:
         asyncio.get_running_loop()
-        return
     except RuntimeError:
-        pass
-    trio = sys.modules.get("trio")
-    in_trio = False
-    if trio is not None:
-        try:
-            trio.lowlevel.current_trio_token()
-            in_trio = True
-        except RuntimeError:
-            pass
-    if in_trio or required:
         raise RuntimeError(
-            "the Redis backend runs on asyncio only: redis-py's asyncio client does not run "
-            "under trio. Use the directory store under trio, or run the bot on asyncio "
-            "(see docs/several-hosts.md)"
-        )
+            "the Redis backend runs on asyncio, or on trio through an asyncio loop in a thread "
+            "of its own; this event loop is neither"
+        ) from None
 
 
 def _same(a: Write, b: Write) -> bool:

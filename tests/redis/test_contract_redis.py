@@ -1,8 +1,8 @@
-"""The Redis backend runs the backend contract (tests/contract.py) on a real server.
+"""The Redis backend runs the backend contract (tests/contract.py) on a real server, on asyncio
+and on trio (where its client runs on an asyncio loop in a thread of its own).
 
-On asyncio only: redis-py's asyncio client does not run under trio, and opening a Redis
-store under trio raises at once (tests/redis/test_sync.py). The tests of the server's own
-keys, prefixes, receipts and failures are in tests/redis/test_backend.py.
+The tests of the server's own keys, prefixes, receipts and failures are in
+tests/redis/test_backend.py.
 """
 
 from __future__ import annotations
@@ -43,10 +43,6 @@ class RefusingRedisBackend(RedisBackend):
 
 
 class TestRedisContract(BackendContract):
-    @pytest.fixture
-    def anyio_backend(self) -> str:
-        return "asyncio"
-
     @pytest.fixture
     def faults(self) -> KeyFaults:
         return KeyFaults()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import anyio
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,13 +24,55 @@ def test_the_recency_code_sorts_newest_first_then_by_key(pairs: list[tuple[int |
     )
 
 
-def test_trio_is_refused_at_once_with_a_clear_error(redis_url: str) -> None:
-    async def main() -> None:
-        async with open_store(redis_url):
-            pass
+def test_a_store_on_trio(redis_url: str) -> None:
+    """Under trio the client runs on an asyncio loop in a thread of its own: the same store."""
+    import threading
 
-    with pytest.raises(RuntimeError, match="asyncio only"):
-        anyio.run(main, backend="trio")
+    import trio
+
+    from aiosessions import DELETE, SessionEntry
+
+    def bump(entry: SessionEntry | None) -> SessionEntry:
+        return SessionEntry(session_id="n", total_tokens=(entry.total_tokens if entry else 0) + 1)
+
+    async def main() -> None:
+        async with open_store(redis_url, flush_interval=0.01) as store:
+            async with trio.open_nursery() as nursery:
+                for _ in range(20):
+                    for _ in range(10):
+                        nursery.start_soon(store.update, "counter", bump)
+            await store.set("a", SessionEntry(session_id="a", updated_at=5))
+            await store.flush()
+            entry = await store.get("counter")
+            assert entry is not None and entry.total_tokens == 200
+            assert sorted([key async for key in store.keys()]) == ["a", "counter"]
+            assert await store.backend.newest(1) == [("a", 5)]  # type: ignore[attr-defined]
+            # A call cancelled on the way is over when the cancellation arrives.
+            with trio.move_on_after(0):
+                await store.get("a")
+            await store.update("a", lambda entry: DELETE)
+            assert "aiosessions-redis" in {thread.name for thread in threading.enumerate()}
+        assert "aiosessions-redis" not in {thread.name for thread in threading.enumerate()}
+
+    anyio.run(main, backend="trio")
+
+
+def test_a_client_of_your_own_on_trio(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    from aiosessions import SessionEntry
+    from aiosessions.backends import RedisBackend
+
+    url, prefix = redis_url.split("?prefix=")
+
+    async def main() -> None:
+        pool = aioredis.ConnectionPool.from_url(url)
+        async with open_store(RedisBackend(pool, prefix=prefix), flush_interval=0) as store:
+            await store.set("k", SessionEntry(session_id="mine"))
+            entry = await store.get("k")
+            assert entry is not None and entry.session_id == "mine"
+
+    anyio.run(main, backend="trio")
 
 
 def test_import_aiosessions_does_not_import_redis() -> None:
