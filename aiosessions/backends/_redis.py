@@ -870,7 +870,7 @@ class RedisBackend:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         message = f"{what}: Redis server {self._server}: {reason}"
         if doubt:
-            message += " (the reply was lost: the write is checked and retried)"
+            message += " (in doubt: whether it reached the server is asked on the next attempt)"
         error = StoreIOError(None, message, key=key, where=self._server)
         error.__cause__ = exc
         return error
