@@ -527,12 +527,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="0.3 s runs of 1 and 2 processes")
     parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument("--processes", default=None, help="comma-separated process counts (1,2,4,8)")
     parser.add_argument(
         "--out", type=Path, default=None, help="write redis.json and redis.md here (and the chart)"
     )
     args = parser.parse_args(argv)
     seconds = args.seconds or (0.3 if args.quick else 2.0)
     processes = (1, 2) if args.quick else PROCESSES
+    if args.processes:
+        processes = tuple(int(n) for n in args.processes.split(","))
     folder = Path(tempfile.mkdtemp(prefix="aiosessions-redis-bench-"))
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     load = os.getloadavg()

@@ -322,12 +322,7 @@ class RedisBackend:
         options = _client_defaults(redis_url)
         options.update(client_options)
         kind: Any = RedisCluster if cluster else aioredis.Redis
-        bridge = LoopThread("aiosessions-redis") if running_trio() else None
-        client = (
-            kind.from_url(redis_url, **options)
-            if bridge is None
-            else bridge.call(lambda: kind.from_url(redis_url, **options))
-        )
+        client = kind.from_url(redis_url, **options)
         backend = cls(
             client,
             prefix=chosen_prefix,
@@ -341,7 +336,6 @@ class RedisBackend:
         backend._url = redis_url
         backend._client_options = options
         backend._detect_cluster = cluster is None
-        backend._bridge = bridge
         return backend
 
     _client_options: dict[str, Any]
@@ -499,10 +493,12 @@ class RedisBackend:
             reply = await self._evalsha("read", self._entry(bucket, key), self._tag(bucket) + b":v", field)
         except (redis_errors.RedisError, OSError) as exc:
             raise self._io_error(exc, "reading", key) from exc
-        data, version = reply
-        if data is not None and version is not None:
-            self._remember(key, data, version.split(b" ", 1)[0])
-        return data  # type: ignore[no-any-return]
+        if reply is None:
+            return None
+        token, _, data = bytes(reply).partition(b" ")
+        if token:
+            self._remember(key, data, token)
+        return data
 
     async def read_many(self, keys: Sequence[str]) -> list[bytes | BaseException | None]:
         if not keys:

@@ -21,16 +21,15 @@ from __future__ import annotations
 
 __all__ = ["READ", "RESOLVE", "WRITE"]
 
-#: KEYS: the entries (n of them), then the bucket's version hash. ARGV: the n keys.
-#: Returns {bytes1, version1, bytes2, version2, ...} (false: absent).
+#: KEYS: 1 the entry, 2 the bucket's version hash. ARGV: 1 the key.
+#: Returns "<version token> <bytes>" (one bulk reply: as cheap to parse as a GET), or false.
 READ = """
-local n = #ARGV
-local out = {}
-for i = 1, n do
-  out[2 * i - 1] = redis.call('GET', KEYS[i])
-  out[2 * i] = redis.call('HGET', KEYS[n + 1], ARGV[i])
-end
-return out
+local data = redis.call('GET', KEYS[1])
+if not data then return false end
+local version = redis.call('HGET', KEYS[2], ARGV[1]) or ''
+local sp = string.find(version, ' ', 1, true)
+if sp then version = string.sub(version, 1, sp - 1) end
+return version .. ' ' .. data
 """
 
 #: KEYS: 1 receipt, 2 keys zset, 3 recency zset, 4 version hash, then d receipts to

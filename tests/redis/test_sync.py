@@ -35,7 +35,11 @@ def test_a_store_on_trio(redis_url: str) -> None:
     def bump(entry: SessionEntry | None) -> SessionEntry:
         return SessionEntry(session_id="n", total_tokens=(entry.total_tokens if entry else 0) + 1)
 
+    def ours() -> set[threading.Thread]:
+        return {thread for thread in threading.enumerate() if thread.name == "aiosessions-redis"}
+
     async def main() -> None:
+        before = ours()
         async with open_store(redis_url, flush_interval=0.01) as store:
             async with trio.open_nursery() as nursery:
                 for _ in range(20):
@@ -51,8 +55,8 @@ def test_a_store_on_trio(redis_url: str) -> None:
             with trio.move_on_after(0):
                 await store.get("a")
             await store.update("a", lambda entry: DELETE)
-            assert "aiosessions-redis" in {thread.name for thread in threading.enumerate()}
-        assert "aiosessions-redis" not in {thread.name for thread in threading.enumerate()}
+            assert len(ours() - before) == 1  # the store's loop thread
+        assert ours() == before  # stopped with the store
 
     anyio.run(main, backend="trio")
 
