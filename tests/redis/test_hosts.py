@@ -110,12 +110,15 @@ async def test_a_server_killed_and_restarted_mid_run_loses_nothing_acknowledged(
     print(f"seed {seed}")
     server: RedisServer = redis_server("--appendonly", "yes", "--appendfsync", "always")
     url = f"{server.url}?prefix=restart"
-    hosts = start_hosts(url, ops=400, seed=seed, max_pending_keys=4)
+    hosts = start_hosts(url, ops=1500, seed=seed, max_pending_keys=4)
     go(hosts)
     try:
-        await anyio.sleep(0.4)
-        for _ in range(2):
+        await anyio.sleep(0.2)
+        outages = 0
+        # While the hosts run (an outage makes them slower, so there is always a second).
+        while outages < 2 or (outages < 4 and all(host.poll() is None for host in hosts)):
             server.kill()  # -9: only what the AOF holds survives
+            outages += 1
             await anyio.sleep(0.5)
             await anyio.to_thread.run_sync(server.start)
             await anyio.sleep(0.3)
