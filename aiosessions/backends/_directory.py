@@ -61,7 +61,9 @@ BATCH_WRITERS = 4
 INLINE_READ_MAX = 256 * 1024
 #: How durable batches are made durable: "auto" picks per batch between one ``syncfs``
 #: barrier and per-file fsyncs (see ``_barrier``); "syncfs" and "fsync" force one (tests).
-BARRIER: BarrierMode = "auto"
+#: "fsync" for now: a simulated power cut once lost a shortened name's ``key`` file on the
+#: barrier's path, not yet explained; until it is, every batch takes the per-file path.
+BARRIER: BarrierMode = "fsync"
 
 _T = TypeVar("_T")
 Groups = list[tuple[int, list[Write]]]
