@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 from typing import Any
+from unittest import mock
 
 import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aiosessions import SessionEntry
+from aiosessions import SessionEntry, _recency
 from aiosessions._entry import codec_for
 from aiosessions._recency import (
     MAX_RECENCY,
@@ -46,15 +47,20 @@ updated = st.one_of(
     st.booleans(),
 )
 @settings(max_examples=500)
-def test_the_fast_path_agrees_with_the_parser(
+def test_the_byte_search_agrees_with_the_parser(
     members: dict[str, Any], at: Any, where: int, nest: bool
 ) -> None:
+    """On JSON as msgspec writes it (the search is used from FAST_FROM bytes up; here always)."""
     items = list(members.items())
     if nest:  # an updatedAt one level down, and one in a string, must not count
         items.insert(0, ("inner", {"updatedAt": 5, "note": 'a "updatedAt": 7 mention'}))
     items.insert(min(where, len(items)), ("updatedAt", at))
-    for data in (msgspec.json.encode(dict(items)), msgspec.json.encode(dict(items[1:] if nest else items))):
-        assert recency_of_encoded(data) == recency_of_stored(data), data
+    with mock.patch.object(_recency, "FAST_FROM", 0):
+        for data in (
+            msgspec.json.encode(dict(items)),
+            msgspec.json.encode(dict(items[1:] if nest else items)),
+        ):
+            assert recency_of_encoded(data) == recency_of_stored(data), data
 
 
 def test_the_rule() -> None:
@@ -66,20 +72,29 @@ def test_the_rule() -> None:
     assert recency_of_stored(b'{"updatedAt": 9007199254740993}') is None
     assert recency_of_stored(b"not json") is None
     assert recency_of_stored(b"[1, 2]") is None
-    assert recency_of_encoded(b'{"a":{"updatedAt":3},"updatedAt":4}') == 4  # nested one too: parser
-    assert recency_of_encoded(b'{"updated\\u0041t":4}') == 4  # an escaped name: parser
-    assert recency_of_encoded(b'{"a":"updatedAt","b":1}') is None
-    assert recency_of_encoded(b'{ "x" : 1 , "updatedAt" : -12 }') == -12
+    with mock.patch.object(_recency, "FAST_FROM", 0):
+        assert recency_of_encoded(b'{"a":{"updatedAt":3},"updatedAt":4}') == 4
+        assert recency_of_encoded(b'{"a":"updatedAt","b":1}') is None
+        assert recency_of_encoded(b'{"a\\"updatedAt":1}') is None
+        assert recency_of_encoded(b'{ "x" : 1 , "updatedAt" : -12 }') == -12
+    assert recency_of_encoded(b'{"updated\\u0041t":4}') == 4  # small: parsed
 
 
-def test_the_fast_path_on_session_entries() -> None:
+def test_the_byte_search_on_large_entries() -> None:
     codec = codec_for(SessionEntry)
     entry = SessionEntry(session_id="s", updated_at=1_700_000_000_123, model="m")
-    entry.extra["skillsSnapshot"] = {"prompt": "x" * 100_000, "updatedAt": 3}
-    assert recency_of_encoded(codec.encode(entry)) == 1_700_000_000_123
+    entry.extra["skillsSnapshot"] = {"prompt": 'x "updatedAt": 9 ' * 6_000, "updatedAt": 3}
+    data = codec.encode(entry)
+    assert len(data) > _recency.FAST_FROM
+    assert recency_of_encoded(data) == recency_of_stored(data) == 1_700_000_000_123
     odd = SessionEntry(session_id="s")
-    odd.extra["updatedAt"] = "yesterday"
-    assert recency_of_encoded(codec.encode(odd)) is None
+    odd.extra["skillsSnapshot"] = {"prompt": "x" * 100_000, "updatedAt": 3}
+    odd.extra["updatedAt"] = "yesterday"  # after the nested one
+    data = codec.encode(odd)
+    assert recency_of_encoded(data) is None and recency_of_stored(data) is None
+    late = {"blob": {"updatedAt": 1, "text": "y" * 50_000}, "updatedAt": 77}
+    data = msgspec.json.encode(late)
+    assert recency_of_encoded(data) == recency_of_stored(data) == 77
 
 
 def test_rank_order_is_newest_first_then_none() -> None:

@@ -95,7 +95,7 @@ from ._indexview import Need, View
 __all__ = ["COMPACT_BYTES", "INDEX_DIR", "RecencyIndex", "check_index"]
 
 #: A writer brings the database up to date and starts a new log past this size.
-COMPACT_BYTES = 256 * 1024
+COMPACT_BYTES = 1024 * 1024
 
 #: Keys per chunk of a listing (one query each).
 CHUNK = 512
