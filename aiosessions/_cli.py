@@ -37,6 +37,7 @@ from ._fs import FileSystem
 from ._layout import FORMAT_FILE, StorePaths, detect_mode
 from ._maintenance import FsckReport, PruneReport, fsck, prune, unreadable_sessions
 from ._migrate import MigrationReport, export_bytes, export_json, migrate
+from ._recency import bounded
 from ._store import open_store
 from ._targets import is_redis_url
 
@@ -246,7 +247,7 @@ class _ProgressBar:
 
 def _summary(key: str, entry: dict[str, Any]) -> dict[str, Any]:
     at = entry.get("updatedAt")
-    row: dict[str, Any] = {"key": key, "updatedAt": at if _is_int(at) else None}
+    row: dict[str, Any] = {"key": key, "updatedAt": bounded(at)}
     for name in ("sessionId", "displayName", "channel", "chatType", "model", "totalTokens"):
         if name in entry:
             row[name] = entry[name]
@@ -278,10 +279,6 @@ def _warn_unreadable(command: str, unreadable: dict[str, str], what: str) -> Non
         + "; `aiosessions fsck` lists them, `aiosessions fsck --repair` quarantines them",
         file=sys.stderr,
     )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 async def cmd_ls(args: argparse.Namespace) -> int:

@@ -269,6 +269,8 @@ class FileSystem:
         except OSError as exc:
             if exc.errno == errno.ENXIO:  # a socket, or a device with nothing behind it
                 raise NotRegularFileError(errno.ENXIO, "not a regular file", name) from exc
+            if exc.errno == errno.ELOOP:  # a symlink (O_NOFOLLOW): never followed
+                raise NotRegularFileError(errno.ELOOP, "a symlink, not a regular file", name) from exc
             raise
         try:
             st = self.fstat(fd)
@@ -292,7 +294,9 @@ class FileSystem:
         finally:
             self.close(fd)
 
-    def read_file_cached(self, name: str, *, dir_fd: int, max_bytes: int) -> tuple[bytes, Signature] | None:
+    def read_file_cached(
+        self, name: str, *, dir_fd: int | None, max_bytes: int
+    ) -> tuple[bytes, Signature] | None:
         """Read a whole small file only if the page cache holds all of it; else None.
 
         It never waits for the disk (``preadv`` with ``RWF_NOWAIT``), so it may run
@@ -325,7 +329,7 @@ class FileSystem:
             self.close(fd)
 
     def read_dir_file(
-        self, directory: str, name: str, *, dir_fd: int, max_bytes: int | None = None
+        self, directory: str, name: str, *, dir_fd: int | None, max_bytes: int | None = None
     ) -> tuple[bytes, Signature] | None:
         """Read ``directory/name`` without following a symlink in either part."""
         try:
@@ -393,6 +397,20 @@ class FileSystem:
             self._discard(tmp, dir_fd=dir_fd)
             raise
         return tmp, signature
+
+    def write_new(self, name: str, data: bytes, *, dir_fd: int, durable: bool) -> None:
+        """Create ``name`` (it must not exist) holding ``data``; fsync it when ``durable``.
+
+        Not atomic: for a folder nobody reads until it is complete (a migration's
+        staging folder), where a plain create is enough.
+        """
+        fd = self.open(name, _CREATE_FLAGS, FILE_MODE, dir_fd=dir_fd)
+        try:
+            self.write_all(fd, data)
+            if durable:
+                self.fsync(fd)
+        finally:
+            self.close(fd)
 
     def remove_tree(self, name: str, *, dir_fd: int) -> None:
         """Remove a directory and everything in it, never following a symlink."""

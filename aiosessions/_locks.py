@@ -17,13 +17,22 @@ from __future__ import annotations
 import errno
 import fcntl
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import anyio
 
 from ._errors import LockTimeoutError
 from ._fs import FileSystem
 
-__all__ = ["KeyLocks", "acquire_file_lock", "acquire_file_lock_sync", "release_file_lock"]
+__all__ = [
+    "KeyLocks",
+    "acquire_file_lock",
+    "acquire_file_lock_sync",
+    "file_lock",
+    "release_file_lock",
+    "store_lock",
+]
 
 _FIRST_WAIT = 0.001
 _LONGEST_WAIT = 0.05
@@ -134,3 +143,46 @@ async def acquire_file_lock(fs: FileSystem, fd: int, *, timeout: float, what: st
 def release_file_lock(fs: FileSystem, fd: int) -> None:
     """Release a lock taken by one of the acquire functions."""
     fs.flock(fd, fcntl.LOCK_UN)
+
+
+@contextmanager
+def file_lock(fs: FileSystem, fd: int, *, timeout: float, what: str) -> Iterator[None]:
+    """Hold the flock of ``fd`` for the body of a ``with`` (worker threads).
+
+    :raises LockTimeoutError: still held by someone else after ``timeout``.
+    """
+    acquire_file_lock_sync(fs, fd, timeout=timeout, what=what)
+    try:
+        yield
+    finally:
+        try:
+            release_file_lock(fs, fd)
+        except OSError:
+            pass  # closing the descriptor releases it in any case
+
+
+@contextmanager
+def store_lock(
+    fs: FileSystem, name: str, *, dir_fd: int | None, timeout: float, what: str, create: bool = True
+) -> Iterator[None]:
+    """Open the lock file ``name`` (creating it), hold its flock for the body, close it.
+
+    For occasional lockers (fsck, migration); a writer keeps its lock files open.
+    ``create=False``, for a reader that must write nothing: a lock file that does not
+    exist is not made, and the body runs without it (no writer has ever taken it).
+    """
+    try:
+        fd = fs.open_lock_file(name, dir_fd=dir_fd, create=create)
+    except FileNotFoundError:
+        if create:
+            raise
+        yield
+        return
+    try:
+        with file_lock(fs, fd, timeout=timeout, what=what):
+            yield
+    finally:
+        try:
+            fs.close(fd)
+        except OSError:
+            pass

@@ -30,8 +30,10 @@ import os
 import stat as stat_module
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from contextlib import AbstractContextManager, ExitStack, aclosing
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +41,7 @@ import anyio
 import msgspec
 
 from ._defaults import DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_ENTRY_BYTES, DEFAULT_TMP_MAX_AGE
-from ._entry import DECODE_ERRORS
+from ._entry import DECODE_ERRORS, storable
 from ._errors import (
     CorruptSessionError,
     FlushError,
@@ -48,29 +50,39 @@ from ._errors import (
     StoreIOError,
     io_error,
 )
-from ._fs import FileSystem, is_tmp_for, is_tmp_name
-from ._keys import MAX_KEY_BYTES, decode_name, encode_key, is_shortened, lock_stripe
+from ._fs import FileSystem, NotRegularFileError, TooLargeError, is_tmp_for, is_tmp_name
 from ._layout import (
     FORMAT_FILE,
-    FORMAT_NAME,
+    FORMAT_MAX_BYTES,
     FORMAT_VERSION,
+    KEY_FILE,
+    LOCK_STRIPES,
+    LOCKS,
+    META,
+    QUARANTINE,
+    TRASH,
     StorePaths,
+    check_format,
     detect_mode,
     encode_format,
+    folder_key,
+    format_version,
+    is_session_name,
+    old_tmp_files,
+    old_trash,
     refuse_inside_store,
+    stripe_name,
+    stripe_of,
+    walk,
 )
-from ._locks import acquire_file_lock_sync, release_file_lock
-from ._migrate import RECORD, STAGING_SUFFIX, _check_entries, _stamp, object_decoder, unreadable_error
+from ._locks import store_lock
+from ._migrate import _check_entries, _stamp, unreadable_error
 from ._recency import bounded
 from ._store import DELETE, _Delete, open_store
-from .backends._directory import CHUNK, KEY_FILE, LOCK_STRIPES, LOCKS, META, TRASH
 from .backends._index import INDEX_DIR, check_index
 from .backends._json import decode_legacy
 
 __all__ = ["FsckProblem", "FsckReport", "PruneReport", "fsck", "plan_prune", "prune"]
-
-#: Where ``fsck --repair`` moves what it will not delete, inside ``<stem>.d``.
-QUARANTINE = ".quarantine"
 
 
 # -- prune --------------------------------------------------------------------------------
@@ -417,26 +429,57 @@ class FsckReport:
         return tuple(problem for problem in self.unrepaired if problem.repairable)
 
 
-class _FormatProbe(msgspec.Struct):
-    format: Any = None
-    version: Any = None
+_object_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def _entry_problem(data: bytes, *, max_entry_bytes: int) -> str | None:
+    """Why the store would not give these stored entry bytes back; None if it would.
+
+    The reader's rules: what ``storable`` accepts (the function ``set()`` and the
+    directory reader apply: size, nesting), and a JSON object that decodes.
+    """
+    problem = storable(data, max_entry_bytes)
+    if problem is None:
+        try:
+            _object_decoder.decode(data)
+        except DECODE_ERRORS as exc:
+            problem = f"not a JSON object ({type(exc).__name__}: {exc})"
+    return problem
 
 
 class _Checker:
-    """The blocking work of one fsck; each method runs in a worker thread."""
+    """The blocking work of one fsck; each method runs in a worker thread.
 
-    def __init__(self, paths: StorePaths, fs: FileSystem, *, repair: bool, lock_timeout: float) -> None:
+    Writers may be running: every decision to remove or move something about a
+    session is taken again under that session's lock stripe (all stripes for a
+    shortened name whose key file is missing, since the key, and so its stripe,
+    is unknown), on what is there then. A session being created or written is
+    never taken for a broken one.
+    """
+
+    def __init__(
+        self,
+        paths: StorePaths,
+        fs: FileSystem,
+        *,
+        repair: bool,
+        lock_timeout: float,
+        tmp_max_age: float,
+        max_entry_bytes: int,
+    ) -> None:
         self.paths = paths
         self.fs = fs
         self.repair = repair
         self.lock_timeout = lock_timeout
+        self.max_entry_bytes = max_entry_bytes
+        #: Tmp files and trash last changed before this (epoch seconds) are orphans.
+        self.cutoff = time.time() - tmp_max_age
         self.problems: list[FsckProblem] = []
         self.sessions = 0
         self.parent = -1
         self.root = -1
         self.locks = -1
         self.quarantine = -1
-        self.trash_cutoff = 0.0
         self.mode = "directory"
 
     def add(
@@ -455,8 +498,8 @@ class _Checker:
 
     # -- the store-level checks ------------------------------------------------------------
 
-    def start(self) -> list[str]:
-        """Check what lies beside the store and its marker; return the names to scan."""
+    def start(self) -> bool:
+        """Check what lies beside the store and its marker; return whether to walk the folder."""
         fs, paths = self.fs, self.paths
         refuse_inside_store(fs, paths)
         try:
@@ -470,7 +513,7 @@ class _Checker:
             if self._exists(paths.file.name):
                 self.mode = "json"
                 self._check_legacy()
-                return []
+                return False
             raise StoreFormatError(
                 f"no session store at {paths.file}: neither it nor {paths.directory.name}/ exists"
             ) from None
@@ -480,9 +523,14 @@ class _Checker:
             raise
         self._check_format()
         if self.mode == "json":
-            return []
-        self.locks = self._ensure_open(LOCKS)
-        return fs.listdir(self.root)
+            return False
+        if self.repair:
+            self.fs.ensure_dir(LOCKS, dir_fd=self.root)
+        try:
+            self.locks = self.fs.open_dir(LOCKS, dir_fd=self.root)
+        except FileNotFoundError:
+            pass  # not repairing, and nobody has ever written here
+        return True
 
     def _exists(self, name: str) -> bool:
         try:
@@ -491,72 +539,46 @@ class _Checker:
             return False
         return True
 
-    def _ensure_open(self, name: str) -> int:
-        if self.repair:
-            self.fs.ensure_dir(name, dir_fd=self.root)
-        try:
-            return self.fs.open_dir(name, dir_fd=self.root)
-        except FileNotFoundError:
-            return -1
-
-    def _open_lock(self, name: str, dir_fd: int) -> int:
-        """A lock file's descriptor; -1 when it does not exist and fsck only reads.
-
-        A check without repair writes nothing, so a read-only store can be checked: it
-        opens only a lock file that exists (made by the first writer, who takes it while
-        writing), and needs none where no writer ever was.
-        """
-        try:
-            return self.fs.open_lock_file(name, dir_fd=dir_fd, create=self.repair)
-        except FileNotFoundError:
-            if self.repair:
-                raise
-            return -1
-
     def _check_staging(self) -> None:
-        stem = self.paths.directory.name[: -len(".d")]
-        name = f".{stem}{STAGING_SUFFIX}"
+        name = self.paths.staging
         if not self._exists(name):
             return
-        where = self.paths.file.with_name(name)
         action = ""
         if self.repair:
-            # The migration lock: a running migration holds it while it builds here.
-            lock = self.fs.open_lock_file(self.paths.lock.name, dir_fd=self.parent)
-            try:
-                acquire_file_lock_sync(self.fs, lock, timeout=self.lock_timeout, what=str(self.paths.lock))
-                try:
-                    self.fs.remove_tree(name, dir_fd=self.parent)
-                finally:
-                    release_file_lock(self.fs, lock)
-            finally:
-                self.fs.close(lock)
+            # The migration lock: a running migration holds it while it builds there.
+            with self._store_lock():
+                self.fs.remove_tree(name, dir_fd=self.parent)
             action = "removed (a re-run of migrate rebuilds it)"
-        self.add("stale-staging", where, "the staging folder of an interrupted migration", action)
+        self.add(
+            "stale-staging",
+            self.paths.file.with_name(name),
+            "the staging folder of an interrupted migration",
+            action,
+        )
+
+    def _store_lock(self) -> AbstractContextManager[None]:
+        """The store-wide lock (legacy writers, migration); see :meth:`_lock`."""
+        return self._lock(self.paths.lock.name, self.parent, str(self.paths.lock))
+
+    def _lock(self, name: str, dir_fd: int, what: str) -> AbstractContextManager[None]:
+        """Hold a lock file's lock. A check without repair writes nothing (a read-only store
+        can be checked): it takes only a lock file that exists, made by the first writer."""
+        return store_lock(
+            self.fs, name, dir_fd=dir_fd, timeout=self.lock_timeout, what=what, create=self.repair
+        )
 
     def _check_legacy(self) -> None:
         """A legacy store: does it parse, would every entry migrate, are there orphaned tmp files?"""
         fs, paths = self.fs, self.paths
-        lock = self._open_lock(paths.lock.name, self.parent)
-        try:
-            # Under the store lock no legacy writer is mid-rewrite: every tmp file is an orphan.
-            if lock >= 0:
-                acquire_file_lock_sync(fs, lock, timeout=self.lock_timeout, what=str(paths.lock))
-            try:
-                for name in fs.listdir(self.parent):
-                    if is_tmp_for(paths.file.name, name):
-                        action = ""
-                        if self.repair:
-                            fs.unlink(name, dir_fd=self.parent)
-                            action = "removed"
-                        self.add("orphaned-tmp", paths.file.with_name(name), "left by a dead writer", action)
-                found = fs.read_file(paths.file.name, dir_fd=self.parent)
-            finally:
-                if lock >= 0:
-                    release_file_lock(fs, lock)
-        finally:
-            if lock >= 0:
-                fs.close(lock)
+        # Under the store lock no legacy writer is mid-rewrite: every tmp file is an orphan.
+        with self._store_lock():
+            for name in old_tmp_files(fs, self.parent, match=partial(is_tmp_for, paths.file.name)):
+                action = ""
+                if self.repair:
+                    fs.unlink(name, dir_fd=self.parent)
+                    action = "removed"
+                self.add("orphaned-tmp", paths.file.with_name(name), "left by a dead writer", action)
+            found = fs.read_file(paths.file.name, dir_fd=self.parent)
         if found is None:
             return
         try:
@@ -572,7 +594,7 @@ class _Checker:
     def _check_format(self) -> None:
         fs, paths = self.fs, self.paths
         where = paths.directory / FORMAT_FILE
-        found = fs.read_file(FORMAT_FILE, dir_fd=self.root, max_bytes=4096)
+        found = fs.read_file(FORMAT_FILE, dir_fd=self.root, max_bytes=FORMAT_MAX_BYTES)
         legacy = self._exists(paths.file.name)
         if found is None:
             if legacy:
@@ -592,16 +614,10 @@ class _Checker:
                 action = "written"
             self.add("missing-format", where, "the directory store has lost its FORMAT marker", action)
             return
-        try:
-            probe = msgspec.json.decode(found[0], type=_FormatProbe)
-        except DECODE_ERRORS:
-            probe = _FormatProbe()
-        if probe.format == FORMAT_NAME and isinstance(probe.version, int) and probe.version > FORMAT_VERSION:
-            raise StoreFormatError(
-                f"{where} is format version {probe.version}; this aiosessions reads version "
-                f"{FORMAT_VERSION} (upgrade aiosessions to check it)"
-            )
-        if probe.format == FORMAT_NAME and probe.version == FORMAT_VERSION:
+        version = format_version(found[0])
+        if version is not None and version > FORMAT_VERSION:
+            check_format(found[0], where)  # raises: "upgrade aiosessions"
+        if version == FORMAT_VERSION:
             if legacy:
                 self.add(
                     "stale-legacy",
@@ -635,7 +651,7 @@ class _Checker:
             self.fs,
             repair=self.repair,
             lock_timeout=self.lock_timeout,
-            max_entry_bytes=DEFAULT_MAX_ENTRY_BYTES,
+            max_entry_bytes=self.max_entry_bytes,
         )
         for detail in problems:
             self.add("stale-index", self.paths.directory / INDEX_DIR, detail, "rebuilt" if rebuilt else "")
@@ -651,91 +667,94 @@ class _Checker:
 
     def _scan_one(self, name: str) -> None:
         fs, directory = self.fs, self.paths.directory
-        if name in (FORMAT_FILE, RECORD, LOCKS, QUARANTINE):
-            return
         if name == TRASH:
             self._check_trash()
             return
         if is_tmp_name(name):
-            # Only the FORMAT marker is written at the top, when the store is made.
-            action = ""
-            if self.repair:
-                fs.unlink(name, dir_fd=self.root)
-                action = "removed"
-            self.add("orphaned-tmp", directory / name, "left by a dead writer", action)
+            # FORMAT and .swept are written at the top, by nobody under a lock: age tells.
+            if fs.stat(name, dir_fd=self.root).st_mtime < self.cutoff:
+                action = ""
+                if self.repair:
+                    fs.unlink(name, dir_fd=self.root)
+                    action = "removed"
+                self.add("orphaned-tmp", directory / name, "left by a dead writer", action)
             return
-        if name.startswith("."):
-            return  # dot-names are not sessions; later versions may add some (docs/format.md)
+        if not is_session_name(name):
+            return  # FORMAT, .locks, .migration.json ...: later versions may add dot-names
         st = fs.stat(name, dir_fd=self.root)
         if not stat_module.S_ISDIR(st.st_mode):
             kind = "a symlink" if stat_module.S_ISLNK(st.st_mode) else "a file"
             self._quarantine_problem("stray-file", name, f"{kind} where session folders live")
             return
-        key = self._key_of(name)
-        if key is None:
-            return
-        folder = fs.open_dir(name, dir_fd=self.root)
         try:
-            inner = fs.listdir(folder)
-        finally:
-            fs.close(folder)
-        if META in inner and not any(is_tmp_name(n) for n in inner) and self._meta_ok(name):
+            key = folder_key(fs, name, dir_fd=self.root)
+        except ValueError as exc:
+            # No writer makes such a name or key file: nothing live can be here.
+            self._quarantine_problem("undecodable-name", name, str(exc))
+            return
+        if key is None:
+            # A shortened name whose key file is missing: perhaps a session being created
+            # this instant (its writer holds its stripe, which we cannot know): look again
+            # holding every stripe.
+            self._with_locks(range(LOCK_STRIPES), lambda: self._check_keyless(name))
+            return
+        if self._healthy(name, key):
             self.sessions += 1
             return
-        # Something is off: look again under the key's lock, so a writer in flight is not
-        # mistaken for a dead one.
-        self._with_key_lock(key, lambda: self._check_folder(key, name))
+        # Something is off: look again under the key's lock, so that a writer in flight
+        # is not mistaken for a dead one.
+        self._with_locks([stripe_of(key)], lambda: self._check_folder(key, name))
 
-    def _key_of(self, name: str) -> str | None:
-        """The key a folder holds, or None after recording why it has none."""
-        fs = self.fs
-        if is_shortened(name):
-            found = fs.read_dir_file(name, KEY_FILE, dir_fd=self.root, max_bytes=MAX_KEY_BYTES)
-            if found is None:
-                self._quarantine_problem("undecodable-name", name, "a shortened name without its key file")
-                return None
-            try:
-                key = found[0].decode("utf-8")
-                if encode_key(key) != name:
-                    raise ValueError("the key file names another key")
-            except (UnicodeDecodeError, ValueError) as exc:
-                self._quarantine_problem("undecodable-name", name, f"its key file is wrong: {exc}")
-                return None
-            return key
+    def _healthy(self, name: str, key: str) -> bool:
+        """A complete session: a valid meta.json and nothing in flight (read without a lock)."""
+        folder = self.fs.open_dir(name, dir_fd=self.root)
         try:
-            return decode_name(name)
+            inner = self.fs.listdir(folder)
+        finally:
+            self.fs.close(folder)
+        return META in inner and not any(is_tmp_name(n) for n in inner) and self._meta_problem(name) is None
+
+    def _check_keyless(self, name: str) -> None:
+        """A shortened folder without key file, looked at again under every stripe."""
+        self.fs.stat(name, dir_fd=self.root)  # deleted before we held the stripes: nothing to do
+        try:
+            key = folder_key(self.fs, name, dir_fd=self.root)
         except ValueError as exc:
             self._quarantine_problem("undecodable-name", name, str(exc))
-            return None
+            return
+        if key is not None:  # its creation finished meanwhile
+            self._check_folder(key, name)
+        else:
+            self._quarantine_problem("undecodable-name", name, "a shortened name without its key file")
 
-    def _meta_ok(self, name: str) -> bool:
+    def _meta_problem(self, name: str) -> str | None:
+        """What is wrong with the session's meta.json for the reader; None if it reads back."""
         try:
-            found = self.fs.read_dir_file(name, META, dir_fd=self.root)
-        except OSError:
-            return False
+            found = self.fs.read_dir_file(name, META, dir_fd=self.root, max_bytes=self.max_entry_bytes)
+        except TooLargeError:
+            return f"meta.json is larger than max_entry_bytes={self.max_entry_bytes}"
+        except NotRegularFileError:
+            return "meta.json is not a regular file"
         if found is None:
-            return False
-        try:
-            object_decoder.decode(found[0])
-        except DECODE_ERRORS:
-            return False
-        return True
+            return "meta.json is missing"
+        return _entry_problem(found[0], max_entry_bytes=self.max_entry_bytes)
 
     def _check_folder(self, key: str, name: str) -> None:
+        """Called under the key's stripe: what is wrong now is really wrong."""
         fs, directory = self.fs, self.paths.directory
         folder = fs.open_dir(name, dir_fd=self.root)
         try:
-            inner = fs.listdir(folder)
-            for tmp in [n for n in inner if is_tmp_name(n)]:
+            tmp = old_tmp_files(fs, folder)  # the writers of this folder hold the stripe
+            for each in tmp:
                 action = ""
                 if self.repair:
-                    fs.unlink(tmp, dir_fd=folder)
+                    fs.unlink(each, dir_fd=folder)
                     action = "removed"
-                self.add("orphaned-tmp", directory / name / tmp, "left by a dead writer", action)
-            rest = [n for n in inner if not is_tmp_name(n) and n != KEY_FILE]
+                self.add("orphaned-tmp", directory / name / each, "left by a dead writer", action)
+            rest = [n for n in fs.listdir(folder) if n not in tmp and n != KEY_FILE]
         finally:
             fs.close(folder)
-        if META not in inner:
+        if META not in rest:
             if not rest and self.repair:
                 # Nothing but (removed) tmp files and maybe a key file: a creation that died.
                 fs.remove_tree(name, dir_fd=self.root)
@@ -743,39 +762,28 @@ class _Checker:
             else:
                 self._quarantine_problem("missing-meta", name, f"session {key!r} has no meta.json")
             return
-        if self._meta_ok(name):
+        problem = self._meta_problem(name)
+        if problem is None:
             self.sessions += 1
             return
-        self._quarantine_problem("corrupt-entry", name, f"session {key!r}: meta.json is not a JSON object")
+        self._quarantine_problem("corrupt-entry", name, f"session {key!r}: {problem}")
 
-    def _with_key_lock(self, key: str, body: Callable[[], None]) -> None:
+    def _with_locks(self, stripes: Iterable[int], body: Callable[[], None]) -> None:
+        """Run ``body`` holding the lock stripes (in ascending order: writers take one at a time)."""
         if self.locks < 0:
             body()  # no lock folder and not repairing: nobody has ever written here
             return
-        stripe = lock_stripe(key, LOCK_STRIPES)
-        fd = self._open_lock(f"{stripe:02x}", self.locks)
-        if fd < 0:
+        with ExitStack() as held:
+            for stripe in sorted(stripes):
+                what = f"{self.paths.directory / LOCKS}/{stripe_name(stripe)}"
+                held.enter_context(self._lock(stripe_name(stripe), self.locks, what))
             body()
-            return
-        try:
-            what = f"{self.paths.directory / LOCKS}/{stripe:02x}"
-            acquire_file_lock_sync(self.fs, fd, timeout=self.lock_timeout, what=what)
-            try:
-                body()
-            finally:
-                release_file_lock(self.fs, fd)
-        finally:
-            self.fs.close(fd)
 
     def _check_trash(self) -> None:
         fs = self.fs
         trash = fs.open_dir(TRASH, dir_fd=self.root)
         try:
-            for name in fs.listdir(trash):
-                st = fs.stat(name, dir_fd=trash)
-                # ctime: a rename into the trash updates it, while the mtime stays the folder's own.
-                if max(st.st_mtime, st.st_ctime) >= self.trash_cutoff:
-                    continue  # a delete in progress
+            for name in old_trash(fs, trash, cutoff=self.cutoff):
                 action = ""
                 if self.repair:
                     fs.remove_tree(name, dir_fd=trash)
@@ -789,8 +797,12 @@ class _Checker:
         self.add(kind, self.paths.directory / name, detail, action)
 
     def _quarantine(self, name: str) -> str:
-        """Move ``name`` (one rename) into ``.quarantine/``; return where it went."""
+        """Move ``name`` (one rename) into ``.quarantine/``; return where it went.
+
+        :raises FileNotFoundError: ``name`` is gone (deleted meanwhile): nothing is made.
+        """
         fs = self.fs
+        fs.stat(name, dir_fd=self.root)  # gone since it was looked at: no .quarantine for nothing
         if self.quarantine < 0:
             fs.ensure_dir(QUARANTINE, dir_fd=self.root)
             self.quarantine = fs.open_dir(QUARANTINE, dir_fd=self.root)
@@ -809,17 +821,13 @@ class _Checker:
         return str(self.paths.directory / QUARANTINE / target)
 
 
-def _chunks(names: list[str]) -> Iterable[list[str]]:
-    for start in range(0, len(names), CHUNK):
-        yield names[start : start + CHUNK]
-
-
 async def fsck(
     path: str | os.PathLike[str],
     *,
     repair: bool = False,
     tmp_max_age: float = DEFAULT_TMP_MAX_AGE,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
     filesystem: FileSystem | None = None,
 ) -> FsckReport:
     """Check every file of the store at ``path``; with ``repair``, fix what can be fixed safely.
@@ -831,12 +839,17 @@ async def fsck(
     A legacy store is checked too: it must parse, every entry must be
     migratable, and its orphaned tmp files are found (it is never rewritten).
 
+    Safe beside running writers: whatever it removes or moves about a session is
+    looked at again under the lock a writer of that session holds.
+
     :param path: the store, either kind (``X/sessions.json`` or ``X/sessions.d``).
     :param repair: fix what can be fixed safely (see above); without it nothing
         is changed.
     :param tmp_max_age: seconds after which a tmp file or a deleted session in
         ``.trash/`` is an orphan (younger ones may belong to a write in flight).
     :param lock_timeout: seconds to wait for a key's or the store's lock.
+    :param max_entry_bytes: the ``max_entry_bytes`` of the stores that use it: an
+        entry is valid when such a store gives it back (``storable``, and a JSON object).
     :param filesystem: the :class:`FileSystem` doing every blocking call.
     :raises StoreFormatError: there is no store at ``path``, or its marker is of
         a newer format version.
@@ -845,13 +858,20 @@ async def fsck(
     started = time.perf_counter()
     paths = StorePaths.of(path)
     fs = filesystem if filesystem is not None else FileSystem()
-    checker = _Checker(paths, fs, repair=repair, lock_timeout=lock_timeout)
-    checker.trash_cutoff = time.time() - tmp_max_age
+    checker = _Checker(
+        paths,
+        fs,
+        repair=repair,
+        lock_timeout=lock_timeout,
+        tmp_max_age=tmp_max_age,
+        max_entry_bytes=max_entry_bytes,
+    )
     try:
         try:
-            names = await anyio.to_thread.run_sync(checker.start)
-            for chunk in _chunks(names):
-                await anyio.to_thread.run_sync(checker.scan, chunk)
+            if await anyio.to_thread.run_sync(checker.start):
+                async with aclosing(walk(fs, checker.root, checker.scan)) as steps:
+                    async for _ in steps:
+                        pass
             await anyio.to_thread.run_sync(checker.finish)
             if checker.mode == "directory":
                 await anyio.to_thread.run_sync(checker.check_index)

@@ -49,26 +49,34 @@ from ._errors import (
     StoreIOError,
     io_error,
 )
-from ._fs import FILE_MODE, FileSystem, Signature
+from ._fs import FILE_MODE, FileSystem
 from ._keys import encode_key, is_shortened, validate_key
-from ._layout import FORMAT_FILE, StorePaths, check_format, encode_format, refuse_inside_store
+from ._layout import (
+    FORMAT_FILE,
+    KEY_FILE,
+    LOCKS,
+    META,
+    RECORD,
+    SWEPT,
+    TRASH,
+    StorePaths,
+    detect_mode,
+    encode_format,
+    ensure_store_dirs,
+    read_marker,
+    refuse_inside_store,
+)
 from ._locks import acquire_file_lock, release_file_lock
 from ._preflight import migration_blockers
-from .backends._directory import BATCH_WRITERS, KEY_FILE, LOCKS, META, TRASH, DirectoryBackend
+from .backends._directory import BATCH_WRITERS, DirectoryBackend
 from .backends._json import decode_legacy, encode_legacy
 
 __all__ = ["MigrationReport", "export_json", "migrate"]
 
-#: Suffix of the staging folder, ``.<stem>.d.staging``: hidden, and named after the stem.
-STAGING_SUFFIX = ".d.staging"
 #: Infix of the legacy file's backup name.
 BACKUP_INFIX = ".pre-directory-migration."
-#: What the migration left inside the new store about its source (for re-runs and audits).
-RECORD = ".migration.json"
 #: Entries written per worker-thread hop.
 BATCH = 256
-
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Decodes a JSON object without decoding its members (also used by fsck).
 object_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
@@ -160,21 +168,6 @@ def _stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def _write_new(fs: FileSystem, name: str, data: bytes, *, dir_fd: int, durable: bool) -> None:
-    """Create ``name`` (which must not exist) holding ``data``; fsync it when durable.
-
-    Inside the staging folder a plain create is enough: nothing there is visible
-    until the whole folder is renamed into place, after every file is synced.
-    """
-    fd = fs.open(name, _CREATE_FLAGS, FILE_MODE, dir_fd=dir_fd)
-    try:
-        fs.write_all(fd, data)
-        if durable:
-            fs.fsync(fd)
-    finally:
-        fs.close(fd)
-
-
 class _Migration:
     """The blocking steps of one migration; each method runs in a worker thread."""
 
@@ -187,7 +180,7 @@ class _Migration:
         self.staging = -1
         #: The staging folder has been renamed into place: the directory store is the store.
         self.published = False
-        self.staging_name = f".{paths.directory.name[: -len('.d')]}{STAGING_SUFFIX}"
+        self.staging_name = paths.staging
 
     # -- setup and state ----------------------------------------------------------------
 
@@ -230,9 +223,7 @@ class _Migration:
         """Find out where things stand (under the lock) and read the legacy file if needed."""
         fs, paths = self.fs, self.paths
         directory = paths.directory.name
-        marker = fs.read_dir_file(directory, FORMAT_FILE, dir_fd=self.parent, max_bytes=4096)
-        if marker is not None:
-            check_format(marker[0], paths.directory / FORMAT_FILE)
+        if read_marker(fs, directory, dir_fd=self.parent, where=paths.directory / FORMAT_FILE):
             found = fs.read_file(paths.file.name, dir_fd=self.parent)
             if found is None:
                 return _Plan("done")
@@ -289,8 +280,7 @@ class _Migration:
             self._clear_unmarked(directory)
         fs.mkdir(self.staging_name, dir_fd=self.parent)
         self.staging = fs.open_dir(self.staging_name, dir_fd=self.parent)
-        fs.mkdir(LOCKS, dir_fd=self.staging)
-        fs.mkdir(TRASH, dir_fd=self.staging)
+        ensure_store_dirs(fs, self.staging)
 
     def _clear_unmarked(self, directory: str) -> None:
         """Remove a marker-less ``<stem>.d`` if it holds nothing (a store creation that died
@@ -328,8 +318,8 @@ class _Migration:
             folder = fs.open_dir(name, dir_fd=staging)
             try:
                 if is_shortened(name):
-                    _write_new(fs, KEY_FILE, key.encode("utf-8"), dir_fd=folder, durable=durable)
-                _write_new(fs, META, data, dir_fd=folder, durable=durable)
+                    fs.write_new(KEY_FILE, key.encode("utf-8"), dir_fd=folder, durable=durable)
+                fs.write_new(META, data, dir_fd=folder, durable=durable)
                 if durable:
                     fs.fsync(folder)
             finally:
@@ -338,7 +328,8 @@ class _Migration:
     def seal(self, record: _Record) -> None:
         """Make the staging folder durable and write the marker, last."""
         fs = self.fs
-        _write_new(fs, RECORD, msgspec.json.encode(record) + b"\n", dir_fd=self.staging, durable=self.durable)
+        fs.write_new(RECORD, msgspec.json.encode(record) + b"\n", dir_fd=self.staging, durable=self.durable)
+        fs.write_new(SWEPT, b"", dir_fd=self.staging, durable=False)  # nothing to sweep in a new store
         if self.durable:
             fs.fsync(self.staging)
         fs.write_atomic(FORMAT_FILE, encode_format(), dir_fd=self.staging, durable=self.durable)
@@ -637,21 +628,18 @@ async def export_bytes(
 async def _read_all(
     paths: StorePaths, fs: FileSystem, on_corrupt: OnCorrupt | None
 ) -> dict[str, msgspec.Raw]:
-    def marker() -> tuple[bytes, Signature] | None:
-        refuse_inside_store(fs, paths)
-        return fs.read_file(str(paths.directory / FORMAT_FILE), max_bytes=4096)
-
     try:
-        found = await anyio.to_thread.run_sync(marker)
-        if found is None:
+        mode = await anyio.to_thread.run_sync(detect_mode, fs, paths)
+        if mode is None:
+            raise StoreFormatError(
+                f"no session store at {paths.file}: neither it nor {paths.directory.name}/ "
+                "(with a FORMAT marker) exists"
+            )
+        if mode == "json":
             legacy = await anyio.to_thread.run_sync(fs.read_file, str(paths.file))
             if legacy is None:
-                raise StoreFormatError(
-                    f"no session store at {paths.file}: neither it nor {paths.directory.name}/ "
-                    "(with a FORMAT marker) exists"
-                )
+                raise StoreFormatError(f"{paths.file} disappeared while it was being read")
             return await anyio.to_thread.run_sync(decode_legacy, legacy[0], str(paths.file))
-        check_format(found[0], paths.directory / FORMAT_FILE)
     except OSError as exc:
         raise io_error(exc, f"reading {paths.file}", path=str(paths.file)) from exc
     backend = DirectoryBackend(

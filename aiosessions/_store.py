@@ -879,8 +879,9 @@ def open_store(
         lock before :class:`LockTimeoutError`.
     :param cache_bytes: file stores only: bytes of recently used entries kept to
         answer reads after one ``stat`` (their freshness is checked on every read).
-    :param tmp_max_age: file stores only: tmp files older than this (seconds) are
-        orphans, swept in the background after open.
+    :param tmp_max_age: file stores only: tmp files (and deleted sessions) older
+        than this (seconds) are orphans, swept in the background; a directory store
+        is swept when its last sweep is this old, not at every open.
     :param filesystem: file stores only: the :class:`FileSystem` doing every
         blocking call (tests pass one that injects faults).
     :raises StoreFormatError: ``mode`` contradicts what is on disk, or the

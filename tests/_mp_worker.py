@@ -11,6 +11,12 @@ Usage::
         fsync off), calling ``flush()`` after a seeded random number of increments
         so that writes interleave with the other processes'. Close the store and
         print its statistics as JSON.
+
+    python _mp_worker.py churn PATH MODE N SECONDS SEED
+        Open the store, print ``ready``, then for SECONDS set, re-set and delete N
+        sessions with long keys (shortened folder names with a ``key`` file), a
+        write-behind store flushing every 50 changes. Close the store and print, as
+        JSON, what it acknowledged last for each key (absent: deleted or never set).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+import time
 from dataclasses import asdict
 from typing import Literal
 
@@ -71,6 +78,36 @@ async def count(path: str, mode: str, key: str, n: int, flush_interval: float, s
     print(json.dumps(asdict(stats)), flush=True)
 
 
+def churn_key(i: int) -> str:
+    """A key long enough for a shortened folder name."""
+    return f"agent:main:telegram:group:{'long' * 40}:{i}"
+
+
+async def churn(path: str, mode: str, n: int, seconds: float, seed: int) -> None:
+    rng = random.Random(seed)
+    keys = [churn_key(i) for i in range(n)]
+    model: dict[str, dict[str, object]] = {}
+    async with aiosessions.open_store(
+        path, mode=_mode(mode), entry_type=dict, flush_interval=0.01, fsync=False, lock_timeout=30
+    ) as store:
+        print("ready", flush=True)
+        deadline = time.monotonic() + seconds
+        changes = 0
+        while time.monotonic() < deadline:
+            key = rng.choice(keys)
+            if key in model and rng.random() < 0.1:
+                await store.delete(key)
+                del model[key]
+            else:
+                value: dict[str, object] = {"sessionId": key[-6:], "n": changes}
+                await store.set(key, value)
+                model[key] = value
+            changes += 1
+            if changes % 50 == 0:
+                await store.flush()
+    print(json.dumps(model), flush=True)
+
+
 def main(argv: list[str]) -> None:
     command, path, mode, key, *rest = argv
     if command == "read":
@@ -78,6 +115,8 @@ def main(argv: list[str]) -> None:
     elif command == "count":
         n, flush_interval, seed = int(rest[0]), float(rest[1]), int(rest[2])
         anyio.run(count, path, mode, key, n, flush_interval, seed)
+    elif command == "churn":
+        anyio.run(churn, path, mode, int(key), float(rest[0]), int(rest[1]))
     else:
         raise SystemExit(f"unknown command {command!r}")
 

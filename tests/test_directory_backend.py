@@ -286,12 +286,63 @@ async def test_fresh_tmp_files_are_kept(tmp_path: Path) -> None:
         tmp.write_bytes(b"{}")
     age(old, 7200)
     age(not_ours, 7200)
+    age(tmp_path / "sessions.d" / ".swept", 7200)  # the last sweep began two hours ago
     async with aiosessions.open_store(path, tmp_max_age=3600, **OPTIONS) as store:
         await wait_until(lambda: store.statistics().swept >= 1, "the sweep")
         # Both tmp files sit in one folder, which one sweep step handles whole.
         assert store.statistics().swept == 1
     assert not old.exists()
     assert fresh.exists() and not_ours.exists()
+
+
+class _CountingFS(aiosessions.FileSystem):
+    """Counts the folders listed (a sweep lists every session folder)."""
+
+    def __init__(self) -> None:
+        self.listed = 0
+
+    def listdir(self, fd: int) -> list[str]:
+        self.listed += 1
+        return super().listdir(fd)
+
+    def scandir(self, fd: int) -> Any:
+        self.listed += 1
+        return super().scandir(fd)
+
+
+async def test_an_open_soon_after_a_sweep_visits_no_session_folder(tmp_path: Path) -> None:
+    """Issue 9.9: a sweep runs when the store's last one began tmp_max_age ago, not at every open."""
+    path = tmp_path / "sessions.json"
+    async with aiosessions.open_store(path, **OPTIONS) as store:
+        for i in range(50):
+            await store.set(f"agent:main:{i}", SessionEntry(session_id=str(i)))
+    stamp = tmp_path / "sessions.d" / ".swept"
+    assert stamp.exists()  # made with the store: a new store has nothing to sweep
+    age(stamp, 7200)
+    fs = _CountingFS()
+    async with aiosessions.open_store(path, tmp_max_age=3600, filesystem=fs, **OPTIONS) as store:
+        await wait_until(lambda: fs.listed >= 51, "the sweep")  # the store folder and 50 sessions
+    assert time.time() - stamp.stat().st_mtime < 600  # the stamp of that sweep
+    for _ in range(3):
+        fs = _CountingFS()
+        async with aiosessions.open_store(path, tmp_max_age=3600, filesystem=fs, **OPTIONS) as store:
+            assert await store.get("agent:main:7") == SessionEntry(session_id="7")
+            for _ in range(20):
+                await anyio.sleep(0.001)  # give a sweep every chance to start
+        assert fs.listed == 0
+
+
+async def test_a_store_left_open_sweeps_again(tmp_path: Path) -> None:
+    """Orphans of a writer that died after the store was opened are found while it stays open."""
+    path = tmp_path / "sessions.json"
+    async with aiosessions.open_store(path, tmp_max_age=0, **OPTIONS) as store:
+        await store.set("a", SessionEntry(session_id="a"))
+        await store.flush()
+        orphan = tmp_path / "sessions.d" / "a" / ".meta.json.4242-deadbeef.tmp"
+        orphan.write_bytes(b'{"half":')
+        age(orphan, 60)
+        await wait_until(lambda: store.statistics().swept >= 1, "the next sweep")
+        assert not orphan.exists()
 
 
 # -- symlinks ------------------------------------------------------------------------------
@@ -509,3 +560,50 @@ async def test_a_failed_folder_fsync_is_not_cleared_by_another_threads_success(
         assert json.loads((tmp_path / "sessions.d" / encode_key(key) / "meta.json").read_bytes()) == {
             "sessionId": key
         }
+
+
+# -- a broken session can be deleted (issue 15.6) -------------------------------------------------
+
+
+def _break_meta(meta: Path, how: str, outside: Path) -> None:
+    meta.unlink()
+    if how == "directory":
+        meta.mkdir()
+        (meta / "inner.json").write_text("{}")
+    elif how == "fifo":
+        os.mkfifo(meta)
+    else:
+        os.symlink(outside, meta)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("how", ["directory", "fifo", "symlink"])
+@pytest.mark.anyio
+async def test_a_session_whose_meta_json_is_not_a_file_can_be_deleted(
+    tmp_path: Path, how: str, anyio_backend: str
+) -> None:
+    """get() says CorruptSessionError; delete() removes the session, never following a link out."""
+    path = tmp_path / "sessions.json"
+    outside = tmp_path / "outside.json"
+    outside.write_text('{"sessionId": "not the store\'s"}')
+    keys = ["agent:main:broken", "agent:main:" + "long" * 40]  # a plain name and a shortened one
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        for key in keys:
+            await store.set(key, {"sessionId": key})
+        await store.set("agent:main:fine", {"sessionId": "fine"})
+    for key in keys:
+        _break_meta(tmp_path / "sessions.d" / encode_key(key) / "meta.json", how, outside)
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        for key in keys:
+            with pytest.raises(aiosessions.CorruptSessionError):
+                await store.get(key)
+            assert await store.contains(key)
+            assert await store.delete(key, durable=True) is True
+            assert await store.get(key) is None
+            assert not await store.contains(key)
+            assert await store.delete(key) is False
+        assert [key async for key in store.keys()] == ["agent:main:fine"]
+    for key in keys:
+        assert not (tmp_path / "sessions.d" / encode_key(key)).exists()
+    assert outside.read_text() == '{"sessionId": "not the store\'s"}'
+    assert os.listdir(tmp_path / "sessions.d" / ".trash") == []

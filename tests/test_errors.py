@@ -27,7 +27,7 @@ from aiosessions import (
     StoreIOError,
 )
 from aiosessions._keys import MAX_KEY_BYTES, encode_key, lock_stripe
-from aiosessions.backends._directory import LOCK_STRIPES
+from aiosessions._layout import LOCK_STRIPES
 
 pytestmark = pytest.mark.asyncio
 

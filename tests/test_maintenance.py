@@ -9,18 +9,21 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sys
 import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.streams.text
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import aiosessions
 from aiosessions import (
+    CorruptSessionError,
     FileSystem,
     FsckReport,
     LockTimeoutError,
@@ -31,9 +34,8 @@ from aiosessions import (
     prune,
 )
 from aiosessions._keys import encode_key, lock_stripe
-from aiosessions._layout import encode_format
+from aiosessions._layout import LOCK_STRIPES, encode_format
 from aiosessions._maintenance import _drop_if, plan_prune
-from aiosessions.backends._directory import LOCK_STRIPES
 
 DAY_MS = 86_400_000
 NOW = 1_800_000_000.0  # epoch seconds, injected
@@ -381,3 +383,98 @@ async def test_fsck_repair_of_a_legacy_store_spares_another_stores_tmp_file(tmp_
     assert [problem.path for problem in report.problems] == [str(ours)]
     assert not ours.exists()
     assert theirs.exists()
+
+
+# -- fsck beside a live writer (issue 15.1) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+@pytest.mark.anyio
+async def test_fsck_repair_beside_a_live_writer_moves_nothing_live(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """A writer process sets, re-sets and deletes 400 long-key sessions (shortened names with a
+    ``key`` file) while fsck(repair=True) runs in a loop: nothing it acknowledged is moved."""
+    path = tmp_path / "sessions.json"
+    async with open_store(path, entry_type=dict, fsync=False) as store:
+        await store.set("short:key", {"sessionId": "short"})
+    worker = Path(__file__).with_name("_mp_worker.py")
+    process = await anyio.open_process(
+        [sys.executable, str(worker), "churn", str(path), "directory", "400", "4", "15"]
+    )
+    assert process.stdout is not None
+    lines = anyio.streams.text.TextReceiveStream(process.stdout)
+    received = ""
+    runs = 0
+    async with process:
+        with anyio.fail_after(120):
+            while "ready" not in received:
+                received += await lines.receive()
+            async with anyio.create_task_group() as tg:
+
+                async def read_rest() -> None:
+                    nonlocal received
+                    async for text in lines:
+                        received += text
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(read_rest)
+                while True:  # until the writer is done (the task group is cancelled)
+                    report = await fsck(path, repair=True, lock_timeout=30)
+                    runs += 1
+                    moved = [problem for problem in report.problems if "moved to" in problem.action]
+                    assert not moved, f"fsck run {runs} moved live sessions: {moved}"
+                    await anyio.sleep(0)
+        assert await process.wait() == 0
+    acknowledged = json.loads(received.split("ready", 1)[1])
+    assert runs >= 2 and len(acknowledged) > 100
+    assert not (tmp_path / "sessions.d" / ".quarantine").exists()
+    assert await _contents(path) == {"short:key": {"sessionId": "short"}, **acknowledged}
+
+
+# -- fsck and the reader agree (issue 15.3) -------------------------------------------------------
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"sessionId": "deep", "v": ' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+@pytest.mark.anyio
+async def test_fsck_calls_valid_exactly_what_the_reader_gives_back(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """Too large for the store's max_entry_bytes, nested deeper than set() accepts: get() refuses
+    them and fsck reports them; what get() reads, fsck passes."""
+    path = tmp_path / "sessions.json"
+    planted = {
+        "k:big": b'{"sessionId": "' + b"x" * 2000 + b'"}',
+        "k:deep": _nested(300),
+        "k:fine": _nested(200),
+        "k:small": b'{"sessionId": "small"}',
+    }
+    async with open_store(path, entry_type=dict, fsync=False) as store:
+        for key in planted:
+            await store.set(key, {"sessionId": "placeholder"})
+    for key, data in planted.items():
+        (tmp_path / "sessions.d" / encode_key(key) / "meta.json").write_bytes(data)
+    readable = set()
+    async with open_store(path, entry_type=dict, max_entry_bytes=1000, fsync=False) as store:
+        for key in planted:
+            try:
+                await store.get(key)
+            except CorruptSessionError:
+                continue
+            readable.add(key)
+    assert readable == {"k:fine", "k:small"}
+    report = await fsck(path, max_entry_bytes=1000)
+    flagged = {problem.path for problem in report.problems}
+    assert flagged == {str(tmp_path / "sessions.d" / encode_key(key)) for key in ("k:big", "k:deep")}
+    assert all(problem.kind == "corrupt-entry" for problem in report.problems)
+    assert report.sessions == 2
+    # With the default max_entry_bytes (16 MiB) the 2 KB entry is valid for both.
+    async with open_store(path, entry_type=dict, fsync=False) as store:
+        assert (await store.get("k:big")) == {"sessionId": "x" * 2000}
+    assert {p.path for p in (await fsck(path)).problems} == {
+        str(tmp_path / "sessions.d" / encode_key("k:deep"))
+    }

@@ -1,27 +1,20 @@
 """The directory store: one folder per session, ``<stem>.d/<name>/meta.json``.
 
-Layout inside ``<stem>.d/`` (see docs/format.md)::
-
-    FORMAT              marker, written last when the store is made
-    .locks/00 .. 3f     cross-process lock stripes (flock; never renamed or deleted)
-    .trash/             deleted sessions pass through here on their way out
-    <name>/meta.json    the entry, exactly the JSON object of the legacy file
-    <name>/key          the exact key, only for shortened names (see _keys)
-    <name>/.meta.json.<pid>-<rand>.tmp   an in-flight write (swept when orphaned)
+The layout and its names are ``_layout``'s (and docs/format.md's); this module
+reads and writes sessions in it.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
+import math
 import os
 import secrets
-import stat as stat_module
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
 
@@ -34,24 +27,41 @@ from .._defaults import (
     DEFAULT_MAX_ENTRY_BYTES,
     DEFAULT_TMP_MAX_AGE,
 )
+from .._entry import storable
 from .._errors import CorruptSessionError, LockTimeoutError, StoreFormatError, io_error
-from .._fs import FileSystem, NotRegularFileError, Signature, TooLargeError, UnsyncedError, is_tmp_name
-from .._keys import MAX_KEY_BYTES, encode_key, is_shortened, lock_stripe
-from .._layout import FORMAT_FILE, StorePaths, check_format, encode_format
-from .._locks import acquire_file_lock_sync, release_file_lock
+from .._fs import FileSystem, NotRegularFileError, Signature, TooLargeError, UnsyncedError
+from .._keys import encode_key, is_shortened
+from .._layout import (
+    FORMAT_FILE,
+    FORMAT_MAX_BYTES,
+    FORMAT_VERSION,
+    KEY_FILE,
+    LOCKS,
+    META,
+    TRASH,
+    StorePaths,
+    claim_sweep,
+    encode_format,
+    ensure_store_dirs,
+    format_version,
+    is_real_dir,
+    is_session_name,
+    read_key_file,
+    read_marker,
+    remove_tmp_files,
+    seconds_to_sweep,
+    stripe_name,
+    stripe_of,
+    sweep_names,
+    walk,
+)
+from .._locks import acquire_file_lock_sync, file_lock, release_file_lock
 from .._recency import position_of
 from ._base import BatchResult, Write
 from ._index import Intent, RecencyIndex
 
 __all__ = ["DirectoryBackend"]
 
-META = "meta.json"
-KEY_FILE = "key"
-LOCKS = ".locks"
-TRASH = ".trash"
-LOCK_STRIPES = 64
-#: Names listed, checked and decoded per worker-thread hop by ``key_chunks`` and the sweep.
-CHUNK = 512
 #: Batches of 8 writes or more are split over this many worker threads: fsyncs
 #: issued in parallel share the filesystem's journal commits instead of queueing
 #: for one each; without fsync, renames onto existing files (which start writeback
@@ -151,6 +161,7 @@ class DirectoryBackend:
         self._tmp_max_age = tmp_max_age
         self._cache = _ReadCache(cache_bytes)
         self._root = -1
+        #: ``.locks`` (opened at open if it exists) and ``.trash`` (by the first write).
         self._locks_dir = -1
         self._trash = -1
         self._lock_fds: dict[int, int] = {}
@@ -177,6 +188,8 @@ class DirectoryBackend:
         self._index = RecencyIndex(
             paths.directory, fs, lock_timeout=lock_timeout, max_entry_bytes=max_entry_bytes
         )
+        #: Seconds between two sweeps of one process, whatever ``tmp_max_age`` says.
+        self.min_sweep_interval = 1.0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -189,6 +202,8 @@ class DirectoryBackend:
         return {"swept": self.swept}
 
     async def open(self) -> None:
+        if self._open_inline():
+            return
         try:
             await anyio.to_thread.run_sync(self._open_sync, self._create)
         except FileNotFoundError as exc:
@@ -202,6 +217,41 @@ class DirectoryBackend:
                 exc, f"opening the store {self.paths.directory}", path=str(self.paths.directory)
             ) from exc
 
+    def _open_inline(self) -> bool:
+        """Open an existing store on the event loop when the page cache can tell it is one.
+
+        Opening the folder and reading a cached FORMAT marker (``RWF_NOWAIT``) cost a
+        few microseconds, a worker-thread hop a hundred; anything else (no folder, an
+        uncached or wrong marker, an error) returns False for :meth:`_open_sync`.
+        """
+        fs = self._fs
+        try:
+            root = fs.open_dir(str(self.paths.directory))
+        except OSError:
+            return False
+        try:
+            found = fs.read_file_cached(FORMAT_FILE, dir_fd=root, max_bytes=FORMAT_MAX_BYTES)
+        except OSError:
+            found = None
+        if found is None or format_version(found[0]) != FORMAT_VERSION:
+            try:
+                fs.close(root)
+            except OSError:
+                pass
+            return False
+        self._attach(root)
+        return True
+
+    def _attach(self, root: int) -> None:
+        """Use the open store folder; ``.locks`` too if it is there (the recency index reads
+        under its stripes). What is missing is made by the first write."""
+        try:
+            self._locks_dir = self._fs.open_dir(LOCKS, dir_fd=root)
+        except OSError:
+            self._locks_dir = -1
+        self._root = root
+        self._index.attach(root, self._locks_dir)
+
     def _open_sync(self, create: bool) -> None:
         fs = self._fs
         directory = str(self.paths.directory)
@@ -210,30 +260,35 @@ class DirectoryBackend:
             fs.ensure_dir(directory)
         root = fs.open_dir(directory)
         try:
-            marker = fs.read_file(FORMAT_FILE, dir_fd=root, max_bytes=4096)
-            if marker is not None:
-                check_format(marker[0], self.paths.directory / FORMAT_FILE)
-            elif not create:
-                raise StoreFormatError(f"{directory} has no FORMAT marker: it is not a store")
-            elif any(not name.startswith(".") for name in fs.listdir(root)):
-                raise StoreFormatError(
-                    f"{directory} exists, holds files and has no FORMAT marker: it is not an "
-                    "aiosessions store (a half-made migration?); run `aiosessions fsck` on it"
-                )
-            fs.ensure_dir(LOCKS, dir_fd=root)
-            fs.ensure_dir(TRASH, dir_fd=root)
-            if marker is None:
+            marked = read_marker(fs, ".", dir_fd=root, where=self.paths.directory / FORMAT_FILE)
+            if not marked:
+                if not create:
+                    raise StoreFormatError(f"{directory} has no FORMAT marker: it is not a store")
+                if any(is_session_name(name) for name in fs.listdir(root)):
+                    raise StoreFormatError(
+                        f"{directory} exists, holds files and has no FORMAT marker: it is not an "
+                        "aiosessions store (a half-made migration?); run `aiosessions fsck` on it"
+                    )
+                ensure_store_dirs(fs, root)
+                claim_sweep(fs, root)  # a new store has no orphans: no sweep for tmp_max_age
                 # The marker goes last: a folder without it is never trusted as a store.
                 fs.write_atomic(FORMAT_FILE, encode_format(), dir_fd=root, durable=True)
                 fs.fsync_dir(str(self.paths.directory.parent))
-            self._locks_dir = fs.open_dir(LOCKS, dir_fd=root)
-            self._trash = fs.open_dir(TRASH, dir_fd=root)
         except BaseException:
             fs.close(root)
-            self._close_fds()
             raise
-        self._root = root
-        self._index.attach(root, self._locks_dir)
+        self._attach(root)
+
+    def _open_writer_dirs(self) -> None:
+        """Open ``.locks`` and ``.trash`` for the first write (creating them if missing)."""
+        with self._state_lock:
+            if self._trash >= 0:
+                return
+            ensure_store_dirs(self._fs, self._root)
+            if self._locks_dir < 0:
+                self._locks_dir = self._fs.open_dir(LOCKS, dir_fd=self._root)
+                self._index.attach(self._root, self._locks_dir)
+            self._trash = self._fs.open_dir(TRASH, dir_fd=self._root)
 
     async def aclose(self) -> None:
         if self._trash_left and self._trash >= 0:
@@ -276,6 +331,9 @@ class DirectoryBackend:
             self._cache.drop(key)
             return None
         if cached is not None:
+            refused = self._refusal(key, name, cached[0])
+            if refused is not None:
+                raise refused
             self._cache.put(key, cached[1], cached[0])
             return cached[0]
         found = await anyio.to_thread.run_sync(self._read_sync, key, name)
@@ -357,29 +415,57 @@ class DirectoryBackend:
             return exc
         except OSError as exc:
             return io_error(exc, "reading", key=key, path=str(self.paths.directory / name / META))
+        if found is not None:
+            return self._refusal(key, name, found[0]) or found
         return found
 
-    def _check_key_file(self, key: str, name: str) -> None:
-        found = self._fs.read_dir_file(name, KEY_FILE, dir_fd=self._root, max_bytes=MAX_KEY_BYTES)
-        if found is not None and found[0] != key.encode("utf-8"):
+    def _refusal(self, key: str, name: str, data: bytes) -> CorruptSessionError | None:
+        """The error for an entry the store would not have stored (``storable``: too large,
+        nested too deep), so that what is read back is what ``set()`` accepts, and what fsck
+        calls valid (it checks with the same function)."""
+        problem = storable(data, self._max_entry_bytes)
+        if problem is None:
+            return None
+        path = str(self.paths.directory / name / META)
+        return CorruptSessionError(
+            f"session {key!r}: {path}: {problem}; run `aiosessions fsck`", where=path, key=key
+        )
+
+    def _check_key_file(self, key: str, name: str, *, folder: int | None = None) -> bool:
+        """Whether the session folder ``name`` (or its open descriptor ``folder``) has a
+        ``key`` file; it must name ``key``.
+
+        :raises CorruptSessionError: it names another key, or is not UTF-8.
+        """
+        try:
+            if folder is None:
+                stored = read_key_file(self._fs, name, dir_fd=self._root)
+            else:
+                stored = read_key_file(self._fs, name, dir_fd=folder, inside=True)
+        except ValueError:
+            stored = ""
+        if stored is None:
+            return False
+        if stored != key:
             path = str(self.paths.directory / name / KEY_FILE)
             raise CorruptSessionError(
-                f"session {key!r}: {path} names another key; run `aiosessions fsck`", path=path, key=key
+                f"session {key!r}: {path} names another key; run `aiosessions fsck`", where=path, key=key
             )
+        return True
 
     async def exists(self, key: str) -> bool:
+        """Whether the session has a ``meta.json``, whatever it is (a broken one too: it
+        reads as :class:`CorruptSessionError` and can be deleted)."""
         name = encode_key(key)
         try:
-            st = self._fs.stat(f"{name}/{META}", dir_fd=self._root)
+            self._fs.stat(f"{name}/{META}", dir_fd=self._root)
             # That stat follows a symlink planted as the session folder: an entry
             # counts only inside a real folder of the store (one more stat, ~3 us).
-            if stat_module.S_ISREG(st.st_mode) and not self._is_real_dir(name):
-                return False
+            return is_real_dir(self._fs, name, dir_fd=self._root)
         except FileNotFoundError:
             return False
         except OSError as exc:
             raise io_error(exc, "checking", key=key, path=self.location(key)) from exc
-        return stat_module.S_ISREG(st.st_mode)
 
     def key_chunks(self, prefix: str = "") -> AsyncIterator[list[str]]:
         # The index's own generator, not one wrapping it: closing the iteration closes it.
@@ -393,16 +479,12 @@ class DirectoryBackend:
     async def count(self) -> int:
         return await self._index.count()
 
-    def _is_real_dir(self, name: str) -> bool:
-        """Whether ``name`` in the store folder is a folder, not a symlink to one."""
-        return stat_module.S_ISDIR(self._fs.stat(name, dir_fd=self._root).st_mode)
-
     # -- writes ----------------------------------------------------------------------
 
     async def write_batch(self, writes: Sequence[Write], *, durable: bool) -> BatchResult:
         stripes: dict[int, list[Write]] = {}
         for write in writes:
-            stripes.setdefault(lock_stripe(write.key, LOCK_STRIPES), []).append(write)
+            stripes.setdefault(stripe_of(write.key), []).append(write)
         groups = sorted(stripes.items())
         started = time.perf_counter()
         if durable and self._barrier_policy().use_barrier(len(writes)):
@@ -532,20 +614,21 @@ class DirectoryBackend:
         self, groups: Groups
     ) -> tuple[BatchResult, list[_Staged], list[int], list[Intent | None]]:
         """Take each stripe's lock (kept until :meth:`_commit_sync`), compare, write tmp files."""
-        result = BatchResult()
         staged: list[_Staged] = []
         held: list[int] = []
         intents: list[Intent | None] = []  # the recency index's, ended before the locks go
+        result = self._writer_dirs_failure(groups)
+        if result is not None:
+            return result, staged, held, intents
+        result = BatchResult()
         self._empty_trash_sync()
         for stripe, writes in groups:
-            what = f"{self.location()}/{LOCKS}/{stripe:02x}"
+            what = f"{self.location()}/{LOCKS}/{stripe_name(stripe)}"
             try:
                 fd = self._lock_fd(stripe)
                 acquire_file_lock_sync(self._fs, fd, timeout=self._lock_timeout, what=what)
-            except (LockTimeoutError, OSError) as exc:
-                error = exc if isinstance(exc, LockTimeoutError) else io_error(exc, "locking", path=what)
-                for write in writes:
-                    result.failed[write.key] = error
+            except OSError as exc:
+                self._lock_failed(exc, writes, what, result)
                 continue
             held.append(fd)
             intents.append(self._index.begin(stripe, writes, result, None))
@@ -671,47 +754,35 @@ class DirectoryBackend:
         return result, signatures
 
     def _write_sync(self, groups: Groups, durable: bool) -> tuple[BatchResult, dict[str, Signature]]:
-        result = BatchResult()
         signatures: dict[str, Signature] = {}
         namespace_changed: list[str] = []  # keys whose write created or removed a folder
+        result = self._writer_dirs_failure(groups)
+        if result is not None:
+            return result, signatures
+        result = BatchResult()
         self._empty_trash_sync()
         for stripe, writes in groups:
+            what = f"{self.location()}/{LOCKS}/{stripe_name(stripe)}"
             try:
-                fd = self._lock_fd(stripe)
-                acquire_file_lock_sync(
-                    self._fs, fd, timeout=self._lock_timeout, what=f"{self.location()}/{LOCKS}/{stripe:02x}"
-                )
-            except (LockTimeoutError, OSError) as exc:
-                # Name each session and the lock file: on a read-only disk or folder the
-                # first write fails here, making the stripe's lock file.
-                where = f"{self.location()}/{LOCKS}/{stripe:02x}"
-                for write in writes:
-                    result.failed[write.key] = (
-                        exc
-                        if isinstance(exc, LockTimeoutError)
-                        else io_error(exc, "writing", key=write.key, path=where)
-                    )
-                continue
-            intent = self._index.begin(stripe, writes, result, namespace_changed)
-            try:
-                for write in writes:
+                with file_lock(self._fs, self._lock_fd(stripe), timeout=self._lock_timeout, what=what):
+                    intent = self._index.begin(stripe, writes, result, namespace_changed)
                     try:
-                        if self._apply_sync(write, result, signatures, durable):
-                            namespace_changed.append(write.key)
-                    except CorruptSessionError as exc:
-                        result.failed[write.key] = exc
-                    except OSError as exc:
-                        self._unclean.add(encode_key(write.key))
-                        action = "deleting" if write.data is None else "writing"
-                        result.failed[write.key] = io_error(
-                            exc, action, key=write.key, path=self.location(write.key)
-                        )
-            finally:
-                self._index.end(intent, signatures)  # before another writer may take the stripe
-                try:
-                    release_file_lock(self._fs, fd)
-                except OSError:
-                    pass  # closing the descriptor at aclose releases it in any case
+                        for write in writes:
+                            try:
+                                if self._apply_sync(write, result, signatures, durable):
+                                    namespace_changed.append(write.key)
+                            except CorruptSessionError as exc:
+                                result.failed[write.key] = exc
+                            except OSError as exc:
+                                self._unclean.add(encode_key(write.key))
+                                action = "deleting" if write.data is None else "writing"
+                                result.failed[write.key] = io_error(
+                                    exc, action, key=write.key, path=self.location(write.key)
+                                )
+                    finally:
+                        self._index.end(intent, signatures)  # before another writer may take the stripe
+            except OSError as exc:  # only taking the lock: the rest catches its own errors
+                self._lock_failed(exc, writes, what, result)
         with self._state_lock:
             failures_before = self._root_failures
             sync_root = durable and (namespace_changed or self._root_unsynced)
@@ -738,10 +809,37 @@ class DirectoryBackend:
         self._index.after_batch()
         return result, signatures
 
+    def _writer_dirs_failure(self, groups: Groups) -> BatchResult | None:
+        """Open ``.locks`` and ``.trash`` for the first write; on failure (a read-only disk or
+        folder, say), the batch's result: every write failed, naming its session and the folder."""
+        try:
+            self._open_writer_dirs()
+        except OSError as exc:
+            where = f"{self.location()}/{LOCKS}"
+            return BatchResult(
+                failed={
+                    write.key: io_error(exc, "writing", key=write.key, path=where)
+                    for _, ws in groups
+                    for write in ws
+                }
+            )
+        return None
+
+    @staticmethod
+    def _lock_failed(exc: OSError, writes: list[Write], what: str, result: BatchResult) -> None:
+        # Name each session and the lock file: on a read-only disk or folder the first
+        # write fails here, making the stripe's lock file.
+        for write in writes:
+            result.failed[write.key] = (
+                exc
+                if isinstance(exc, LockTimeoutError)
+                else io_error(exc, "writing", key=write.key, path=what)
+            )
+
     def _lock_fd(self, stripe: int) -> int:
         fd = self._lock_fds.get(stripe)
         if fd is None:
-            fd = self._lock_fds[stripe] = self._fs.open_lock_file(f"{stripe:02x}", dir_fd=self._locks_dir)
+            fd = self._lock_fds[stripe] = self._fs.open_lock_file(stripe_name(stripe), dir_fd=self._locks_dir)
         return fd
 
     def _apply_sync(
@@ -784,14 +882,8 @@ class DirectoryBackend:
         return created
 
     def _write_key_file(self, key: str, name: str, folder: int, durable: bool) -> None:
-        found = self._fs.read_file(KEY_FILE, dir_fd=folder, max_bytes=MAX_KEY_BYTES)
-        if found is None:
+        if not self._check_key_file(key, name, folder=folder):
             self._fs.write_atomic(KEY_FILE, key.encode("utf-8"), dir_fd=folder, durable=durable)
-        elif found[0] != key.encode("utf-8"):
-            path = str(self.paths.directory / name / KEY_FILE)
-            raise CorruptSessionError(
-                f"session {key!r}: {path} names another key; run `aiosessions fsck`", path=path, key=key
-            )
 
     def _delete_sync(self, name: str) -> bool:
         # One rename takes the whole folder out of the namespace atomically; the
@@ -815,9 +907,7 @@ class DirectoryBackend:
         holds that lock while its tmp file exists, so any tmp file here is a leftover.
         """
         try:
-            for inner in self._fs.listdir(folder):
-                if is_tmp_name(inner):
-                    self._fs.unlink(inner, dir_fd=folder)
+            remove_tmp_files(self._fs, folder)
         except OSError:
             return  # still broken: try again with the next write
         self._unclean.discard(name)
@@ -842,73 +932,34 @@ class DirectoryBackend:
     # -- upkeep ----------------------------------------------------------------------
 
     async def maintain(self) -> None:
-        """Sweep orphaned tmp files and trash older than ``tmp_max_age`` seconds.
+        """Sweep orphans (tmp files and trash older than ``tmp_max_age``) while open.
 
-        The store folder is read a chunk of names per worker-thread hop, so neither
-        a hop's time nor the sweep's memory grows with the number of sessions
-        (listing all names at once held ~120 bytes per session).
+        A sweep visits every session folder, so it does not run at every open: it
+        runs when the store's last sweep, by any process, began ``tmp_max_age`` ago
+        or more (``.swept``'s modification time; one ``stat`` per open), and again
+        every ``tmp_max_age`` while the store stays open. An orphan is older than
+        ``tmp_max_age`` by definition, so each is found within one more period.
+        The walk takes :data:`CHUNK` names per worker-thread hop, so neither a hop's
+        time nor the sweep's memory grows with the number of sessions.
         """
         fs = self._fs
-        folder = -1
-        scan: AbstractContextManager[Iterator[os.DirEntry[str]]] | None = None
-        try:
-            # A descriptor of its own: dups of one share a directory offset (see FileSystem.listdir).
-            folder = await anyio.to_thread.run_sync(lambda: fs.open_dir(".", dir_fd=self._root))
-            scan = fs.scandir(folder)
-            entries = scan.__enter__()
-
-            def sweep_next() -> tuple[int, bool]:
-                names = [entry.name for entry in itertools.islice(entries, CHUNK)]
-                return self._sweep_sync(names), len(names) < CHUNK
-
-            done = False
-            while not done:
-                swept, done = await anyio.to_thread.run_sync(sweep_next)
-                self.swept += swept  # the listing includes .trash, swept like the rest
-        except OSError:
-            pass  # best effort; fsck reports what is left
-        finally:
-            if scan is not None:
-                scan.__exit__(None, None, None)
-            if folder >= 0:
+        period = self._tmp_max_age
+        if not math.isfinite(period):
+            return  # nothing is ever an orphan: no sweep, and nothing written (a dry run, say)
+        while True:
+            try:
+                wait = seconds_to_sweep(fs, self._root, period=period, now=time.time())
+            except OSError:
+                wait = period  # best effort: try again later
+            if wait <= 0:
                 try:
-                    fs.close(folder)
+                    await anyio.to_thread.run_sync(claim_sweep, fs, self._root)
+                    cutoff = time.time() - period
+                    sweep = functools.partial(sweep_names, fs, self._root, cutoff=cutoff)
+                    async with aclosing(walk(fs, self._root, sweep)) as counts:
+                        async for swept in counts:
+                            self.swept += swept
                 except OSError:
-                    pass
-
-    def _sweep_sync(self, names: list[str]) -> int:
-        fs, root = self._fs, self._root
-        cutoff = time.time() - self._tmp_max_age
-        swept = 0
-        for name in names:
-            try:
-                if is_tmp_name(name):
-                    if fs.stat(name, dir_fd=root).st_mtime < cutoff:
-                        fs.unlink(name, dir_fd=root)
-                        swept += 1
-                    continue
-                if name.startswith(".") and name != TRASH:
-                    continue
-                folder = fs.open_dir(name, dir_fd=root)
-            except OSError:
-                continue
-            try:
-                for inner in fs.listdir(folder):
-                    try:
-                        if name == TRASH:
-                            # A trashed folder left the store in one rename: it is garbage
-                            # at once, whatever its age (a renamed folder keeps its mtime,
-                            # so age tells nothing; the deleter's own removal may have
-                            # failed on a broken disk and never be retried).
-                            fs.remove_tree(inner, dir_fd=folder)
-                            swept += 1
-                        elif is_tmp_name(inner) and fs.stat(inner, dir_fd=folder).st_mtime < cutoff:
-                            fs.unlink(inner, dir_fd=folder)
-                            swept += 1
-                    except OSError:
-                        continue
-            except OSError:
-                pass
-            finally:
-                fs.close(folder)
-        return swept
+                    pass  # best effort (a read-only store, say); fsck reports what is left
+                wait = period
+            await anyio.sleep(max(wait, self.min_sweep_interval))

@@ -6,7 +6,7 @@ import anyio
 
 from .._errors import StoreFormatError, io_error
 from .._fs import FileSystem
-from .._layout import StorePaths, detect_mode
+from .._layout import StorePaths, detect_mode, detect_mode_inline
 from ._base import Backend
 from ._directory import DirectoryBackend
 from ._json import JsonBackend
@@ -30,7 +30,10 @@ async def file_backend(
     Returns it unopened. :raises StoreFormatError: ``mode`` contradicts what is on disk.
     """
     try:
-        detected = await anyio.to_thread.run_sync(detect_mode, fs, paths)
+        # On the event loop when the page cache can answer (microseconds), else in a thread.
+        detected = detect_mode_inline(fs, paths)
+        if detected is False:
+            detected = await anyio.to_thread.run_sync(detect_mode, fs, paths)
     except OSError as exc:
         raise io_error(exc, f"opening the store {paths.file}", path=str(paths.file)) from exc
     if mode == "json" and detected == "directory":

@@ -22,6 +22,7 @@ import os
 import stat
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from functools import partial
 from typing import Final, Literal
 
 import anyio
@@ -43,8 +44,8 @@ from .._errors import (
     io_error,
 )
 from .._fs import FileSystem, Signature, UnsyncedError, is_tmp_for
-from .._layout import FORMAT_FILE, StorePaths
-from .._locks import acquire_file_lock_sync, release_file_lock
+from .._layout import FORMAT_FILE, StorePaths, remove_tmp_files
+from .._locks import file_lock
 from .._recency import Ordered, position_of, recency_of_stored
 from ._base import BatchResult, Write
 from ._directory import DirectoryBackend
@@ -181,16 +182,12 @@ class JsonBackend:
             # Reading needs no lock and no write access: the lock file is opened (made) by
             # the first write, so a store on a read-only disk opens, lists and reads.
             return self._load_sync()
-        self._lock_fd_sync()
-        acquire_file_lock_sync(fs, self._lock, timeout=self._lock_timeout, what=str(self.paths.lock))
-        try:
+        with file_lock(fs, self._lock_fd_sync(), timeout=self._lock_timeout, what=str(self.paths.lock)):
             found = fs.read_file(self._name, dir_fd=self._folder)
             if found is None:
                 signature = fs.write_atomic(self._name, b"{}\n", dir_fd=self._folder, durable=True)
                 return {}, signature
             return decode_legacy(found[0], str(self.paths.file)), found[1]
-        finally:
-            release_file_lock(fs, self._lock)
 
     def _lock_fd_sync(self) -> int:
         """The store lock's descriptor, opening (making) ``.<stem>.lock`` the first time."""
@@ -330,16 +327,7 @@ class JsonBackend:
 
     def _sweep_sync(self) -> int:
         cutoff = time.time() - self._tmp_max_age
-        swept = 0
-        for name in self._fs.listdir(self._folder):
-            if is_tmp_for(self._name, name):
-                try:
-                    if self._fs.stat(name, dir_fd=self._folder).st_mtime < cutoff:
-                        self._fs.unlink(name, dir_fd=self._folder)
-                        swept += 1
-                except OSError:
-                    continue
-        return swept
+        return remove_tmp_files(self._fs, self._folder, cutoff=cutoff, match=partial(is_tmp_for, self._name))
 
     def _remove_tmp_files(self) -> None:
         """Remove the tmp files of failed rewrites (best effort; called under the lock).
@@ -348,9 +336,7 @@ class JsonBackend:
         so a ``.<name>.*.tmp`` beside the file now is a leftover.
         """
         try:
-            for name in self._fs.listdir(self._folder):
-                if is_tmp_for(self._name, name):
-                    self._fs.unlink(name, dir_fd=self._folder)
+            remove_tmp_files(self._fs, self._folder, match=partial(is_tmp_for, self._name))
         except OSError:
             return  # still broken: try again with the next rewrite
         self._unclean = False
@@ -418,9 +404,25 @@ class JsonBackend:
         fs = self._fs
         error: BaseException
         try:
-            lock = self._lock_fd_sync()
-            acquire_file_lock_sync(fs, lock, timeout=self._lock_timeout, what=str(self.paths.lock))
-        except (LockTimeoutError, OSError) as exc:
+            with file_lock(fs, self._lock_fd_sync(), timeout=self._lock_timeout, what=str(self.paths.lock)):
+                try:
+                    # Under the lock: a migration holds it from reading the file until the file
+                    # is put aside, so the file is rewritten only while it is still the store.
+                    if self._marker_exists():
+                        return result, MOVED
+                    return self._apply_sync(writes, durable, result)
+                except (CorruptSessionError, StoreFormatError, OSError) as exc:
+                    self._unclean = self._unclean or isinstance(exc, OSError)
+                    error = (
+                        io_error(exc, f"rewriting {self.paths.file}", path=str(self.paths.file))
+                        if isinstance(exc, OSError)
+                        else exc
+                    )
+                    result.landed.clear()
+                    result.conflicts.clear()
+                    result.failed = {write.key: error for write in writes}
+                    return result, None
+        except OSError as exc:  # only opening or taking the lock: the rewrite catches its own errors
             # Say what was being done, and where: on a read-only disk or folder the first
             # write fails here, making the lock file (the message names both files).
             error = (
@@ -430,28 +432,6 @@ class JsonBackend:
             )
             result.failed = {write.key: error for write in writes}
             return result, None
-        try:
-            # Under the lock: a migration holds it from reading the file until the file is
-            # put aside, so the file is rewritten only while it is still the store.
-            if self._marker_exists():
-                return result, MOVED
-            return self._apply_sync(writes, durable, result)
-        except (CorruptSessionError, StoreFormatError, OSError) as exc:
-            self._unclean = self._unclean or isinstance(exc, OSError)
-            error = (
-                io_error(exc, f"rewriting {self.paths.file}", path=str(self.paths.file))
-                if isinstance(exc, OSError)
-                else exc
-            )
-            result.landed.clear()
-            result.conflicts.clear()
-            result.failed = {write.key: error for write in writes}
-            return result, None
-        finally:
-            try:
-                release_file_lock(fs, lock)
-            except OSError:
-                pass
 
     def _apply_sync(
         self, writes: Sequence[Write], durable: bool, result: BatchResult

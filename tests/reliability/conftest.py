@@ -605,13 +605,17 @@ def open_plain(store_path: Path, **options: Any) -> Any:
 
 
 def plant_old_orphan(store_path: Path, mode: str) -> Path:
-    """Leave an orphaned tmp file, a day old, where the store's sweep looks for them."""
+    """Leave an orphaned tmp file, a day old, where the store's sweep looks for them, and make
+    the next open's sweep due (a directory store sweeps when its last sweep is that old)."""
+    day_ago = time.time() - 86400
     if mode == "json":
         orphan = store_path.with_name(f".{store_path.name}.99999-deadbeef.tmp")
     else:
         orphan = store_path.with_name(store_path.stem + ".d") / ".FORMAT.99999-deadbeef.tmp"
+        stamp = orphan.with_name(".swept")
+        if stamp.exists():
+            os.utime(stamp, (day_ago, day_ago))
     orphan.write_bytes(b"{half a wri")
-    day_ago = time.time() - 86400
     os.utime(orphan, (day_ago, day_ago))
     return orphan
 

@@ -353,7 +353,8 @@ async def _assert_trash_swept(work: Path) -> None:
         return
     left = len(list(trash.iterdir()))
     if left:
-        async with open_plain(work / "sessions.json") as store:
+        # Trash is an orphan once older than tmp_max_age (0 here: at once).
+        async with open_plain(work / "sessions.json", tmp_max_age=0) as store:
             await wait_swept(store, left)
         assert not list(trash.iterdir())
 
