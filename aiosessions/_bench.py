@@ -48,6 +48,8 @@ from typing import Any, Protocol
 import anyio
 import msgspec
 
+from ._recency import bounded
+
 __all__ = [
     "DEFAULT_SEED",
     "AiosessionsContender",
@@ -67,6 +69,8 @@ DEFAULT_SEED = 20_260_005
 #: The headline store: the ``sessions.json`` reported to take seconds per change.
 HEADLINE_SESSIONS = 650
 HEADLINE_BYTES = 80_000_000
+#: Store sizes of the open + get + close row: opening must cost the same at both (issue 9.9).
+OPEN_SIZES = (100, 100_000)
 
 # -- the workload generator ---------------------------------------------------------------
 
@@ -356,8 +360,9 @@ class Contender(Protocol):
 
 
 def _recency(item: tuple[str, Any]) -> int:
-    value = item[1].get("updatedAt") if isinstance(item[1], dict) else None
-    return value if isinstance(value, int) else 0
+    """Sort key of "newest first": ``updatedAt`` (never a bool), unknown as 0."""
+    at = bounded(item[1].get("updatedAt")) if isinstance(item[1], dict) else None
+    return 0 if at is None else at
 
 
 class LegacyJsonContender:
@@ -1241,6 +1246,9 @@ class QuickSettings:
     source: Path | None = None
     #: The fsync settings to measure, one run each (``--fsync both``: on, then off).
     fsync_runs: tuple[bool, ...] = ()
+    #: Store sizes of the open + get + close row, and samples per size.
+    open_sizes: tuple[int, ...] = OPEN_SIZES
+    open_samples: int = 1000
 
     def runs(self) -> tuple[bool, ...]:
         return self.fsync_runs or (self.fsync,)
@@ -1417,6 +1425,89 @@ async def measure_pair(
     return results
 
 
+# -- opening a store (issue 9.9) ---------------------------------------------------------------
+
+
+#: Iterations of the floor's loop per sample.
+_FLOOR_LOOP = 20
+
+
+async def measure_open(folder: Path, sessions: int, *, samples: int = 1000) -> dict[str, Any]:
+    """``open_store`` + ``get`` of one session + close, against the physical floor: open, read
+    and decode that session's ``meta.json`` in a plain synchronous loop.
+
+    On a directory store of ``sessions`` small sessions made in ``folder`` (page cache warm,
+    as for a bot that reopens its store). Each sample times a loop of the floor, then one
+    open + get + close, so that a busy machine weighs on both alike; the ratio is of the
+    medians.
+    """
+    from . import migrate, open_store
+    from ._keys import encode_key
+    from .backends import DirectoryBackend
+
+    path = folder / f"open-{sessions}" / "sessions.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = {
+        f"agent:main:telegram:direct:{i}": {"sessionId": f"s{i:08x}", "updatedAt": _EPOCH_MS + i}
+        for i in range(sessions)
+    }
+    await anyio.to_thread.run_sync(path.write_bytes, msgspec.json.encode(entries))
+    del entries
+    await migrate(path, fsync=False)
+    key = f"agent:main:telegram:direct:{sessions // 2}"
+    meta = str(path.with_name("sessions.d") / encode_key(key) / "meta.json")
+    decoder = msgspec.json.Decoder()
+    floors: list[float] = []
+    opens: list[float] = []
+    backends: list[float] = []
+    for sample in range(samples + 20):  # the first 20: warming up (and the new store's first sweep)
+        started = time.perf_counter()
+        for _ in range(_FLOOR_LOOP):
+            fd = os.open(meta, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = os.read(fd, 65536)  # as the library reads: a 1 MiB buffer costs an mmap
+            finally:
+                os.close(fd)
+            decoder.decode(data)
+        middle = time.perf_counter()
+        async with open_store(path, entry_type=dict) as store:
+            await store.get(key)
+        opened = time.perf_counter()
+        # The same through the backend alone: what the store's own machinery adds is the rest.
+        backend = DirectoryBackend(path)
+        await backend.open()
+        try:
+            decoder.decode(await backend.read(key) or b"")
+        finally:
+            await backend.aclose()
+        if sample >= 20:
+            floors.append((middle - started) / _FLOOR_LOOP)
+            opens.append(opened - middle)
+            backends.append(time.perf_counter() - opened)
+    low, high, part = Summary.of(floors), Summary.of(opens), Summary.of(backends)
+    return {
+        "sessions": sessions,
+        "floor": low,
+        "open": high,
+        "ratio": high.p50 / low.p50,
+        "backend": part,
+        "backend_ratio": part.p50 / low.p50,
+    }
+
+
+def open_rows(results: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The rows of the open table: per store size, the store, the backend alone, the floor."""
+    return [
+        [
+            f"{row['sessions']:,} sessions",
+            f"{format_seconds(row['open'].p50)} ({format_ratio(row['ratio'])})",
+            f"{format_seconds(row['backend'].p50)} ({format_ratio(row['backend_ratio'])})",
+            format_seconds(row["floor"].p50),
+        ]
+        for row in results
+    ]
+
+
 #: The rows of the printed table: label, measure, statistic, whether lower is better.
 _ROWS = (
     ("update one session, p50", "update", "p50", True),
@@ -1447,7 +1538,7 @@ async def run_quick(settings: QuickSettings, *, quiet: bool = False) -> dict[str
     """Prepare a store (generated, or a copy of ``settings.source``), measure legacy JSON and
     aiosessions once per fsync setting, and return the figures."""
     runs = settings.runs()
-    progress = Progress(1 + len(runs) * (1 + 2 * 4), quiet=quiet)
+    progress = Progress(1 + len(runs) * (1 + 2 * 4) + len(settings.open_sizes), quiet=quiet)
     try:
         if settings.folder is not None:
             settings.folder.mkdir(parents=True, exist_ok=True)
@@ -1468,6 +1559,10 @@ async def run_quick(settings: QuickSettings, *, quiet: bool = False) -> dict[str
             }
             for fsync in runs:
                 results["runs"].append(await measure_pair(settings, progress, folder, material, fsync=fsync))
+            results["open"] = []
+            for size in settings.open_sizes:
+                progress.step(f"aiosessions: open + get one session + close, {size:,} sessions")
+                results["open"].append(await measure_open(folder, size, samples=settings.open_samples))
             results["machine"] = describe_machine(folder)
         finally:
             await anyio.to_thread.run_sync(shutil.rmtree, folder, True)
@@ -1531,6 +1626,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where to make the temporary stores (say, on the disk your store lives on)",
     )
+    parser.add_argument(
+        "--open-sizes",
+        default=None,
+        metavar="N,N",
+        help="store sizes of the open + get + close row (default 100,100000; --quick: 100,1000; "
+        "empty: skip it)",
+    )
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the figures to FILE as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     parser.add_argument(
@@ -1551,6 +1653,7 @@ def settings_from(args: argparse.Namespace) -> QuickSettings:
         settings.sessions, settings.target_bytes = 100, 2_000_000
         settings.duration, settings.legacy_budget, settings.samples = 0.5, 0.5, 50
         settings.paced_rate = 200.0
+        settings.open_sizes, settings.open_samples = (100, 1000), 100
     if args.sessions is not None:
         settings.sessions = args.sessions
         settings.target_bytes = None
@@ -1558,6 +1661,8 @@ def settings_from(args: argparse.Namespace) -> QuickSettings:
         settings.target_bytes = int(args.megabytes * 1_000_000)
     if args.duration is not None:
         settings.duration = args.duration
+    if args.open_sizes is not None:
+        settings.open_sizes = tuple(int(n) for n in args.open_sizes.split(",") if n)
     return settings
 
 
@@ -1606,6 +1711,17 @@ def report(results: dict[str, Any]) -> str:
         lines += [
             "At full speed 100 tasks never wait, so a ticker waits behind their turns whatever the store",
             "does; the paced row is what a server at a steady load feels.",
+        ]
+    if results.get("open"):
+        lines += [
+            "",
+            "Opening a store (page cache warm), against the floor: open, read and decode the",
+            "session's meta.json in a plain synchronous loop; backend alone: DirectoryBackend",
+            "open + read + close, without the store's queue and background tasks (medians).",
+            render_table(
+                ["open + get one session + close", "open_store (ratio)", "backend alone (ratio)", "floor"],
+                open_rows(results["open"]),
+            ),
         ]
     lines += [
         "Figures of one run on this machine: run it twice before trusting a small ratio.",

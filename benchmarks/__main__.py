@@ -15,6 +15,8 @@ Stages (each printed as it starts):
    aiogram's GET/SET and the directory store, 1 to 8 processes (needs redis-server).
 7. listings at scale: newest 50, keys, prefixes, counts, ``ls`` and the index's upkeep
    on 10,000 and 100,000 sessions (``benchmarks/listing.py``).
+8. open + get one session + close at 100 to 100,000 sessions, against the
+   physical floor (``aiosessions._bench.measure_open``, as in ``aiosessions bench``).
 
 Results go to ``benchmarks/results/`` (``results.json``, ``tables.md``) and the PNG charts
 to ``docs/assets/benchmarks/``, where the documentation site shows them.
@@ -46,6 +48,7 @@ from aiosessions._bench import (
     _jsonable,
     _versions,
     describe_machine,
+    measure_open,
     run_write_cost,
     touch,
     write_cost_report,
@@ -102,6 +105,9 @@ def contenders(work: Workload) -> list[tuple[str, bool, Maker]]:
 
 
 ALL_KINDS = {"legacy", "jsonmode", "directory", "sqlite", "diskcache"}
+#: Store sizes of the open stage (issue 9.9: the cost of an open must not grow with them).
+OPEN_SIZES = (100, 1_000, 10_000, 100_000)
+OPEN_SIZES_QUICK = (100, 1_000)
 
 
 async def stage_headline(
@@ -266,8 +272,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=None, help="where the stores are built (a temp folder)")
     parser.add_argument(
         "--stages",
-        default="headline,throughput,scaling,migration,writes,redis,listing",
-        help="comma-separated stages (headline, throughput, scaling, migration, writes, redis, listing)",
+        default="headline,throughput,scaling,migration,writes,redis,listing,open",
+        help="comma-separated stages: headline, throughput, scaling, migration, writes, redis, listing, open",
     )
     parser.add_argument("--only", default=None, help="comma-separated contender names to run (default: all)")
     parser.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
@@ -363,6 +369,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results["listing"] = await stage_listing(
                 work_root, seed=args.seed, quick=args.quick, headline=None, progress=progress.step
             )
+        if "open" in stages:
+            results["open"] = []
+            for size in OPEN_SIZES_QUICK if args.quick else OPEN_SIZES:
+                progress.step(f"aiosessions: open + get one session + close, {size:,} sessions")
+                folder = work_root / "open"
+                results["open"].append(await measure_open(folder, size, samples=100 if args.quick else 1000))
+                shutil.rmtree(folder)
     finally:
         progress.close()
         shutil.rmtree(work_root, ignore_errors=True)

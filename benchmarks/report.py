@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from aiosessions._bench import format_bytes, format_comparison, format_rate, format_seconds
+from aiosessions._bench import format_bytes, format_comparison, format_rate, format_ratio, format_seconds
 
 __all__ = ["charts", "tables"]
 
@@ -184,6 +184,26 @@ def tables(results: dict[str, Any]) -> str:
                     "Python peak",
                     "RSS growth",
                 ],
+                rows,
+            ),
+            "",
+        ]
+    if results.get("open"):
+        out += ["### Open + get one session + close, against the physical floor", ""]
+        rows = [
+            [
+                f"{row['sessions']:,}",
+                format_seconds(_get(row, "open", "p50")),
+                format_ratio(row["ratio"]),
+                format_seconds(_get(row, "backend", "p50")),
+                format_ratio(row["backend_ratio"]),
+                format_seconds(_get(row, "floor", "p50")),
+            ]
+            for row in results["open"]
+        ]
+        out += [
+            _markdown(
+                ["sessions", "open_store + get + close", "ratio", "backend alone", "ratio", "floor"],
                 rows,
             ),
             "",

@@ -189,6 +189,8 @@ async def test_quick_run_measures_both_stores(tmp_path: Path) -> None:
         samples=8,
         folder=tmp_path,
         fsync_runs=(True, False),
+        open_sizes=(30, 300),
+        open_samples=5,
     )
     results = await run_quick(settings, quiet=True)
     assert [run["fsync"] for run in results["runs"]] == [True, False]
@@ -208,6 +210,12 @@ async def test_quick_run_measures_both_stores(tmp_path: Path) -> None:
     ratios = [row.rsplit("  ", 1)[-1].strip() for row in rows]
     assert len(ratios) == 12 and all(verdict.fullmatch(r) for r in ratios), ratios
     assert results["sessions"] == 24 and abs(results["bytes"] - 600_000) < 30_000
+    # Opening, at two store sizes, beside the physical floor and the backend alone.
+    assert [row["sessions"] for row in results["open"]] == [30, 300]
+    for row in results["open"]:
+        assert row["open"].samples == row["floor"].samples == row["backend"].samples == 5
+        assert row["ratio"] == row["open"].p50 / row["floor"].p50 > 0
+    assert "open + get one session + close" in text and "300 sessions" in text
     assert list(tmp_path.iterdir()) == []  # the temporary store is gone
 
 
