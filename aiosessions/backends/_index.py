@@ -46,6 +46,7 @@ import msgspec
 from .._errors import LockTimeoutError, StoreIOError, io_error
 from .._fs import FileSystem, Signature
 from .._keys import encode_key, lock_stripe
+from .._layout import LOCKS, stripe_name
 from .._recency import Position, recency_of_encoded, recency_of_rank
 from ._base import BatchResult, Write
 from ._indexfiles import (
@@ -570,7 +571,9 @@ class RecencyIndex:
     def _stripe_fd(self, stripe: int) -> int:
         fd = self._stripe_fds.get(stripe)
         if fd is None:
-            fd = self._stripe_fds[stripe] = self._fs.open_lock_file(f"{stripe:02x}", dir_fd=self._locks_dir)
+            fd = self._stripe_fds[stripe] = self._fs.open_lock_file(
+                stripe_name(stripe), dir_fd=self._locks_dir
+            )
         return fd
 
     def _verify(self, stripes: Iterable[int]) -> None:
@@ -919,7 +922,7 @@ def check_index(
     index = RecencyIndex(directory, fs, lock_timeout=lock_timeout, max_entry_bytes=max_entry_bytes)
     try:
         try:
-            locks = fs.open_dir(".locks", dir_fd=root)
+            locks = fs.open_dir(LOCKS, dir_fd=root)
         except FileNotFoundError:
             return [], False  # nobody ever wrote here
         index.attach(root, locks)

@@ -20,7 +20,8 @@ import msgspec
 
 from .._errors import LockTimeoutError
 from .._fs import FileSystem, NotRegularFileError, Signature, TooLargeError, is_tmp_name
-from .._keys import MAX_KEY_BYTES, decode_name, encode_key, is_shortened
+from .._keys import encode_key, is_shortened
+from .._layout import META, folder_key, is_session_name
 from .._recency import rank, recency_of_stored
 from ._indexlog import FolderSig, State
 
@@ -33,10 +34,6 @@ CURRENT: Final = "CURRENT"
 APPEND_LOCK: Final = "append.lock"
 
 BUILD_LOCK: Final = "build.lock"
-
-META: Final = "meta.json"
-
-KEY_FILE: Final = "key"
 
 FORMAT_NAME: Final = "aiosessions.index"
 
@@ -244,24 +241,12 @@ class Sessions:
 
     def key_of(self, name: str) -> str | None:
         """The key a top-level name holds, or None (not a session's name)."""
-        if name.startswith(".") or name == "FORMAT":
+        if not is_session_name(name):
             return None
-        if not is_shortened(name):
-            try:
-                return decode_name(name)
-            except ValueError:
-                return None
         try:
-            found = self.fs.read_dir_file(name, KEY_FILE, dir_fd=self.root, max_bytes=MAX_KEY_BYTES)
-        except (FileNotFoundError, NotADirectoryError, NotRegularFileError, TooLargeError):
+            return folder_key(self.fs, name, dir_fd=self.root)
+        except (ValueError, FileNotFoundError, NotADirectoryError, NotRegularFileError, TooLargeError):
             return None  # not a session (any more); other errors are the disk's: raised
-        if found is None:
-            return None
-        try:
-            key = found[0].decode("utf-8")
-            return key if encode_key(key) == name else None
-        except (UnicodeDecodeError, ValueError):
-            return None
 
     def signature(self, name: str, *, is_dir: bool = False) -> Signature | None:
         """Signature of ``name/meta.json`` if it is a session now (a real folder, a regular file).

@@ -33,6 +33,7 @@ from typing import Any
 import msgspec
 
 from .._keys import lock_stripe
+from .._layout import LOCK_STRIPES
 
 __all__ = [
     "LOG_VERSION",
@@ -121,7 +122,8 @@ def unwire(value: Any) -> State:
     raise LogDamaged(f"{value!r} is not a session state")
 
 
-STRIPES = 64  # the directory backend's LOCK_STRIPES (checked in its module)
+#: The directory store's lock stripes (the format's, ``_layout``), by which intents are kept.
+STRIPES = LOCK_STRIPES
 
 
 @dataclass
