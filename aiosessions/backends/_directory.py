@@ -638,15 +638,17 @@ class DirectoryBackend:
                 except CorruptSessionError as exc:
                     result.failed[write.key] = exc
                 except OSError as exc:
-                    self._unclean.add(encode_key(write.key))
-                    action = "deleting" if write.data is None else "writing"
-                    result.failed[write.key] = io_error(
-                        exc, action, key=write.key, path=self.location(write.key)
-                    )
+                    self._write_failed(write, exc, result)
                 else:
                     if item is not None:
                         staged.append(item)
         return result, staged, held, intents
+
+    def _write_failed(self, write: Write, exc: OSError, result: BatchResult) -> None:
+        """``write`` failed: its folder may hold a tmp file now (removed by its next write)."""
+        self._unclean.add(encode_key(write.key))
+        action = "deleting" if write.data is None else "writing"
+        result.failed[write.key] = io_error(exc, action, key=write.key, path=self.location(write.key))
 
     def _stage_one(self, write: Write, result: BatchResult) -> _Staged | None:
         fs, root, name = self._fs, self._root, encode_key(write.key)
@@ -774,11 +776,7 @@ class DirectoryBackend:
                             except CorruptSessionError as exc:
                                 result.failed[write.key] = exc
                             except OSError as exc:
-                                self._unclean.add(encode_key(write.key))
-                                action = "deleting" if write.data is None else "writing"
-                                result.failed[write.key] = io_error(
-                                    exc, action, key=write.key, path=self.location(write.key)
-                                )
+                                self._write_failed(write, exc, result)
                     finally:
                         self._index.end(intent, signatures)  # before another writer may take the stripe
             except OSError as exc:  # only taking the lock: the rest catches its own errors
