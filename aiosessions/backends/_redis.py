@@ -28,9 +28,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
+import sys
 import zlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -73,6 +74,8 @@ URL_OPTIONS: Final = ("prefix", "buckets", "replicas", "replica_timeout", "clust
 
 _PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
 _NETWORK_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+#: Seconds a client made from a URL waits for a reply (``?socket_timeout=`` changes it).
+REPLY_TIMEOUT: Final = 10.0
 _TWO_64 = 1 << 64
 
 
@@ -282,6 +285,9 @@ class RedisBackend:
         self._counters: dict[str, int] = {"round_trips": 0, "in_doubt": 0, "in_doubt_reapplied": 0}
         #: Under trio: the asyncio loop (in a thread of its own) the client runs on.
         self._bridge: LoopThread | None = None
+        #: Seconds each call waits for the server's reply, bounded here (see `_io`); None: the
+        #: client's own socket_timeout (a client you built, or one given socket_timeout) rules.
+        self._reply_timeout: float | None = None
 
     @classmethod
     def from_url(
@@ -319,8 +325,7 @@ class RedisBackend:
             raise ValueError(f"{exc} (in {_hide_password(url)})") from None
         if cluster is None and "cluster" in ours:
             cluster = _flag("cluster", ours["cluster"])
-        options = _client_defaults(redis_url)
-        options.update(client_options)
+        options, own_timeout = _client_defaults(redis_url, client_options)
         kind: Any = RedisCluster if cluster else aioredis.Redis
         client = kind.from_url(redis_url, **options)
         backend = cls(
@@ -336,6 +341,7 @@ class RedisBackend:
         backend._url = redis_url
         backend._client_options = options
         backend._detect_cluster = cluster is None
+        backend._reply_timeout = REPLY_TIMEOUT if own_timeout else None
         return backend
 
     _client_options: dict[str, Any]
@@ -386,7 +392,7 @@ class RedisBackend:
             raise self._io_error(exc, f"opening the store {self.location()}") from exc
 
     async def _become_cluster_if_needed(self) -> None:
-        info = await self._client.info("cluster")
+        info = await self._io(self._client.info("cluster"))
         self._count()
         if not info.get("cluster_enabled"):
             return
@@ -400,7 +406,7 @@ class RedisBackend:
 
     async def _load_scripts(self) -> None:
         for name, text in (("read", lua.READ), ("write", lua.WRITE), ("resolve", lua.RESOLVE)):
-            self._shas[name] = await self._client.script_load(text)
+            self._shas[name] = await self._io(self._client.script_load(text))
             self._count()
 
     async def _open_marker(self) -> None:
@@ -408,9 +414,9 @@ class RedisBackend:
         buckets = self._wanted_buckets or (CLUSTER_BUCKETS if self._cluster else SERVER_BUCKETS)
         wanted = msgspec.json.encode({"format": FORMAT_NAME, "version": FORMAT_VERSION, "buckets": buckets})
         if self._create:
-            await self._client.set(marker, wanted, nx=True)
+            await self._io(self._client.set(marker, wanted, nx=True))
             self._count()
-        raw = await self._client.get(marker)
+        raw = await self._io(self._client.get(marker))
         self._count()
         where = f"{self._server} key {marker.decode()!r}"
         if raw is None:
@@ -459,12 +465,17 @@ class RedisBackend:
                 pipe = self._client.pipeline(transaction=False)
                 for receipts in self._acknowledged.values():
                     pipe.delete(*receipts)
-                await pipe.execute(raise_on_error=False)
+                await self._io(pipe.execute(raise_on_error=False))
                 self._count()
         except (redis_errors.RedisError, OSError):
             pass
         finally:
             self._acknowledged.clear()
+            # What became of writes whose reply was lost matters only to their next attempt,
+            # which a closed store never makes.
+            self._doubts.clear()
+            self._resolved.clear()
+            self._reapplied_risk.clear()
             try:
                 if self._owns_client:
                     await self._client.aclose()
@@ -514,7 +525,7 @@ class RedisBackend:
             pipe.execute_command("MGET", *[self._entry(bucket, keys[index]) for index in indexes])
         found: list[bytes | BaseException | None] = [None] * len(keys)
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            replies = await self._io(pipe.execute(raise_on_error=False))
         except (redis_errors.RedisError, OSError) as exc:
             return [self._io_error(exc, "reading", key) for key in keys]
         finally:
@@ -533,7 +544,7 @@ class RedisBackend:
 
     async def _exists(self, key: str) -> bool:
         try:
-            found = await self._client.exists(self._entry(self._bucket(key), key))
+            found = await self._io(self._client.exists(self._entry(self._bucket(key), key)))
         except (redis_errors.RedisError, OSError) as exc:
             raise self._io_error(exc, "reading", key) from exc
         finally:
@@ -556,7 +567,7 @@ class RedisBackend:
 
     async def _page(self, index: bytes, start: bytes, high: bytes) -> list[bytes]:
         try:
-            members: list[bytes] = await self._client.zrangebylex(index, start, high, 0, CHUNK)
+            members: list[bytes] = await self._io(self._client.zrangebylex(index, start, high, 0, CHUNK))
         except (redis_errors.RedisError, OSError) as exc:
             raise self._io_error(exc, "listing keys") from exc
         finally:
@@ -577,7 +588,7 @@ class RedisBackend:
         for bucket in range(len(self._tags)):
             pipe.zrangebylex(self._tag(bucket) + b":r", start, b"+", 0, limit)
         try:
-            replies = await pipe.execute()
+            replies = await self._io(pipe.execute())
         except (redis_errors.RedisError, OSError) as exc:
             raise self._io_error(exc, "listing the newest sessions") from exc
         finally:
@@ -594,7 +605,7 @@ class RedisBackend:
         for bucket in range(len(self._tags)):
             pipe.zcard(self._tag(bucket) + b":k")
         try:
-            replies = await pipe.execute()
+            replies = await self._io(pipe.execute())
         except (redis_errors.RedisError, OSError) as exc:
             raise self._io_error(exc, "counting sessions") from exc
         finally:
@@ -717,7 +728,7 @@ class RedisBackend:
                 pipe.execute_command("EVALSHA", self._shas["write"], len(call.keys), *call.keys, *call.argv)
             if durable and self._replicas:
                 pipe.execute_command("WAIT", self._replicas, int(self._replica_timeout * 1000))
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            replies: list[Any] = await self._io(pipe.execute(raise_on_error=False))
             self._count()
             missing = any(isinstance(reply, redis_errors.NoScriptError) for reply in replies)
             if not missing or attempt == 2:
@@ -788,7 +799,7 @@ class RedisBackend:
         pipe = self._client.pipeline(transaction=False)
         for receipt in receipts:
             pipe.execute_command("EVALSHA", self._shas["resolve"], 1, receipt, RECEIPT_TTL)
-        replies = await pipe.execute(raise_on_error=False)
+        replies = await self._io(pipe.execute(raise_on_error=False))
         self._count()
         if any(isinstance(reply, redis_errors.NoScriptError) for reply in replies):
             await self._load_scripts()
@@ -810,12 +821,39 @@ class RedisBackend:
         """Run one read script (``keys_then_args``: the keys, then the last one field)."""
         keys, args = keys_then_args[:-1], keys_then_args[-1:]
         try:
-            return await self._client.execute_command("EVALSHA", self._shas[name], len(keys), *keys, *args)
+            return await self._script(name, keys, args)
         except redis_errors.NoScriptError:
+            # The server lost its script cache (a restart, SCRIPT FLUSH): load, run again.
             await self._load_scripts()
-            return await self._client.execute_command("EVALSHA", self._shas[name], len(keys), *keys, *args)
+            return await self._script(name, keys, args)
+
+    async def _script(self, name: str, keys: Sequence[bytes], args: Sequence[bytes]) -> Any:
+        try:
+            return await self._io(
+                self._client.execute_command("EVALSHA", self._shas[name], len(keys), *keys, *args)
+            )
         finally:
-            self._count()
+            self._count()  # every attempt is a round trip, the refused one too
+
+    async def _io(self, call: Awaitable[T]) -> T:
+        """Await one call to the server, for at most the reply timeout of a client we made.
+
+        The call is cancelled when it expires (redis-py then drops its connection) and fails
+        as a redis-py ``TimeoutError``: a read raises StoreIOError, a batch is in doubt.
+        """
+        limit = self._reply_timeout
+        if limit is None:
+            return await call
+        if sys.version_info >= (3, 11):  # else from_url left socket_timeout to redis-py
+            deadline = asyncio.timeout(limit)
+            try:
+                async with deadline:
+                    return await call
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                raise redis_errors.TimeoutError(f"no reply within {limit:g} s") from None
+        return await call
 
     def _token(self) -> bytes:
         return self._writer + b".%x" % next(self._tokens)
@@ -913,20 +951,28 @@ def _int_option(options: Mapping[str, str], name: str) -> int | None:
         raise ValueError(f"{name} must be an integer, not {options[name]!r}") from None
 
 
-def _client_defaults(url: str) -> dict[str, Any]:
-    """Timeouts and retries for a client we make: a dead server fails calls within seconds.
+def _client_defaults(url: str, client_options: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Options for a client we make, and whether the backend bounds each reply itself.
 
-    Retried commands are safe: reads, and batches whose receipt makes a second run a no-op.
+    A dead server fails calls within seconds: redis-py retries (safe: reads, and batches
+    whose receipt makes a second run a no-op), connects within 3 s, and a reply is waited
+    for at most REPLY_TIMEOUT. redis-py's ``socket_timeout`` enforces that on sending with
+    ``asyncio.wait_for``, which before Python 3.12 makes a task per command (a quarter of a
+    read's client CPU here); so unless ``socket_timeout`` is asked for, on 3.11 and later the
+    backend bounds each call itself with ``asyncio.timeout`` (see ``RedisBackend._io``).
     """
-    given = {name for name, _ in parse_qsl(urlsplit(url).query)}
+    given = {name for name, _ in parse_qsl(urlsplit(url).query)} | set(client_options)
     options: dict[str, Any] = {
         "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3),
     }
-    if "socket_timeout" not in given:
-        options["socket_timeout"] = 10.0
     if "socket_connect_timeout" not in given:
         options["socket_connect_timeout"] = 3.0
-    return options
+    own_timeout = "socket_timeout" not in given and sys.version_info >= (3, 11)
+    if "socket_timeout" not in given:
+        # None: redis-py's own default (5 s since redis-py 6) would bring wait_for back.
+        options["socket_timeout"] = None if own_timeout else REPLY_TIMEOUT
+    options.update(client_options)
+    return options, own_timeout
 
 
 def _hide_password(url: str) -> str:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from typing import Any
 
 import anyio
+import anyio.abc
 import msgspec
 import pytest
 import redis.asyncio as aioredis
@@ -92,6 +94,46 @@ async def test_url_options_are_ours_and_the_rest_redis_pys(shared_redis: str, re
         await store.set("a", SessionEntry(session_id="a"))
     with pytest.raises(ValueError, match="buckets must be an integer"):
         backend_for(f"{shared_redis}?prefix=x&buckets=many")
+
+
+async def test_a_client_from_a_url_bounds_each_reply_itself(shared_redis: str, redis_prefix: str) -> None:
+    """No socket_timeout in the client (redis-py would wait_for every send): the backend bounds replies."""
+    backend = backend_for(f"{shared_redis}?prefix={redis_prefix}")
+    if sys.version_info >= (3, 11):
+        assert backend._client.connection_pool.connection_kwargs["socket_timeout"] is None
+        assert backend._reply_timeout == 10
+    else:
+        assert backend._client.connection_pool.connection_kwargs["socket_timeout"] == 10
+    mine = backend_for(f"{shared_redis}?prefix={redis_prefix}", socket_timeout=3)
+    assert mine._client.connection_pool.connection_kwargs["socket_timeout"] == 3
+    assert mine._reply_timeout is None
+    await backend.aclose()
+    await mine.aclose()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="redis-py's socket_timeout bounds replies before 3.11")
+async def test_a_server_that_never_replies_fails_the_call_naming_it() -> None:
+    """A server that accepts connections and then says nothing (hung, or a network cut)."""
+    silent: list[anyio.abc.SocketStream] = []
+
+    async def listen(stream: anyio.abc.SocketStream) -> None:
+        silent.append(stream)
+        await anyio.sleep_forever()
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(listener.serve, listen)
+        backend = backend_for(f"redis://127.0.0.1:{port}/9?prefix=silent")
+        backend._reply_timeout = 0.2
+        with pytest.raises(StoreIOError, match=r"no reply within 0\.2 s") as caught:
+            async with open_store(backend):
+                pass
+        assert caught.value.where == f"redis://127.0.0.1:{port}/9"
+        tasks.cancel_scope.cancel()
+    for stream in silent:
+        await stream.aclose()
+    await listener.aclose()
 
 
 async def test_an_existing_store_keeps_its_buckets(redis_url: str) -> None:
@@ -260,6 +302,28 @@ async def test_a_batch_whose_reply_was_lost_is_resolved_by_its_receipt(redis_url
         await backend.aclose()
 
 
+async def test_what_a_lost_reply_became_is_not_kept_past_close(redis_url: str) -> None:
+    """A write in doubt that is never sent again (the store closes first) leaves nothing behind."""
+    backend = backend_for(redis_url)
+    await backend.open()
+    send = backend._send
+
+    async def run_then_lose_the_reply(calls: Any, durable: bool) -> Any:
+        await send(calls, durable)
+        raise aioredis.ConnectionError("connection lost after the batch was sent")
+
+    try:
+        backend._send = run_then_lose_the_reply  # type: ignore[method-assign]
+        assert set((await backend.write_batch([Write("k", b'{"n":1}')], durable=True)).in_doubt) == {"k"}
+        backend._send = send  # type: ignore[method-assign]
+        # Another key's batch resolves the doubt first; "k" itself is never written again.
+        assert (await backend.write_batch([Write("other", b"{}")], durable=True)).landed == ["other"]
+        assert set(backend._resolved) == {"k"} and not backend._doubts
+    finally:
+        await backend.aclose()
+    assert not backend._resolved and not backend._doubts and not backend._reapplied_risk
+
+
 async def test_a_batch_that_never_ran_is_aborted_for_good(redis_url: str, shared_redis: str) -> None:
     """Lost before it ran: its receipt is set to aborted, so a late copy of it changes nothing."""
     backend = backend_for(redis_url)
@@ -299,6 +363,25 @@ async def test_a_replayed_batch_changes_nothing(redis_url: str) -> None:
         second = await backend._send(calls, True)
         assert first == second == [[b"LL"]]
         assert await backend.read("a") == b'{"n":"changed since"}'
+    finally:
+        await backend.aclose()
+
+
+async def test_round_trips_count_a_script_the_server_had_forgotten(redis_url: str) -> None:
+    """A read whose script is not cached costs the refused call, three SCRIPT LOADs and the call again."""
+    backend = backend_for(redis_url)
+    await backend.open()
+    try:
+        await backend.write_batch([Write("k", b'{"n":1}')], durable=True)
+        before = backend.counters()["round_trips"]
+        assert await backend.read("k") == b'{"n":1}'
+        assert backend.counters()["round_trips"] == before + 1
+        backend._shas["read"] = "0" * 40  # as after SCRIPT FLUSH or a restart, without touching the server
+        assert await backend.read("k") == b'{"n":1}'
+        assert backend.counters()["round_trips"] == before + 1 + 5
+        backend._shas["write"] = "0" * 40
+        assert (await backend.write_batch([Write("k", b'{"n":2}')], durable=True)).landed == ["k"]
+        assert backend.counters()["round_trips"] == before + 1 + 5 + 5
     finally:
         await backend.aclose()
 
