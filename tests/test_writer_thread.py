@@ -1,0 +1,135 @@
+"""The directory store's own writer thread (backends/_writer.py): the hop of a batch on asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import aiosessions
+from aiosessions import SessionEntry
+from aiosessions.backends import _writer
+from aiosessions.backends._writer import WriterThread
+
+
+@pytest.mark.asyncio
+async def test_a_call_runs_in_the_thread_and_gives_back_its_result_or_error() -> None:
+    writer = WriterThread("aiosessions writer test")
+    try:
+        assert await writer.run(lambda a, b: (a + b, threading.current_thread().name), 2, 3) == (
+            5,
+            "aiosessions writer test",
+        )
+
+        def fail() -> None:
+            raise OSError(5, "the disk said no")
+
+        with pytest.raises(OSError, match="the disk said no"):
+            await writer.run(fail)
+    finally:
+        writer.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_natively_cancelled_caller_waits_for_the_call_then_raises() -> None:
+    """asyncio.timeout / Task.cancel must not abandon a batch half-way: its outcome is
+    settled by the caller, so the caller waits for the thread, then is cancelled."""
+    writer = WriterThread("aiosessions writer test")
+    entered, release = threading.Event(), threading.Event()
+    finished: list[str] = []
+
+    def slow() -> str:
+        entered.set()
+        release.wait(30)
+        finished.append("done")
+        return "done"
+
+    returned: list[str] = []
+
+    async def caller() -> None:
+        returned.append(await writer.run(slow))
+
+    try:
+        task = asyncio.get_running_loop().create_task(caller())
+        await anyio.to_thread.run_sync(entered.wait, 30)
+        task.cancel()
+        await asyncio.sleep(0.01)
+        task.cancel()  # twice: still waiting
+        assert not task.done()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert finished == ["done"]
+        assert returned == []  # the cancellation is raised, not swallowed
+    finally:
+        release.set()
+        writer.stop()
+
+
+@pytest.mark.asyncio
+async def test_an_idle_writer_thread_ends_and_a_new_call_starts_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_writer, "IDLE_SECONDS", 0.01)
+    writer = WriterThread("aiosessions writer idle-test")
+    idents = [await writer.run(threading.get_ident)]
+    with anyio.fail_after(30):
+        while any(t.name == "aiosessions writer idle-test" for t in threading.enumerate()):
+            await anyio.sleep(0.01)
+    idents.append(await writer.run(threading.get_ident))
+    writer.stop()
+    assert all(isinstance(i, int) for i in idents)
+
+
+@pytest.mark.asyncio
+async def test_write_through_batches_run_in_the_stores_writer_thread_which_ends_at_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiosessions.backends._directory import DirectoryBackend
+
+    seen: list[str] = []
+    original = DirectoryBackend._write_sync
+
+    def spy(self: DirectoryBackend, *args: Any) -> Any:
+        seen.append(threading.current_thread().name)
+        return original(self, *args)
+
+    monkeypatch.setattr(DirectoryBackend, "_write_sync", spy)
+    path = tmp_path / "sessions.json"
+    async with aiosessions.open_store(path, flush_interval=0, fsync=False) as store:
+        await store.set("a", SessionEntry(session_id="a"))
+        await store.update("a", lambda e: SessionEntry(session_id="a", updated_at=5))
+        assert await store.get("a") == SessionEntry(session_id="a", updated_at=5)
+    assert seen and all(name == f"aiosessions writer {tmp_path / 'sessions.d'}" for name in seen)
+    with anyio.fail_after(30):
+        while any(t.name == seen[0] for t in threading.enumerate()):
+            await anyio.sleep(0.01)
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+@pytest.mark.anyio
+async def test_on_trio_batches_go_to_anyios_worker_threads(
+    tmp_path: Path, anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiosessions.backends._directory import DirectoryBackend
+
+    seen: list[str] = []
+    original = DirectoryBackend._write_sync
+
+    def spy(self: DirectoryBackend, *args: Any) -> Any:
+        seen.append(threading.current_thread().name)
+        return original(self, *args)
+
+    monkeypatch.setattr(DirectoryBackend, "_write_sync", spy)
+    path = tmp_path / "sessions.json"
+    async with (
+        anyio.create_task_group() as tg,
+        aiosessions.open_store(path, flush_interval=0, fsync=False, task_group=tg) as store,
+    ):
+        await store.set("a", SessionEntry(session_id="a"))
+        assert await store.get("a") == SessionEntry(session_id="a")
+    assert seen and not any(name.startswith("aiosessions writer") for name in seen)
