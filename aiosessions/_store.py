@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import os
 import warnings
@@ -107,8 +108,14 @@ class SessionStore(Generic[T]):
         #: The recency of pending changes, decoded once per value (for newest()).
         self._pending_recency = PendingRecency()
         self._closed = False
+        # Reached its caller (who must close it): an unclosed store then warns.
         self._opened = False
-        # The background tasks (flusher, upkeep): their scope, and whether they are over.
+        # The background tasks (flusher, upkeep) start at the first write, not at open:
+        # opening a store to read it then costs no task. How to start them (set by the
+        # opener), the start in progress, whether they run, their scope, and their end.
+        self._start: Callable[[], Awaitable[None]] | None = None
+        self._starting: anyio.Event | None = None
+        self._started = False
         self._background: anyio.CancelScope | None = None
         self._background_done = anyio.Event()
         # Calls using the backend right now: its files close only once they are done.
@@ -377,6 +384,8 @@ class SessionStore(Generic[T]):
         self._check_open()
         validate_key(key)
         data = self._encode(key, entry)
+        if not self._started:
+            await self._start_background()
         async with self._locks.hold(key):
             await self._queue.wait_for_room(key)
             self._check_open()
@@ -403,6 +412,8 @@ class SessionStore(Generic[T]):
         """
         self._check_open()
         validate_key(key)
+        if not self._started:
+            await self._start_background()
         async with self._locks.hold(key):
             while True:
                 await self._queue.wait_for_room(key)
@@ -432,6 +443,8 @@ class SessionStore(Generic[T]):
         """
         self._check_open()
         validate_key(key)
+        if not self._started:
+            await self._start_background()
         async with self._locks.hold(key):
             pending = self._queue.pending(key)
             if pending is not None:
@@ -543,17 +556,19 @@ class SessionStore(Generic[T]):
             if self._users:
                 self._idle = anyio.Event()
                 await self._idle.wait()
+            if self._starting is not None:
+                await self._starting.wait()  # a start in progress ends first (it is short)
             # Between batches: the flusher never stops inside one (see WriteBehind).
             if self._background is not None:
                 self._background.cancel()
-            if self._opened:
+            if self._started:
                 await self._background_done.wait()
             try:
                 await self._queue.drain()
             except Exception as exc:  # the backend failed in a way it should have reported
                 error = exc
         self._queue.stop()
-        if self._users or (self._opened and not self._background_done.is_set()):
+        if self._users or (self._started and not self._background_done.is_set()):
             self._close_backend_later = True  # a stuck call: the last one out closes
         else:
             await self._backend.aclose()
@@ -583,6 +598,28 @@ class SessionStore(Generic[T]):
                 with anyio.CancelScope(shield=True):
                     await self._backend.aclose()
 
+    async def _start_background(self) -> None:
+        """Start the flusher and the backend's upkeep, once (by the first write, or at open).
+
+        Shielded, like opening: started tasks always reach :meth:`aclose`. A start that
+        failed raises to its caller and is tried again by the next write.
+        """
+        while not self._started:
+            if self._starting is not None:
+                await self._starting.wait()  # another call is starting them
+                continue
+            self._check_open()  # a closing store starts nothing (no await since the check)
+            assert self._start is not None, "stores are made by open_store()"
+            self._starting = starting = anyio.Event()
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._start()
+                self._started = True
+            finally:
+                if not self._started:
+                    self._starting = None
+                starting.set()
+
     async def _run_background(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -593,7 +630,6 @@ class SessionStore(Generic[T]):
                 async with anyio.create_task_group() as tasks:
                     await tasks.start(self._queue.run)
                     tasks.start_soon(self._backend.maintain)
-                    self._opened = True
                     task_status.started()
         finally:
             self._background_done.set()
@@ -644,12 +680,13 @@ async def _open(
     options: _StoreOptions,
     task_group: anyio.abc.TaskGroup | None,
 ) -> tuple[SessionStore[T], Callable[[], Awaitable[None]] | None]:
-    """Open the backend and start the store's background tasks.
+    """Open the backend and make the store; its background tasks start at its first write.
 
-    Where they run: in ``task_group`` when given; else on asyncio in a task of
+    Where they will run: in ``task_group`` when given; else on asyncio in a task of
     their own that the store owns (so the store may be closed from any task);
     else (trio) in a task group the caller's task enters here and must leave: the
-    returned function, to be awaited after ``aclose()`` in the same task.
+    returned function, to be awaited after ``aclose()`` in the same task. They start
+    here already when the backend has upkeep due (a sweep, say).
     """
     backend = await make_backend()
     try:
@@ -671,19 +708,19 @@ async def _open(
                 await own.__aexit__(None, None, None)
 
             task_group = own
-        # Shielded: a store whose background tasks started must reach the caller
-        # (who closes it), never be dropped by a cancellation in between.
-        with anyio.CancelScope(shield=True):
-            if task_group is not None:
-                await task_group.start(store._run_background)
-            else:
-                await _start_own_task(store)
+        if task_group is not None:
+            store._start = functools.partial(task_group.start, store._run_background)
+        else:
+            store._start = functools.partial(_start_own_task, store)
+        if backend.upkeep_due():
+            await store._start_background()  # shielded: a started store reaches the caller
     except BaseException:
         with anyio.CancelScope(shield=True):
             if leave is not None:
                 await leave()
             await backend.aclose()
         raise
+    store._opened = True
     return store, leave
 
 

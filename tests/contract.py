@@ -1202,6 +1202,24 @@ class BackendContract:
             assert store.statistics().swept == backend.counters().get("swept", 0)
         assert all(isinstance(k, str) and isinstance(v, int) for k, v in backend.counters().items())
 
+    async def test_upkeep_due_answers_after_open_and_a_store_reads_without_it(
+        self, backend_factory: BackendFactory
+    ) -> None:
+        """``upkeep_due()`` is a bool after ``open()``; a store that only reads works
+        whether or not its background tasks started (they start at the first write)."""
+        async with aiosessions.open_store(backend_factory(), fsync=False) as store:
+            await store.set("k", SessionEntry(session_id="s"))
+        backend = backend_factory()
+        await backend.open()
+        try:
+            assert isinstance(backend.upkeep_due(), bool)
+        finally:
+            await backend.aclose()
+        async with aiosessions.open_store(backend_factory(), fsync=False) as store:
+            assert await store.get("k") == SessionEntry(session_id="s")
+            assert [key async for key in store.keys()] == ["k"]
+            await store.flush()
+
     async def test_backend_lists_in_chunks_while_keys_come_and_go(
         self, backend_factory: BackendFactory
     ) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import pytest
 
 import aiosessions
@@ -100,6 +101,59 @@ async def test_await_open_store_then_aclose_from_another_task(
         nursery.start_soon(shutdown_hook)
         await done.wait()
     assert len(on_disk(store_path, mode)) == 30
+
+
+# -- background tasks start at the first write ----------------------------------------------
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # counts asyncio's tasks
+async def test_a_store_only_read_runs_no_background_task(tmp_path: Path) -> None:
+    """Opening to read costs no task; the first write starts the flusher; close ends it."""
+    import asyncio
+
+    store_path = tmp_path / "sessions.json"
+    async with aiosessions.open_store(store_path, entry_type=dict) as store:
+        await store.set("k", {"v": 1})
+    # The new store's first sweep is done: the next opens have no upkeep due.
+    before = len(asyncio.all_tasks())
+    async with aiosessions.open_store(store_path, entry_type=dict) as store:
+        assert await store.get("k") == {"v": 1}
+        assert [key async for key in store.keys()] == ["k"]
+        await store.flush()  # nothing pending: nothing to start
+        assert len(asyncio.all_tasks()) == before
+        await store.set("k", {"v": 2})
+        assert len(asyncio.all_tasks()) > before  # the host task, the flusher, the upkeep
+    assert len(asyncio.all_tasks()) == before
+    async with aiosessions.open_store(store_path, entry_type=dict) as store:
+        assert await store.get("k") == {"v": 2}
+
+
+async def test_a_close_racing_the_first_write_loses_nothing_accepted(
+    store_path: Path, mode: str, anyio_backend: str
+) -> None:
+    """A close that begins while writes are starting the flusher waits for the start,
+    then writes what they queued; a write that loses the race raises StoreClosedError."""
+
+    async def write(store: SessionStore[Any], key: str, accepted: list[str]) -> None:
+        with contextlib.suppress(StoreClosedError):
+            await store.set(key, {"sessionId": key})
+            accepted.append(key)
+
+    for _ in range(20):
+        accepted: list[str] = []
+        async with anyio.create_task_group() as nursery:
+            given = nursery if anyio_backend == "trio" else None
+            store = await aiosessions.open_store(store_path, mode=mode, entry_type=dict, task_group=given)
+            for i in range(random.randrange(1, 6)):
+                nursery.start_soon(write, store, f"k{i}", accepted)
+            for _ in range(random.randrange(3)):
+                await anyio.lowlevel.checkpoint()
+            await store.aclose()
+        async with aiosessions.open_store(store_path, mode=mode, entry_type=dict) as check:
+            stored = [key async for key in check.keys()]
+            assert set(accepted) <= set(stored)
+            for key in stored:
+                await check.delete(key)
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])  # asyncio needs no task group
@@ -498,9 +552,11 @@ async def test_an_entry_nested_too_deep_is_refused_at_set(store_path: Path, mode
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the store's own task: asyncio only
-async def test_a_flusher_that_fails_to_start_fails_the_open(
+async def test_a_flusher_that_fails_to_start_fails_the_first_write(
     store_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The background tasks start at the first write: its caller gets the error, the
+    store still reads and closes, and nothing is left open."""
     from aiosessions._writebehind import WriteBehind
 
     async def broken(self: Any, **kwargs: Any) -> None:
@@ -508,6 +564,12 @@ async def test_a_flusher_that_fails_to_start_fails_the_open(
 
     monkeypatch.setattr(WriteBehind, "run", broken)
     before = set(os.listdir("/proc/self/fd"))
-    with anyio.fail_after(10), pytest.raises(BaseException, match="the flusher broke"):
-        await aiosessions.open_store(store_path)
+    with anyio.fail_after(10):
+        store = await aiosessions.open_store(store_path, entry_type=dict)
+        assert await store.get("k") is None
+        for _ in range(2):  # a failed start is tried again by the next write
+            with pytest.raises(BaseException, match="the flusher broke"):
+                await store.set("k", {"v": 1})
+        assert await store.get("k") is None  # refused, not half accepted
+        await store.aclose()
     assert set(os.listdir("/proc/self/fd")) <= before

@@ -165,7 +165,20 @@ class Backend(Protocol):
         ...
 
     async def maintain(self) -> None:
-        """Background upkeep after open (say, sweeping orphaned files); returns when done."""
+        """Background upkeep while the store writes (say, sweeping orphaned files).
+
+        Runs beside the flusher, from the store's first write (or from open, when
+        :meth:`upkeep_due` says so) until the store closes; may return when done.
+        """
+        ...
+
+    def upkeep_due(self) -> bool:
+        """Whether :meth:`maintain` has work right after :meth:`open` (say, a sweep is due).
+
+        The store starts its background tasks at its first write, so that opening a
+        store only to read it costs no task; when this is True it starts them at open.
+        Called once, on the event loop, after :meth:`open`: keep it to a ``stat``.
+        """
         ...
 
     def counters(self) -> Mapping[str, int]:

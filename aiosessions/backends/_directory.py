@@ -959,6 +959,15 @@ class DirectoryBackend:
 
     # -- upkeep ----------------------------------------------------------------------
 
+    def upkeep_due(self) -> bool:
+        """A sweep is due (one ``stat`` of ``.swept``): then the store starts sweeping at open."""
+        if not math.isfinite(self._tmp_max_age):
+            return False
+        try:
+            return seconds_to_sweep(self._fs, self._root, period=self._tmp_max_age, now=time.time()) <= 0
+        except OSError:
+            return False  # the first write starts the upkeep, which tries again
+
     async def maintain(self) -> None:
         """Sweep orphans (tmp files and trash older than ``tmp_max_age``) while open.
 

@@ -318,6 +318,9 @@ class JsonBackend:
 
     # -- upkeep ----------------------------------------------------------------------------
 
+    def upkeep_due(self) -> bool:
+        return True  # a sweep at every open: one listing of the file's folder
+
     async def maintain(self) -> None:
         """Remove this store's orphaned ``.<name>.*.tmp`` files older than ``tmp_max_age``."""
         try:

@@ -310,8 +310,7 @@ class TrioStoreMachine(StoreMachine):
 @pytest.mark.slow
 @pytest.mark.parametrize("machine", [StoreMachine, TrioStoreMachine], ids=["asyncio", "trio"])
 def test_state_machine(scale: Scale, machine: type[StoreMachine], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Random operation sequences with crashes agree with the model (on trio, with every
-    durable directory batch made durable by the syncfs barrier)."""
+    """Random operation sequences with crashes agree with the model, on asyncio and trio."""
     from hypothesis.stateful import run_state_machine_as_test
 
     from aiosessions.backends import _directory
