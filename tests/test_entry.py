@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from msgspec import UNSET, UnsetType
 
 from aiosessions import Entry, SessionEntry
-from aiosessions._entry import codec_for, recency_of
+from aiosessions._entry import MAX_NESTING, _depth, codec_for, recency_of, storable
 
 SESSION = codec_for(SessionEntry)
 DICT = codec_for(dict)
@@ -376,3 +376,40 @@ def test_arbitrary_objects_survive_a_change(member: dict[str, Any], updated: int
     expected = {**member, "updatedAt": updated, "model": model}
     assert json_equal(json.loads(SESSION.encode(entry)), expected)
     assert recency_of(SESSION.encode(entry)) == updated
+
+
+# -- storable(): the nesting check ----------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.integers() | st.text(alphabet='[]{}"\\ab\n\u00e9'),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(alphabet='[{"\\k'), inner, max_size=3)
+    ),
+    max_leaves=40,
+)
+
+
+def reference_depth(value: Any) -> int:
+    """The nesting of a Python value, counted on the value itself."""
+    if isinstance(value, list):
+        return 1 + max(map(reference_depth, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(reference_depth, value.values()), default=0)
+    return 0
+
+
+@given(json_values)
+def test_depth_counts_levels_not_brackets_in_strings(value: Any) -> None:
+    assert _depth(msgspec.json.encode(value)) == reference_depth(value)
+
+
+@pytest.mark.parametrize("levels", [MAX_NESTING - 1, MAX_NESTING, MAX_NESTING + 1, 1000])
+def test_storable_refuses_only_entries_nested_too_deep(levels: int) -> None:
+    inner = levels - 1  # the entry's own object is a level
+    deep = '{"[{":' * (inner // 2) + "[" * (inner - inner // 2) + "1" + "]" * (inner - inner // 2)
+    data = b'{"prose":"' + b"[{" * 2000 + b'","deep":' + (deep + "}" * (inner // 2)).encode() + b"}"
+    problem = storable(data, 1 << 30)
+    if levels <= MAX_NESTING:
+        assert problem is None
+    else:
+        assert problem is not None and f"nests {levels} levels" in problem
