@@ -403,8 +403,13 @@ class WriteBehind:
                 delay = self._delay()
                 if delay > 0:
                     self._wakeup = anyio.Event()
-                    with anyio.move_on_after(delay):
+                    if delay == math.inf:
+                        # Idle: no timer (a cancel scope costs microseconds, and this runs
+                        # after every batch, before a write-through caller gets back).
                         await self._wakeup.wait()
+                    else:
+                        with anyio.move_on_after(delay):
+                            await self._wakeup.wait()
                     continue
                 await self._write_batch()
         finally:

@@ -498,12 +498,14 @@ class DirectoryBackend:
             with anyio.CancelScope(shield=True):
                 result, signatures = await self._write_barriered(groups, len(writes), started)
         else:
-            result, signatures = BatchResult(), dict[str, Signature]()
-            for r, s in await self._in_parts(
-                groups, len(writes), lambda part: self._write_sync(part, durable)
-            ):
-                self._merge(result, r)
-                signatures.update(s)
+            parts = await self._in_parts(groups, len(writes), lambda part: self._write_sync(part, durable))
+            if len(parts) == 1:
+                result, signatures = parts[0]  # one thread's (a write-through call's): as it is
+            else:
+                result, signatures = BatchResult(), {}
+                for r, s in parts:
+                    self._merge(result, r)
+                    signatures.update(s)
             if durable:
                 self._barrier_policy().fsynced(time.perf_counter() - started, len(writes))
         data = {write.key: write.data for write in writes}
