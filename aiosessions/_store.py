@@ -206,9 +206,11 @@ class SessionStore(Generic[T]):
         pending = await self._begin_read(key)
         return pending[0] if pending is not None else await self._read(key)
 
-    async def _read(self, key: str) -> bytes | None:
+    async def _read(self, key: str, *, base: bool = False) -> bytes | None:
         self._enter()
         try:
+            if base and hasattr(self._backend, "read_base"):
+                return await self._backend.read_base(key)  # type: ignore[no-any-return]
             return await self._backend.read(key)
         finally:
             await self._leave()
@@ -422,8 +424,10 @@ class SessionStore(Generic[T]):
                 if pending is not None:
                     stored, base = pending[0], None
                     break
-                # The stored bytes are the compare-and-swap base of this change.
-                stored = base = await self._read(key)
+                # The stored bytes are the compare-and-swap base of this change. A backend may
+                # offer bytes it knows already (read_base): the compare-and-swap still checks
+                # them. A caller that waits for the write (durable, write-through) reads afresh.
+                stored = base = await self._read(key, base=not (durable or self._queue.write_through))
                 self._check_open()
                 # Other writers may have filled the queue during the read: queue only
                 # with room, so the bounds hold however many updates run at once.

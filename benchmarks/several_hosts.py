@@ -35,6 +35,7 @@ import os
 import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -381,47 +382,78 @@ async def run_stage(
     processes: Iterable[int] = PROCESSES,
     contenders: Iterable[str] = CONTENDERS,
     measures: Iterable[str] = MEASURES,
+    rounds: int = 1,
     seed: int = 1,
     step: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Every contender, measure and process count; ``{contender: {measure: {processes: row}}}``."""
+    """Every contender, measure and process count; ``{contender: {measure: {processes: row}}}``.
+
+    The contenders take turns for each measure and process count, ``rounds`` times (their
+    order rotating), so that they share the machine's moods: a row's ``rate`` is the median of
+    its rounds (all in ``rates``); ops, round trips and lost updates add up over the rounds.
+    """
+    contenders = tuple(contenders)
     server, port = start_server(folder / "redis")
-    results: dict[str, Any] = {"sessions": SESSIONS, "seconds_per_run": seconds, "contenders": {}}
+    results: dict[str, Any] = {
+        "sessions": SESSIONS,
+        "seconds_per_run": seconds,
+        "rounds": rounds,
+        "contenders": {name: {} for name in contenders},
+    }
     try:
         step(f"Redis: storing {SESSIONS:,} sessions for every contender")
         await _populate(port, folder, seed)
-        for contender in contenders:
-            for measure in measures:
-                for count in processes:
-                    step(f"Redis: {contender}, {measure}, {count} process(es)")
-                    before = (
-                        await _messages(contender, port, folder) if measure in ("message", "update") else 0
-                    )
-                    config = {
-                        "contender": contender,
-                        "measure": measure,
-                        "port": port,
-                        "folder": str(folder),
-                        "seconds": seconds,
-                        "seed": seed * 1000 + count,
-                    }
-                    reports = await anyio.to_thread.run_sync(_run, config, count)
-                    ops = sum(report["ops"] for report in reports)
-                    span = max(report["seconds"] for report in reports)
-                    row: dict[str, Any] = {
-                        "ops": ops,
-                        "seconds": span,
-                        "rate": ops / span if span > 0 else math.nan,
-                        "round_trips_per_op": sum(report["round_trips"] for report in reports) / max(ops, 1),
-                    }
-                    if measure in ("message", "update"):
-                        after = await _messages(contender, port, folder)
-                        row["lost_updates"] = ops - (after - before)
-                    results["contenders"].setdefault(contender, {}).setdefault(measure, {})[str(count)] = row
+        for measure in measures:
+            for count in processes:
+                for turn in range(rounds):
+                    first = turn % len(contenders)
+                    for contender in contenders[first:] + contenders[:first]:
+                        step(f"Redis: {measure}, {count} process(es), round {turn + 1}: {contender}")
+                        row = await _one_run(contender, measure, count, port, folder, seconds, seed)
+                        rows = results["contenders"][contender].setdefault(measure, {})
+                        rows[str(count)] = _add_round(rows.get(str(count)), row)
     finally:
         server.kill()
         server.wait(10)
     return results
+
+
+async def _one_run(
+    contender: str, measure: str, count: int, port: int, folder: Path, seconds: float, seed: int
+) -> dict[str, Any]:
+    before = await _messages(contender, port, folder) if measure in ("message", "update") else 0
+    config = {
+        "contender": contender,
+        "measure": measure,
+        "port": port,
+        "folder": str(folder),
+        "seconds": seconds,
+        "seed": seed * 1000 + count,
+    }
+    reports = await anyio.to_thread.run_sync(_run, config, count)
+    ops = sum(report["ops"] for report in reports)
+    span = max(report["seconds"] for report in reports)
+    row: dict[str, Any] = {
+        "ops": ops,
+        "seconds": span,
+        "round_trips": sum(report["round_trips"] for report in reports),
+        "rates": [ops / span if span > 0 else math.nan],
+    }
+    if measure in ("message", "update"):
+        after = await _messages(contender, port, folder)
+        row["lost_updates"] = ops - (after - before)
+    return row
+
+
+def _add_round(row: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    if row is not None:
+        new = {
+            name: row[name] + value if name != "seconds" else max(row[name], value)
+            for name, value in new.items()
+        }
+    new["rate"] = statistics.median(new["rates"])
+    new["round_trips_per_op"] = new["round_trips"] / max(new["ops"], 1)
+    return new
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -448,13 +480,23 @@ def tables(section: dict[str, Any]) -> str:
     out = [
         f"{section['sessions']:,} sessions of about 1.5 KB, keys chosen Zipf-like; each run "
         f"{section['seconds_per_run']:g} s at full speed in every process; one redis-server "
-        "(AOF, appendfsync everysec) on this machine. Throughput is summed over the processes; "
-        '"vs aiogram" divides it by the aiogram-style throughput at the same process count.',
+        "(AOF, appendfsync everysec) on this machine. Throughput is summed over the processes"
+        + (
+            f"; the contenders took turns, {rounds} rounds, and each figure is the median of its rounds"
+            if (rounds := section.get("rounds", 1)) > 1
+            else ""
+        )
+        + '; "vs aiogram" divides it by the aiogram-style throughput at the same process count.'
+        + (" Lost updates add up over the rounds." if rounds > 1 else ""),
         "",
     ]
     for measure in [m for m in MEASURES if any(m in rows for rows in contenders.values())]:
+        ratio_counts = sorted({counts[0], counts[-1]})
         header = (
-            ["contender"] + [f"{n} proc." for n in counts] + [f"vs aiogram ({counts[-1]})", "round trips/op"]
+            ["contender"]
+            + [f"{n} proc." for n in counts]
+            + [f"vs aiogram ({n})" for n in ratio_counts]
+            + ["round trips/op"]
         )
         if measure in ("message", "update"):
             header.append(f"lost updates ({counts[-1]})")
@@ -462,11 +504,13 @@ def tables(section: dict[str, Any]) -> str:
         for name, measures in contenders.items():
             by_count = measures.get(measure, {})
             last = by_count.get(str(counts[-1]), {})
-            base = contenders.get(AIOGRAM, {}).get(measure, {}).get(str(counts[-1]), {})
-            ratio = (last.get("rate") or math.nan) / (base.get("rate") or math.nan) if base else math.nan
             trips = last.get("round_trips_per_op")
             cells = [name] + [_rate(by_count.get(str(n), {}).get("rate")) for n in counts]
-            cells.append("n/a" if math.isnan(ratio) else f"{ratio:.2f}×")  # noqa: RUF001
+            for n in ratio_counts:
+                ours = by_count.get(str(n), {})
+                base = contenders.get(AIOGRAM, {}).get(measure, {}).get(str(n), {})
+                ratio = (ours.get("rate") or math.nan) / (base.get("rate") or math.nan) if base else math.nan
+                cells.append("n/a" if math.isnan(ratio) else f"{ratio:.2f}×")  # noqa: RUF001
             cells.append(
                 "n/a (no server)" if "directory" in name else f"{trips:.2f}" if trips is not None else "n/a"
             )
@@ -529,6 +573,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--processes", default=None, help="comma-separated process counts (1,2,4,8)")
     parser.add_argument(
+        "--rounds", type=int, default=1, help="runs of each contender, taking turns (median shown)"
+    )
+    parser.add_argument(
         "--out", type=Path, default=None, help="write redis.json and redis.md here (and the chart)"
     )
     args = parser.parse_args(argv)
@@ -540,7 +587,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     load = os.getloadavg()
     try:
-        results = anyio.run(lambda: run_stage(folder, seconds=seconds, processes=processes))
+        results = anyio.run(
+            lambda: run_stage(folder, seconds=seconds, processes=processes, rounds=args.rounds)
+        )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print(tables(results))

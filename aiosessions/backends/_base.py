@@ -31,6 +31,11 @@ What a backend guarantees:
 * **Recency.** :meth:`Backend.newest` and :meth:`Backend.count` answer from an
   index, not by reading every entry, exactly: what another process or host wrote
   is in the next answer, and a writer that died half-way never leaves it wrong.
+* **Optional: a known base.** A backend may offer ``async read_base(key)``: the bytes an
+  ``update()`` starts from when the backend knows them without a read (say, what it read or
+  wrote a moment ago). They may be stale, because the update's write is a compare-and-swap that
+  the backend checks against what is really stored: a stale base costs a retry, never an update.
+  Without it (and for ``durable`` and write-through updates) the store calls :meth:`Backend.read`.
 * **Errors of the library.** Failures are :class:`~aiosessions.StoreIOError` (or
   another :class:`~aiosessions.SessionStoreError`) naming the key and where it
   lives; an entry that cannot be read back is

@@ -520,6 +520,57 @@ async def test_a_lost_reply_then_more_updates_then_another_host_counts_exactly(r
         await other.aclose()
 
 
+def _bump(entry: dict[str, Any] | None) -> dict[str, Any]:
+    return {**(entry or {}), "n": (entry or {"n": 0})["n"] + 1}
+
+
+async def test_an_update_right_after_a_read_starts_from_it_without_a_round_trip(redis_url: str) -> None:
+    """A bot's message loop: get(), then update(); the update's base is what get() read."""
+    async with open_store(redis_url, entry_type=dict, flush_interval=3600) as store:
+        await store.set("k", {"n": 0})
+        await store.flush()
+        backend = store.backend
+        assert isinstance(backend, RedisBackend)
+        trips = backend.counters()["round_trips"]
+        assert await store.get("k") == {"n": 0}
+        assert await store.update("k", _bump) == {"n": 1}
+        assert backend.counters()["round_trips"] == trips + 1  # the read; the update queued
+        await store.flush()
+        # Its own landed write is what it knows of the key: the next update starts from it.
+        trips = backend.counters()["round_trips"]
+        assert await store.update("k", _bump) == {"n": 2}
+        assert backend.counters()["round_trips"] == trips
+        await store.flush()
+        # A caller waiting for the write gets a result from a fresh read.
+        trips = backend.counters()["round_trips"]
+        assert await store.update("k", _bump, durable=True) == {"n": 3}
+        assert backend.counters()["round_trips"] == trips + 2  # the read, the batch
+
+
+async def test_a_base_another_host_changed_since_costs_a_retry_not_an_update(redis_url: str) -> None:
+    """get() here, another host's update flushed, update() here: both increments count; a
+    delete in between is not undone (the update applies to no entry, as after a fresh read)."""
+    async with (
+        open_store(redis_url, entry_type=dict, flush_interval=3600) as here,
+        open_store(redis_url, entry_type=dict, flush_interval=3600) as there,
+    ):
+        await here.set("k", {"n": 0, "note": "old"})
+        await here.flush()
+        assert await here.get("k") == {"n": 0, "note": "old"}
+        await there.update("k", _bump)
+        await there.flush()
+        await here.update("k", _bump)  # from the stale {"n": 0}: 1 here ...
+        await here.flush()  # ... but the server's compare-and-swap refuses it; re-applied to 1
+        assert await there.get("k") == {"n": 2, "note": "old"}
+
+        assert await here.get("k") == {"n": 2, "note": "old"}
+        await there.delete("k")
+        await there.flush()
+        await here.update("k", _bump)
+        await here.flush()
+        assert await there.get("k") == {"n": 1}  # the old entry is not back
+
+
 async def test_a_command_the_server_refuses_fails_that_write_alone(redis_url: str, shared_redis: str) -> None:
     """An entry key someone made a hash: comparing with it fails (WRONGTYPE) for that key only;
     the batch's other writes land, and nothing of the failed one was changed."""
