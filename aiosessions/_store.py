@@ -518,7 +518,7 @@ class SessionStore(Generic[T]):
 
     def statistics(self) -> StoreStatistics:
         """Counters of the write-behind queue: pending, writes, coalesced, flushes, failures ..."""
-        return self._queue.statistics(swept=self._backend.counters().get("swept", 0))
+        return self._queue.statistics(backend_counters=self._backend.counters())
 
     async def aclose(self, *, timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
         """Write what is queued, stop the background tasks, close the backend's files.

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -70,6 +70,9 @@ class StoreStatistics:
     oldest_pending_age: float
     #: Orphaned tmp files and trash removed by the background sweep.
     swept: int = 0
+    #: The backend's own counters (``store.backend.counters()``): ``swept`` for the file
+    #: stores; ``round_trips``, ``in_doubt`` and ``in_doubt_reapplied`` on Redis.
+    backend_counters: Mapping[str, int] = field(default_factory=dict)
 
 
 class _Pending:
@@ -377,7 +380,8 @@ class WriteBehind:
         )
         return FlushError(message, failures=failures, unwritten=left)
 
-    def statistics(self, *, swept: int = 0) -> StoreStatistics:
+    def statistics(self, *, backend_counters: Mapping[str, int] | None = None) -> StoreStatistics:
+        counters = dict(backend_counters or {})
         oldest = next(iter(self._pending.values()), None)
         age = 0.0 if oldest is None else max(0.0, anyio.current_time() - oldest.since)
         return StoreStatistics(
@@ -389,7 +393,8 @@ class WriteBehind:
             failures=self._failures,
             conflicts=self._conflicts,
             oldest_pending_age=age,
-            swept=swept,
+            swept=counters.get("swept", 0),
+            backend_counters=counters,
         )
 
     # -- the flusher -----------------------------------------------------------------

@@ -1200,6 +1200,7 @@ class BackendContract:
             await store.flush()
             assert all(isinstance(k, str) and isinstance(v, int) for k, v in backend.counters().items())
             assert store.statistics().swept == backend.counters().get("swept", 0)
+            assert store.statistics().backend_counters == backend.counters()
         assert all(isinstance(k, str) and isinstance(v, int) for k, v in backend.counters().items())
 
     async def test_upkeep_due_answers_after_open_and_a_store_reads_without_it(
