@@ -342,13 +342,21 @@ class FileSystem:
             self.close(sub)
 
     def write_atomic(
-        self, name: str, data: bytes, *, dir_fd: int, durable: bool, mode: int = FILE_MODE
+        self,
+        name: str,
+        data: bytes,
+        *,
+        dir_fd: int,
+        durable: bool,
+        mode: int = FILE_MODE,
+        sync_dir: bool = True,
     ) -> Signature:
         """Replace ``name`` in the directory ``dir_fd`` with ``data``, all or nothing.
 
         A uniquely named tmp file is written whole, fsynced (when ``durable``),
-        renamed over ``name`` and the directory fsynced (when ``durable``); a
-        reader sees the old file or the new one. On failure the tmp file is removed.
+        renamed over ``name`` and the directory fsynced (when ``durable`` and
+        ``sync_dir``: a caller writing several files fsyncs the folder once after them);
+        a reader sees the old file or the new one. On failure the tmp file is removed.
         The new file has the permissions ``mode`` (a rewrite passes the old file's).
         """
         tmp = f".{name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}"
@@ -370,7 +378,7 @@ class FileSystem:
         except BaseException:
             self._discard(tmp, dir_fd=dir_fd)
             raise
-        if durable:
+        if durable and sync_dir:
             try:
                 self.fsync(dir_fd)
             except OSError as exc:
@@ -397,6 +405,14 @@ class FileSystem:
             self._discard(tmp, dir_fd=dir_fd)
             raise
         return tmp, signature
+
+    def fsync_file(self, name: str, *, dir_fd: int) -> None:
+        """fsync the existing regular file ``name`` in the directory ``dir_fd``."""
+        fd = self.open(name, _READ_FLAGS, dir_fd=dir_fd)
+        try:
+            self.fsync(fd)
+        finally:
+            self.close(fd)
 
     def write_new(self, name: str, data: bytes, *, dir_fd: int, durable: bool) -> None:
         """Create ``name`` (it must not exist) holding ``data``; fsync it when ``durable``.

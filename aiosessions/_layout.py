@@ -12,7 +12,9 @@ built), so two stores in one folder never share anything. Inside ``foo.d/``
     .quarantine/        what ``fsck --repair`` moved aside
     .migration.json     the record of the migration that made the store
     .swept              its modification time: when the last orphan sweep began
-    <name>/meta.json    the entry, exactly the JSON object of the legacy file
+    <name>/meta.json    the entry, exactly the JSON object of the legacy file, or (format
+                        version 2) its small members and ``"$parts"`` naming the blobs below
+    <name>/blob-<sha256>.json   a large member stored apart (see _parts), never rewritten
     <name>/key          the exact key, only for shortened names (see _keys)
     <name>/.meta.json.<pid>-<rand>.tmp   an in-flight write (an orphan once old)
 
@@ -56,12 +58,19 @@ Mode = Literal["directory", "json"]
 
 FORMAT_FILE = "FORMAT"
 FORMAT_NAME = "aiosessions.directory"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The versions this release opens. Version 1 (no blobs: a top-level ``$parts`` member is the
+#: entry's own) is read as it is and upgraded by ``_migrate.upgrade_format``.
+READABLE_VERSIONS = (1, 2)
 #: A FORMAT marker is a few dozen bytes; anything larger is not one.
 FORMAT_MAX_BYTES = 4096
 
 META = "meta.json"
 KEY_FILE = "key"
+#: A large member stored apart: ``blob-<sha256 hex of its bytes>.json`` in the session folder.
+BLOB_PREFIX = "blob-"
+BLOB_SUFFIX = ".json"
+_HEX = frozenset("0123456789abcdef")
 LOCKS = ".locks"
 TRASH = ".trash"
 QUARANTINE = ".quarantine"
@@ -138,8 +147,9 @@ def format_version(data: bytes) -> int | None:
         return None
 
 
-def check_format(data: bytes, where: Path | str) -> None:
-    """Accept the bytes of a FORMAT marker, or raise :class:`StoreFormatError` saying why not."""
+def check_format(data: bytes, where: Path | str) -> int:
+    """The version of a FORMAT marker this release reads (one of :data:`READABLE_VERSIONS`),
+    or raise :class:`StoreFormatError` saying why not."""
     invalid = f"{where} is not a valid aiosessions FORMAT marker: {bytes(data[:80])!r}"
     try:
         version = _version(msgspec.json.decode(data, type=_Format))
@@ -147,27 +157,27 @@ def check_format(data: bytes, where: Path | str) -> None:
         raise StoreFormatError(f"{invalid} ({exc})") from exc
     if version is None:
         raise StoreFormatError(f"{invalid} (expected {encode_format().strip().decode()})")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise StoreFormatError(
-            f"{where} is format version {version}; this aiosessions reads version "
-            f"{FORMAT_VERSION} (upgrade aiosessions to open it)"
+            f"{where} is format version {version}; this aiosessions reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))} (upgrade aiosessions to open it)"
         )
+    return version
 
 
-def read_marker(fs: FileSystem, name: str, *, dir_fd: int | None, where: Path | str) -> bool:
-    """Whether the FORMAT marker of the store folder ``name`` (relative to ``dir_fd``;
-    ``"."``: ``dir_fd`` is the store folder) is there and valid.
+def read_marker(fs: FileSystem, name: str, *, dir_fd: int | None, where: Path | str) -> int | None:
+    """The version of the FORMAT marker of the store folder ``name`` (relative to ``dir_fd``;
+    ``"."``: ``dir_fd`` is the store folder); None when there is none.
 
-    :raises StoreFormatError: it is there but not a valid marker of this version.
+    :raises StoreFormatError: it is there but not a valid marker of a version this release reads.
     """
     try:
         found = fs.read_dir_file(name, FORMAT_FILE, dir_fd=dir_fd, max_bytes=FORMAT_MAX_BYTES)
     except (TooLargeError, NotRegularFileError) as exc:
         raise StoreFormatError(f"{where} is not a valid aiosessions FORMAT marker: {exc.strerror}") from None
     if found is None:
-        return False
-    check_format(found[0], where)
-    return True
+        return None
+    return check_format(found[0], where)
 
 
 def refuse_inside_store(fs: FileSystem, paths: StorePaths) -> None:
@@ -296,6 +306,19 @@ def folder_key(fs: FileSystem, name: str, *, dir_fd: int) -> str | None:
     if is_shortened(name):
         return read_key_file(fs, name, dir_fd=dir_fd)
     return decode_name(name)
+
+
+def blob_name(digest: str) -> str:
+    """The file name of the blob whose bytes have the SHA-256 ``digest`` (hex)."""
+    return f"{BLOB_PREFIX}{digest}{BLOB_SUFFIX}"
+
+
+def blob_digest(name: str) -> str | None:
+    """The digest a blob file's name carries; None when ``name`` is not a blob's."""
+    if not (name.startswith(BLOB_PREFIX) and name.endswith(BLOB_SUFFIX)):
+        return None
+    digest = name[len(BLOB_PREFIX) : -len(BLOB_SUFFIX)]
+    return digest if len(digest) == 64 and _HEX.issuperset(digest) else None
 
 
 def is_real_dir(fs: FileSystem, name: str, *, dir_fd: int) -> bool:

@@ -60,6 +60,7 @@ from ._layout import (
     SWEPT,
     TRASH,
     StorePaths,
+    blob_name,
     detect_mode,
     encode_format,
     ensure_store_dirs,
@@ -67,6 +68,7 @@ from ._layout import (
     refuse_inside_store,
 )
 from ._locks import acquire_file_lock, release_file_lock
+from ._parts import split
 from ._preflight import migration_blockers
 from .backends._directory import BATCH_WRITERS, DirectoryBackend
 from .backends._json import decode_legacy, encode_legacy
@@ -319,7 +321,10 @@ class _Migration:
             try:
                 if is_shortened(name):
                     fs.write_new(KEY_FILE, key.encode("utf-8"), dir_fd=folder, durable=durable)
-                fs.write_new(META, data, dir_fd=folder, durable=durable)
+                meta, blobs = split(data)  # large members apart (format version 2)
+                for digest, blob in blobs.items():
+                    fs.write_new(blob_name(digest), blob, dir_fd=folder, durable=durable)
+                fs.write_new(META, meta, dir_fd=folder, durable=durable)
                 if durable:
                     fs.fsync(folder)
             finally:
@@ -650,6 +655,7 @@ async def _read_all(
         max_entry_bytes=2**31,
         cache_bytes=0,
         tmp_max_age=float("inf"),
+        upgrade=False,  # an export writes nothing: a store of format version 1 is read as it is
     )
     await backend.open()
     entries: dict[str, msgspec.Raw] = {}

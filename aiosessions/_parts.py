@@ -39,10 +39,14 @@ _parts = msgspec.json.Decoder(list[tuple[str, int, str]])
 _encoder = msgspec.json.Encoder()
 
 
-def split(data: bytes) -> tuple[bytes, dict[str, bytes]]:
+def split(
+    data: bytes, known: Mapping[str, tuple[str, bytes]] | None = None
+) -> tuple[bytes, dict[str, bytes]]:
     """``(meta, blobs)``: the bytes for ``meta.json`` and ``{digest: bytes}`` of each blob.
 
-    ``meta`` is ``data`` itself (and ``blobs`` empty) when nothing is split.
+    ``meta`` is ``data`` itself (and ``blobs`` empty) when nothing is split. ``known`` maps a
+    member's name to ``(digest, bytes)`` of its last stored value: a member whose bytes are
+    equal (a ``memcmp``) takes that digest without being hashed again.
     """
     if len(data) < ENTRY_MIN and _PARTS_BYTES not in data:
         return data, {}
@@ -56,7 +60,11 @@ def split(data: bytes) -> tuple[bytes, dict[str, bytes]]:
     for position, (name, raw) in enumerate(members.items()):
         if name == PARTS or (len(data) >= ENTRY_MIN and len(raw) >= BLOB_MIN):
             blob = bytes(raw)
-            digest = hashlib.sha256(blob).hexdigest()
+            last = None if known is None else known.get(name)
+            if last is not None and last[1] == blob:
+                digest, blob = last  # the very bytes already cached: no second copy kept
+            else:
+                digest = hashlib.sha256(blob).hexdigest()
             blobs[digest] = blob
             parts.append((name, position, digest))
         else:

@@ -37,15 +37,24 @@ def _final_count(store_path: Path, mode: str) -> int:
     return int(entry["totalTokens"])
 
 
+#: A member large enough to be stored apart (format version 2): the counter's entry is then
+#: a small meta.json naming a blob, and compare-and-swap compares the meta.json.
+SNAPSHOT = {"skills": [{"name": f"skill-{i}", "text": "x" * 400} for i in range(60)]}
+
+
 @pytest.mark.timeout(60)
-async def test_processes_incrementing_one_counter_lose_nothing(store_path: Path, mode: str) -> None:
+@pytest.mark.parametrize("large", [False, True], ids=["small", "large"])
+async def test_processes_incrementing_one_counter_lose_nothing(
+    store_path: Path, mode: str, large: bool
+) -> None:
     seed = random.randrange(2**32)
     print(f"seed {seed}")
     # Create the store first: this test is about updates, not about racing to create it.
     async with aiosessions.open_store(
         store_path, mode="json" if mode == "json" else "directory", fsync=False
-    ):
-        pass
+    ) as store:
+        if large:
+            await store.set(KEY, aiosessions.SessionEntry(extra={"skillsSnapshot": SNAPSHOT}))
     workers = [
         subprocess.Popen(
             [
@@ -90,3 +99,8 @@ async def test_processes_incrementing_one_counter_lose_nothing(store_path: Path,
     async with aiosessions.open_store(store_path, fsync=False) as store:
         entry = await store.get(KEY)
         assert entry is not None and entry.total_tokens == PROCESSES * INCREMENTS
+        if large:
+            assert entry.extra["skillsSnapshot"] == SNAPSHOT
+    if large and mode == "directory":
+        folder = store_path.with_name(store_path.stem + ".d") / encode_key(KEY)
+        assert len(list(folder.glob("blob-*.json"))) == 1  # written once, never again

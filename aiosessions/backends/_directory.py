@@ -1,7 +1,9 @@
 """The directory store: one folder per session, ``<stem>.d/<name>/meta.json``.
 
 The layout and its names are ``_layout``'s (and docs/format.md's); this module
-reads and writes sessions in it.
+reads and writes sessions in it. In format version 2 a large entry's big members
+live in blob files beside its ``meta.json`` (``_parts`` splits and joins them,
+``_blobs`` remembers them): reads return the whole entry, writes write what changed.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from .._layout import (
     META,
     TRASH,
     StorePaths,
+    blob_digest,
+    blob_name,
     claim_sweep,
     encode_format,
     ensure_store_dirs,
@@ -57,8 +61,10 @@ from .._layout import (
     walk,
 )
 from .._locks import acquire_file_lock_sync, file_lock, release_file_lock
+from .._parts import join, references, split
 from .._recency import position_of
 from ._base import BatchResult, Write
+from ._blobs import Blobs, Known
 from ._index import Intent, RecencyIndex
 from ._writer import WriterThread
 
@@ -89,6 +95,16 @@ class _Staged:
     name: str
     tmp: str | None = None
     signature: Signature | None = None
+    #: What the tmp file holds: ``write.data``'s ``meta.json`` (its blobs are written already).
+    meta: bytes = b""
+
+
+def _exists(fs: FileSystem, path: str) -> bool:
+    try:
+        fs.stat(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 class _ReadCache:
@@ -142,6 +158,7 @@ class DirectoryBackend:
         max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         tmp_max_age: float = DEFAULT_TMP_MAX_AGE,
+        upgrade: bool = True,
     ) -> None:
         """A directory store at ``path`` (``X/sessions.json`` or ``X/sessions.d``).
 
@@ -151,6 +168,8 @@ class DirectoryBackend:
         :param max_entry_bytes: a ``meta.json`` larger than this is refused as corrupt.
         :param cache_bytes: bytes of recently used entries kept, checked by ``stat``.
         :param tmp_max_age: seconds after which a tmp file or trash is an orphan.
+        :param upgrade: migrate a store of an earlier format version forward at :meth:`open`
+            (False: read it as it is, and refuse writes: for readers that must write nothing).
         :param filesystem: the :class:`FileSystem` doing every blocking call.
         """
         paths = path if isinstance(path, StorePaths) else StorePaths.of(path)
@@ -162,6 +181,11 @@ class DirectoryBackend:
         self._max_entry_bytes = max_entry_bytes
         self._tmp_max_age = tmp_max_age
         self._cache = _ReadCache(cache_bytes)
+        #: Blobs by digest and each key's last entry (format version 2).
+        self._blobs = Blobs(cache_bytes)
+        self._upgrade = upgrade
+        #: The format version of the open store: 1 only when opened with ``upgrade=False``.
+        self._version = FORMAT_VERSION
         self._root = -1
         #: ``.locks`` (opened at open if it exists) and ``.trash`` (by the first write).
         self._locks_dir = -1
@@ -261,10 +285,27 @@ class DirectoryBackend:
         directory = str(self.paths.directory)
         if create:
             fs.ensure_dirs(str(self.paths.directory.parent))
+            staging = str(self.paths.directory.with_name(self.paths.staging))
+            if self._upgrade and not _exists(fs, directory) and _exists(fs, staging):
+                # An upgrade cut between its renames leaves its sealed store there: finish it.
+                from .._upgrade import upgrade_format
+
+                upgrade_format(self.paths, fs, lock_timeout=self._lock_timeout)
             fs.ensure_dir(directory)
         root = fs.open_dir(directory)
         try:
             marked = read_marker(fs, ".", dir_fd=root, where=self.paths.directory / FORMAT_FILE)
+            if marked is not None and marked < FORMAT_VERSION:
+                if self._upgrade:
+                    from .._upgrade import upgrade_format  # it builds stores with this module
+
+                    fs.close(root)
+                    root = -1
+                    upgrade_format(self.paths, fs, lock_timeout=self._lock_timeout)
+                    root = fs.open_dir(directory)
+                    marked = read_marker(fs, ".", dir_fd=root, where=self.paths.directory / FORMAT_FILE)
+                else:
+                    self._version = marked
             if not marked:
                 if not create:
                     raise StoreFormatError(f"{directory} has no FORMAT marker: it is not a store")
@@ -279,7 +320,8 @@ class DirectoryBackend:
                 fs.write_atomic(FORMAT_FILE, encode_format(), dir_fd=root, durable=True)
                 fs.fsync_dir(str(self.paths.directory.parent))
         except BaseException:
-            fs.close(root)
+            if root >= 0:
+                fs.close(root)
             raise
         self._attach(root)
 
@@ -331,7 +373,7 @@ class DirectoryBackend:
                 return hit[1]
         # Not cached (or replaced): read inline when the page cache holds the file; a
         # missing folder answers "absent" (every new session's first update) at once.
-        cached = self._read_inline(name)
+        cached = self._read_inline(key, name)
         if cached is False:
             self._cache.drop(key)
             return None
@@ -351,7 +393,7 @@ class DirectoryBackend:
         self._cache.put(key, signature, data)
         return data
 
-    def _read_inline(self, name: str) -> tuple[bytes, Signature] | Literal[False] | None:
+    def _read_inline(self, key: str, name: str) -> tuple[bytes, Signature] | Literal[False] | None:
         """The entry's bytes when the page cache holds them all, read on the event loop;
         False when the session does not exist.
 
@@ -378,9 +420,31 @@ class DirectoryBackend:
             return None
         try:
             limit = min(self._max_entry_bytes, INLINE_READ_MAX)
-            return fs.read_file_cached(META, dir_fd=folder, max_bytes=limit)
-        except OSError:
-            return None
+            found = fs.read_file_cached(META, dir_fd=folder, max_bytes=limit)
+            if found is None or self._version < 2:
+                return found
+            meta, signature = found
+            parts = references(meta)
+            if parts is None:
+                self._blobs.remember(key, Known(meta, meta, ()))
+                return found
+            blobs = {}
+            for _, _, digest in parts:
+                blob = self._blobs.get(digest)
+                if blob is None:
+                    if blob_digest(blob_name(digest)) != digest:
+                        return None
+                    cached = fs.read_file_cached(blob_name(digest), dir_fd=folder, max_bytes=limit)
+                    if cached is None:
+                        return None  # the worker thread reads it, or says what is wrong
+                    blob = cached[0]
+                    self._blobs.put(digest, blob)
+                blobs[digest] = blob
+            whole = join(meta, blobs)
+            self._blobs.remember(key, Known(whole, meta, tuple((n, d) for n, _, d in parts)))
+            return whole, signature
+        except (OSError, ValueError, KeyError):
+            return None  # the worker thread's read says what is wrong
         finally:
             try:
                 fs.close(folder)
@@ -399,6 +463,8 @@ class DirectoryBackend:
             found = self._fs.read_dir_file(name, META, dir_fd=self._root, max_bytes=self._max_entry_bytes)
             if found is not None and is_shortened(name):
                 self._check_key_file(key, name)
+            if found is not None:
+                found = self._whole_sync(key, name, found[0]), found[1]
         except NotRegularFileError as exc:
             path = str(self.paths.directory / name / META)
             error = CorruptSessionError(
@@ -423,6 +489,75 @@ class DirectoryBackend:
         if found is not None:
             return self._refusal(key, name, found[0]) or found
         return found
+
+    def _whole_sync(self, key: str, name: str, meta: bytes, folder: int | None = None) -> bytes:
+        """The whole entry a ``meta.json`` stands for: its blobs spliced back (from the cache,
+        else read from the session folder ``name``, or its open descriptor ``folder``).
+
+        :raises CorruptSessionError: a blob it names is missing, unreadable or too large,
+            or its ``$parts`` member is not the store's.
+        :raises OSError: reading a blob failed.
+        """
+        if self._version < 2:
+            return meta
+        try:
+            parts = references(meta)
+        except ValueError as exc:
+            raise self._bad_parts(key, name, exc) from exc
+        if parts is None:
+            self._blobs.remember(key, Known(meta, meta, ()))
+            return meta
+        for _, _, digest in parts:
+            if blob_digest(blob_name(digest)) != digest:
+                raise self._bad_parts(key, name, ValueError(f"{digest!r} is not a SHA-256 digest"))
+        blobs = {}
+        fs, opened = self._fs, -1
+        try:
+            for _, _, digest in parts:
+                blob = self._blobs.get(digest)
+                if blob is None:
+                    if folder is None:
+                        folder = opened = fs.open_dir(name, dir_fd=self._root)
+                    path = str(self.paths.directory / name / blob_name(digest))
+                    try:
+                        found = fs.read_file(
+                            blob_name(digest), dir_fd=folder, max_bytes=self._max_entry_bytes
+                        )
+                    except (TooLargeError, NotRegularFileError) as exc:
+                        raise CorruptSessionError(
+                            f"session {key!r}: {path} (a part its meta.json names) {exc.strerror}; "
+                            "run `aiosessions fsck`",
+                            where=path,
+                            key=key,
+                        ) from exc
+                    if found is None:
+                        raise CorruptSessionError(
+                            f"session {key!r}: {path} is missing (its meta.json names it); "
+                            "run `aiosessions fsck`",
+                            where=path,
+                            key=key,
+                        )
+                    blob = found[0]
+                    self._blobs.put(digest, blob)
+                blobs[digest] = blob
+        finally:
+            if opened >= 0:
+                fs.close(opened)
+        try:
+            whole = join(meta, blobs)
+        except ValueError as exc:
+            raise self._bad_parts(key, name, exc) from exc
+        self._blobs.remember(key, Known(whole, meta, tuple((n, d) for n, _, d in parts)))
+        return whole
+
+    def _bad_parts(self, key: str, name: str, exc: Exception) -> CorruptSessionError:
+        path = str(self.paths.directory / name / META)
+        return CorruptSessionError(
+            f"session {key!r}: {path}: its {'$parts'!r} member does not name blobs ({exc}); "
+            "run `aiosessions fsck`",
+            where=path,
+            key=key,
+        )
 
     def _refusal(self, key: str, name: str, data: bytes) -> CorruptSessionError | None:
         """The error for an entry the store would not have stored (``storable``: too large,
@@ -487,6 +622,12 @@ class DirectoryBackend:
     # -- writes ----------------------------------------------------------------------
 
     async def write_batch(self, writes: Sequence[Write], *, durable: bool) -> BatchResult:
+        if self._version < FORMAT_VERSION:
+            refused = StoreFormatError(
+                f"{self.location()} is format version {self._version}, opened to be read only "
+                "(upgrade=False); open it with upgrade=True to migrate it forward and write"
+            )
+            return BatchResult(failed={write.key: refused for write in writes})
         stripes: dict[int, list[Write]] = {}
         for write in writes:
             stripes.setdefault(stripe_of(write.key), []).append(write)
@@ -667,12 +808,8 @@ class DirectoryBackend:
 
     def _stage_one(self, write: Write, result: BatchResult) -> _Staged | None:
         fs, root, name = self._fs, self._root, encode_key(write.key)
-        if not write.blind:
-            found = fs.read_dir_file(name, META, dir_fd=root)
-            current = None if found is None else found[0]
-            if current != write.expected:
-                result.conflicts[write.key] = current
-                return None
+        if not write.blind and not self._compare_sync(write, name, result):
+            return None
         if write.data is None:
             return _Staged(write, name)
         try:
@@ -685,10 +822,11 @@ class DirectoryBackend:
                 self._remove_tmp_files(name, folder)
             if is_shortened(name):
                 self._write_key_file(write.key, name, folder, False)  # made durable by the barrier
-            tmp, signature = fs.write_tmp(META, write.data, dir_fd=folder)
+            meta = self._write_parts_sync(write.key, write.data, folder, durable=False)  # the barrier too
+            tmp, signature = fs.write_tmp(META, meta, dir_fd=folder)
         finally:
             fs.close(folder)
-        return _Staged(write, name, tmp, signature)
+        return _Staged(write, name, tmp, signature, meta)
 
     def _barrier_sync(self, what: str) -> tuple[BaseException | None, float]:
         started = time.perf_counter()
@@ -754,8 +892,9 @@ class DirectoryBackend:
                             fs.rename(item.tmp, META, src_dir_fd=folder, dst_dir_fd=folder)
                         finally:
                             fs.close(folder)
-                        assert item.signature is not None
+                        assert item.signature is not None and item.write.data is not None
                         signatures[key] = item.signature
+                        self._remember_written(key, item.write.data, item.meta, synced=False)
                 except OSError as exc:
                     if item.tmp is not None:
                         self._discard_tmp(item)
@@ -855,6 +994,82 @@ class DirectoryBackend:
             fd = self._lock_fds[stripe] = self._fs.open_lock_file(stripe_name(stripe), dir_fd=self._locks_dir)
         return fd
 
+    def _compare_sync(self, write: Write, name: str, result: BatchResult, folder: int | None = None) -> bool:
+        """Whether the stored entry is still ``write.expected`` (under the key's stripe lock);
+        if not, the conflict is recorded with the whole entry found.
+
+        Only ``meta.json`` is read: blobs are named by digest and never rewritten, so the
+        ``meta.json`` the expected entry was stored as (remembered beside it) equal to the
+        one on disk means equal entries. Otherwise the entry on disk is put together (its
+        blobs mostly cached) and compared whole: a ``meta.json`` written differently (by
+        hand, say) holding the same entry is no conflict.
+        """
+        key = write.key
+        if folder is None:
+            found = self._fs.read_dir_file(name, META, dir_fd=self._root)
+        else:  # the session folder, open (-1: there is none)
+            found = None if folder < 0 else self._fs.read_file(META, dir_fd=folder)
+        meta = None if found is None else found[0]
+        folder = None if folder is None or folder < 0 else folder
+        expected = write.expected
+        if meta is None or expected is None:
+            if meta is None and expected is None:
+                return True
+            result.conflicts[key] = None if meta is None else self._whole_sync(key, name, meta, folder)
+            return False
+        if meta == self._blobs.meta_of(key, expected):
+            return True
+        current = self._whole_sync(key, name, meta, folder)
+        if current == expected:
+            return True
+        result.conflicts[key] = current
+        return False
+
+    def _write_parts_sync(self, key: str, data: bytes, folder: int, *, durable: bool) -> bytes:
+        """Write the blobs of ``data`` that the session folder lacks; return its ``meta.json``.
+
+        A large member is hashed only when its bytes differ from its last stored value
+        (``_parts.split``'s hints). With ``durable``, every blob the new ``meta.json`` names
+        is durable, its folder entry included, before this returns: new ones are fsynced
+        before their rename, existing ones this process has not synced are fsynced, then
+        the folder once. A blob file whose size is wrong (cut short by a crash without
+        fsync) is written again.
+        """
+        if self._version < 2:
+            return data
+        known = self._blobs.known(key)
+        meta, blobs = split(data, self._blobs.hints(key))
+        if not blobs:
+            return meta
+        fs = self._fs
+        synced = known.synced if known is not None else frozenset()
+        sync_folder = False
+        for digest, blob in blobs.items():
+            file = blob_name(digest)
+            try:
+                size = fs.stat(file, dir_fd=folder).st_size
+            except FileNotFoundError:
+                size = -1
+            if size != len(blob):
+                fs.write_atomic(file, blob, dir_fd=folder, durable=durable, sync_dir=False)
+                sync_folder = durable
+            elif durable and digest not in synced:
+                fs.fsync_file(file, dir_fd=folder)
+                sync_folder = True
+            self._blobs.put(digest, blob)
+        if sync_folder:
+            fs.fsync(folder)
+        return meta
+
+    def _remember_written(self, key: str, data: bytes, meta: bytes, *, synced: bool) -> None:
+        if self._version < 2:
+            return
+        parts = references(meta) if meta is not data else None
+        named = () if parts is None else tuple((n, d) for n, _, d in parts)
+        self._blobs.remember(
+            key, Known(data, meta, named, frozenset(d for _, d in named) if synced else frozenset())
+        )
+
     def _apply_sync(
         self, write: Write, result: BatchResult, signatures: dict[str, Signature], durable: bool
     ) -> bool:
@@ -866,6 +1081,7 @@ class DirectoryBackend:
         if write.blind and write.data is None:
             # A blind delete renames whatever is there (a planted symlink too) out of the
             # store without opening it.
+            self._blobs.forget(write.key)
             removed = self._delete_sync(name)
             result.landed.append(write.key)
             return removed
@@ -877,13 +1093,10 @@ class DirectoryBackend:
         except FileNotFoundError:
             pass
         try:
-            if not write.blind:
-                found = None if folder < 0 else fs.read_file(META, dir_fd=folder)
-                current = None if found is None else found[0]
-                if current != write.expected:
-                    result.conflicts[write.key] = current
-                    return False
+            if not write.blind and not self._compare_sync(write, name, result, folder):
+                return False
             if write.data is None:
+                self._blobs.forget(write.key)
                 if folder >= 0:
                     fd, folder = folder, -1
                     fs.close(fd)
@@ -898,8 +1111,10 @@ class DirectoryBackend:
                 self._remove_tmp_files(name, folder)
             if is_shortened(name):
                 self._write_key_file(write.key, name, folder, durable)
+            meta = self._write_parts_sync(write.key, write.data, folder, durable=durable)
             try:
-                signatures[write.key] = fs.write_atomic(META, write.data, dir_fd=folder, durable=durable)
+                signatures[write.key] = fs.write_atomic(META, meta, dir_fd=folder, durable=durable)
+                self._remember_written(write.key, write.data, meta, synced=durable)
             except UnsyncedError as exc:
                 result.unsynced[write.key] = io_error(
                     exc, "syncing", key=write.key, path=self.location(write.key)

@@ -1,0 +1,216 @@
+"""Moving a directory store of format version 1 forward to version 2 (large members apart).
+
+The same staging-folder-and-rename recipe as the legacy migration (``_migrate``), so a
+crash at any instant leaves one authoritative store:
+
+1. take the store-wide lock ``.<stem>.lock`` (every upgrading process takes it: one
+   upgrades, the others find version 2 when they get it) and every lock stripe of the old
+   store (a writer in the middle of a write finishes it first);
+2. build the new store in ``.<stem>.d.staging``: each session's ``meta.json`` split into a
+   small ``meta.json`` and its blobs (``_parts``), its ``key`` file copied, every file and
+   folder fsynced, the FORMAT marker (version 2) last;
+   the old store's ``.quarantine`` (never deleted) is moved in first, and a session whose
+   ``meta.json`` cannot be read as a file (a folder, a FIFO) is moved into it;
+3. carry ``.migration.json`` across (the recency index is derived: built again);
+4. rename the old ``<stem>.d`` into the new store's ``.trash/`` and the staging folder to
+   ``<stem>.d``, fsyncing the parent folder after each; then remove the old store.
+
+Between the two renames of step 4 there is no ``<stem>.d``; a sealed staging folder (its
+FORMAT marker is version 2) is then the store, and the next upgrade or open finishes the
+rename. A staging folder that is not sealed is removed and built again (after handing a
+``.quarantine`` it took back to the old store).
+
+Processes of a release that only knows version 1 do not know about this: stop them first.
+(A write of theirs after the upgrade fails, since their store folder is gone.)
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from ._errors import StoreFormatError
+from ._fs import FileSystem, NotRegularFileError, TooLargeError
+from ._layout import (
+    FORMAT_FILE,
+    FORMAT_VERSION,
+    KEY_FILE,
+    LOCK_STRIPES,
+    LOCKS,
+    META,
+    QUARANTINE,
+    RECORD,
+    SWEPT,
+    TRASH,
+    StorePaths,
+    blob_name,
+    encode_format,
+    ensure_store_dirs,
+    is_real_dir,
+    is_session_name,
+    read_marker,
+    stripe_name,
+)
+from ._locks import acquire_file_lock_sync
+from ._parts import split
+
+__all__ = ["upgrade_format"]
+
+#: Prefix of the old store's name in the new store's trash.
+OLD_PREFIX = "format-1-"
+
+
+def upgrade_format(paths: StorePaths, fs: FileSystem, *, lock_timeout: float) -> bool:
+    """Move the store at ``paths`` forward to :data:`FORMAT_VERSION` (blocking; a worker thread).
+
+    Returns whether this call did it (False: it was done already, or there is no store).
+
+    :raises StoreFormatError: the marker is of a version this release does not read.
+    :raises LockTimeoutError: the store lock or a stripe stayed taken for ``lock_timeout``.
+    :raises OSError: reading or writing failed (the old store is then left as it was).
+    """
+    parent = fs.open_dir(str(paths.file.parent))
+    held: list[int] = []
+    try:
+        lock = fs.open_lock_file(paths.lock.name, dir_fd=parent)
+        held.append(lock)
+        acquire_file_lock_sync(fs, lock, timeout=lock_timeout, what=str(paths.lock))
+        return _upgrade_locked(paths, fs, parent, held, lock_timeout)
+    finally:
+        for fd in reversed(held):
+            try:
+                fs.close(fd)  # closing releases the flock
+            except OSError:
+                pass
+        fs.close(parent)
+
+
+def _sealed(fs: FileSystem, parent: int, name: str, where: str) -> bool:
+    try:
+        return read_marker(fs, name, dir_fd=parent, where=where) == FORMAT_VERSION
+    except (OSError, StoreFormatError):
+        return False
+
+
+def _exists(fs: FileSystem, name: str, dir_fd: int) -> bool:
+    try:
+        fs.stat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _upgrade_locked(paths: StorePaths, fs: FileSystem, parent: int, held: list[int], timeout: float) -> bool:
+    directory, staging = paths.directory.name, paths.staging
+    where = str(paths.directory / FORMAT_FILE)
+    if not _exists(fs, directory, parent):
+        # A crash between the two renames of a finished upgrade: the sealed staging folder is the store.
+        if _exists(fs, staging, parent) and _sealed(fs, parent, staging, where):
+            fs.rename(staging, directory, src_dir_fd=parent, dst_dir_fd=parent)
+            fs.fsync(parent)
+            return True
+        return False
+    version = read_marker(fs, directory, dir_fd=parent, where=where)
+    if version is None or version >= FORMAT_VERSION:
+        return False
+    old = fs.open_dir(directory, dir_fd=parent)
+    try:
+        # Every writer of the old store holds its key's stripe while it writes.
+        fs.ensure_dir(LOCKS, dir_fd=old)
+        locks = fs.open_dir(LOCKS, dir_fd=old)
+        try:
+            for stripe in range(LOCK_STRIPES):
+                fd = fs.open_lock_file(stripe_name(stripe), dir_fd=locks)
+                held.append(fd)
+                acquire_file_lock_sync(
+                    fs, fd, timeout=timeout, what=f"{paths.directory}/{LOCKS}/{stripe_name(stripe)}"
+                )
+        finally:
+            fs.close(locks)
+        if _exists(fs, staging, parent):
+            _take_back_quarantine(fs, parent, staging, old)
+            fs.remove_tree(staging, dir_fd=parent)
+        fs.mkdir(staging, dir_fd=parent)
+        new = fs.open_dir(staging, dir_fd=parent)
+        try:
+            ensure_store_dirs(fs, new)
+            if _exists(fs, QUARANTINE, old):
+                fs.rename(QUARANTINE, QUARANTINE, src_dir_fd=old, dst_dir_fd=new)
+                fs.fsync(old)
+                fs.fsync(new)
+            for name in fs.listdir(old):
+                if is_session_name(name) and is_real_dir(fs, name, dir_fd=old):
+                    try:
+                        _copy_session(fs, old, new, name)
+                    except (NotRegularFileError, TooLargeError):
+                        # Unreadable as it is: kept for its owner, as `fsck --repair` would.
+                        fs.ensure_dir(QUARANTINE, dir_fd=new)
+                        quarantine = fs.open_dir(QUARANTINE, dir_fd=new)
+                        try:
+                            fs.rename(name, name, src_dir_fd=old, dst_dir_fd=quarantine)
+                        finally:
+                            fs.close(quarantine)
+            found = fs.read_file(RECORD, dir_fd=old)
+            if found is not None:
+                fs.write_new(RECORD, found[0], dir_fd=new, durable=True)
+            fs.write_new(SWEPT, b"", dir_fd=new, durable=False)
+            fs.fsync(new)
+            fs.write_atomic(FORMAT_FILE, encode_format(), dir_fd=new, durable=True)
+            trash = fs.open_dir(TRASH, dir_fd=new)
+            try:
+                doomed = f"{OLD_PREFIX}{secrets.token_hex(8)}"
+                fs.rename(directory, doomed, src_dir_fd=parent, dst_dir_fd=trash)
+                fs.fsync(parent)
+                fs.rename(staging, directory, src_dir_fd=parent, dst_dir_fd=parent)
+                fs.fsync(parent)
+                try:
+                    # Before the old stripes are let go: a writer of an older release
+                    # waiting on one then fails (its folder is gone) instead of writing
+                    # into the trash.
+                    fs.remove_tree(doomed, dir_fd=trash)
+                except OSError:
+                    pass  # the trash is swept
+            finally:
+                fs.close(trash)
+        finally:
+            fs.close(new)
+    finally:
+        fs.close(old)
+    return True
+
+
+def _take_back_quarantine(fs: FileSystem, parent: int, staging: str, old: int) -> None:
+    """An upgrade that died after moving the quarantine into its staging folder: move it back."""
+    try:
+        new = fs.open_dir(staging, dir_fd=parent)
+    except OSError:
+        return
+    try:
+        if _exists(fs, QUARANTINE, new) and not _exists(fs, QUARANTINE, old):
+            fs.rename(QUARANTINE, QUARANTINE, src_dir_fd=new, dst_dir_fd=old)
+            fs.fsync(old)
+    finally:
+        fs.close(new)
+
+
+def _copy_session(fs: FileSystem, old: int, new: int, name: str) -> None:
+    """Copy one session folder into the staging store, its entry split (files fsynced)."""
+    source = fs.open_dir(name, dir_fd=old)
+    try:
+        found = fs.read_file(META, dir_fd=source)
+        if found is None:
+            return  # a creation that died before its meta.json: nothing to keep
+        key = fs.read_file(KEY_FILE, dir_fd=source)
+        fs.mkdir(name, dir_fd=new)
+        folder = fs.open_dir(name, dir_fd=new)
+        try:
+            if key is not None:
+                fs.write_new(KEY_FILE, key[0], dir_fd=folder, durable=True)
+            meta, blobs = split(found[0])
+            for digest, blob in blobs.items():
+                fs.write_new(blob_name(digest), blob, dir_fd=folder, durable=True)
+            fs.write_new(META, meta, dir_fd=folder, durable=True)
+            fs.fsync(folder)
+        finally:
+            fs.close(folder)
+    finally:
+        fs.close(source)

@@ -1,0 +1,116 @@
+"""What the directory backend remembers about entries split into ``meta.json`` and blobs
+(format version 2; docs/design.md, "Large, rarely-changing members stored apart").
+
+- **Blob bytes by digest.** A blob file never changes (its name is the SHA-256 of its
+  bytes), so a cached blob needs no freshness check: reading a split entry whose
+  ``meta.json`` changed costs a read of ``meta.json`` and a splice.
+- **Per key, the last entry read or written**: the whole bytes, the ``meta.json`` bytes
+  they were stored as, and the digests of their parts. Compare-and-swap then compares
+  ``meta.json`` (a kilobyte or two) instead of the whole entry, and a write hashes a
+  large member only when its bytes differ from the last ones of that name.
+
+Both are bounded by bytes (LRU) and shared by the writer threads of a batch and the
+event loop, so every method takes a lock (held for dictionary operations only).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+__all__ = ["Blobs", "Known"]
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """An entry as last read or written: ``whole`` bytes stored as ``meta``."""
+
+    whole: bytes
+    meta: bytes
+    #: ``(member, digest)`` of each part ``meta`` names.
+    parts: tuple[tuple[str, str], ...]
+    #: Digests known to be durable in the session's folder (fsynced, with their folder, by
+    #: this process): a durable write that names them again need not sync them again.
+    synced: frozenset[str] = frozenset()
+
+
+class Blobs:
+    """Blob bytes by digest and the last known entry of each key, both LRU by bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._blobs: OrderedDict[str, bytes] = OrderedDict()
+        self._blob_bytes = 0
+        self._known: OrderedDict[str, Known] = OrderedDict()
+        self._known_bytes = 0
+
+    # -- blobs ----------------------------------------------------------------------------
+
+    def get(self, digest: str) -> bytes | None:
+        with self._lock:
+            data = self._blobs.get(digest)
+            if data is not None:
+                self._blobs.move_to_end(digest)
+            return data
+
+    def put(self, digest: str, data: bytes) -> None:
+        if len(data) > self._max_bytes // 4:
+            return
+        with self._lock:
+            if digest in self._blobs:
+                self._blobs.move_to_end(digest)
+                return
+            self._blobs[digest] = data
+            self._blob_bytes += len(data)
+            while self._blob_bytes > self._max_bytes:
+                _, evicted = self._blobs.popitem(last=False)
+                self._blob_bytes -= len(evicted)
+
+    # -- what each key last was -----------------------------------------------------------
+
+    def known(self, key: str) -> Known | None:
+        with self._lock:
+            return self._known.get(key)
+
+    def meta_of(self, key: str, whole: bytes) -> bytes | None:
+        """The ``meta.json`` bytes ``whole`` was stored as, when this key's last entry was it."""
+        known = self.known(key)
+        if known is None or (known.whole is not whole and known.whole != whole):
+            return None
+        return known.meta
+
+    def hints(self, key: str) -> dict[str, tuple[str, bytes]]:
+        """``{member: (digest, bytes)}`` of the key's last parts still cached (for ``split``)."""
+        known = self.known(key)
+        if known is None or not known.parts:
+            return {}
+        hints = {}
+        for name, digest in known.parts:
+            data = self.get(digest)
+            if data is not None:
+                hints[name] = (digest, data)
+        return hints
+
+    def remember(self, key: str, known: Known) -> None:
+        size = len(known.whole) + len(known.meta)
+        with self._lock:
+            old = self._known.pop(key, None)
+            if old is not None:
+                self._known_bytes -= len(old.whole) + len(old.meta)
+                if old.synced and not known.synced:  # read back: what was synced still is
+                    known = replace(known, synced=old.synced & {d for _, d in known.parts})
+            if size > self._max_bytes // 4:
+                return
+            self._known[key] = known
+            self._known_bytes += size
+            while self._known_bytes > self._max_bytes:
+                _, evicted = self._known.popitem(last=False)
+                self._known_bytes -= len(evicted.whole) + len(evicted.meta)
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            old = self._known.pop(key, None)
+            if old is not None:
+                self._known_bytes -= len(old.whole) + len(old.meta)

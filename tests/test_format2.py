@@ -1,0 +1,289 @@
+"""Format version 2: large members of an entry stored apart, in blob files beside meta.json.
+
+What is on disk, that reads give back exactly what was written, that an update of a small
+field writes only meta.json, what a missing or broken blob says, and how a store of format
+version 1 (built by tests/_v1_store.py) is read and moved forward.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+import aiosessions
+from aiosessions import CorruptSessionError, SessionEntry, StoreFormatError, _parts
+from aiosessions._bench import sized_sessions
+from aiosessions._entry import codec_for
+from aiosessions._keys import encode_key
+from aiosessions._layout import encode_format
+from aiosessions._parts import PARTS
+from aiosessions.backends import DirectoryBackend
+from aiosessions.backends._base import Write
+
+from ._v1_store import build_v1_store
+
+pytestmark = pytest.mark.asyncio
+
+OPTIONS: dict[str, Any] = {"flush_interval": 3600, "fsync": False}
+
+
+def folder_of(path: Path, key: str) -> Path:
+    return path.with_name(path.stem + ".d") / encode_key(key)
+
+
+def blobs_in(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("blob-*.json"))}
+
+
+@pytest.mark.parametrize("fsync", [False, True], ids=["fsync-off", "fsync-on"])
+async def test_a_120_kb_entry_is_a_small_meta_json_and_blobs_named_by_digest(
+    tmp_path: Path, fsync: bool
+) -> None:
+    path = tmp_path / "sessions.json"
+    sessions = sized_sessions(6, 121_000, seed=5)
+    async with aiosessions.open_store(path, entry_type=dict, flush_interval=3600, fsync=fsync) as store:
+        for key, entry in sessions.items():
+            await store.set(key, entry)
+    for key, entry in sessions.items():
+        folder = folder_of(path, key)
+        meta = (folder / "meta.json").read_bytes()
+        assert len(meta) < 3_000
+        stored = json.loads(meta)
+        assert "skillsSnapshot" not in stored and stored["updatedAt"] == entry["updatedAt"]
+        blobs = blobs_in(folder)
+        assert blobs and all(
+            name == f"blob-{hashlib.sha256(b).hexdigest()}.json" for name, b in blobs.items()
+        )
+        names = {name for name, _, _ in stored[PARTS]}
+        assert "skillsSnapshot" in names
+        assert (
+            json.loads(blobs[f"blob-{dict((n, d) for n, _, d in stored[PARTS])['skillsSnapshot']}.json"])
+            == (entry["skillsSnapshot"])
+        )
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        for key, entry in sessions.items():
+            assert await store.get(key) == entry
+            assert msgspec.json.encode(await store.get(key)) == msgspec.json.encode(
+                entry
+            )  # member order kept
+
+
+async def test_the_fixture_and_large_entries_round_trip_and_export_gives_back_the_input(
+    tmp_path: Path, openclaw_sessions: dict[str, Any]
+) -> None:
+    path = tmp_path / "sessions.json"
+    sessions = {
+        **openclaw_sessions,
+        **sized_sessions(10, 121_000, seed=6),
+        **sized_sessions(5, 20_000, seed=7),
+    }
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        for key, entry in sessions.items():
+            await store.set(key, entry)
+    for entry_type in (dict, SessionEntry):
+        async with aiosessions.open_store(path, entry_type=entry_type, **OPTIONS) as store:
+            for key, entry in sessions.items():
+                got = await store.get(key)
+                as_json = json.loads(codec_for(entry_type).encode(got))
+                assert as_json == entry, key
+    out = tmp_path / "export.json"
+    await aiosessions.export_json(path, out)
+    assert json.loads(out.read_bytes()) == sessions
+    assert any(blobs_in(folder_of(path, key)) for key in sessions)
+
+
+async def test_an_update_of_a_small_field_writes_meta_json_only_and_hashes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "sessions.json"
+    key, entry = next(iter(sized_sessions(1, 121_000, seed=8).items()))
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        await store.set(key, entry)
+        await store.flush()
+        folder = folder_of(path, key)
+        before = {p.name: os.stat(p).st_ino for p in folder.glob("blob-*.json")}
+        hashed: list[int] = []
+        real = hashlib.sha256
+
+        def counting(data: bytes = b"") -> Any:
+            hashed.append(len(data))
+            return real(data)
+
+        monkeypatch.setattr(_parts.hashlib, "sha256", counting)
+        for n in range(5):
+            await store.update(key, lambda e, n=n: {**e, "updatedAt": n})
+            await store.flush()
+        assert hashed == []  # equal bytes (a memcmp) keep their digest
+        after = {p.name: os.stat(p).st_ino for p in folder.glob("blob-*.json")}
+        assert after == before  # no blob written again
+        assert (await store.get(key)) == {**entry, "updatedAt": 4}
+        # A changed large member is hashed and written as a new blob; the old one stays
+        # until the sweep finds it unreferenced and old.
+        await store.update(key, lambda e: {**e, "skillsSnapshot": {"changed": "y" * 10_000}})
+        await store.flush()
+        assert hashed and len(blobs_in(folder)) == len(before) + 1
+
+
+async def test_an_entry_with_its_own_parts_member_reads_back(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    entries = {
+        "small": {"a": 1, PARTS: [["x", 0, "0" * 64]]},
+        "large": {"b": "z" * 20_000, PARTS: "mine", "c": 2},
+    }
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        for key, entry in entries.items():
+            await store.set(key, entry)
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        for key, entry in entries.items():
+            assert await store.get(key) == entry
+
+
+async def test_a_missing_blob_names_its_file_and_the_session(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    key, entry = next(iter(sized_sessions(1, 121_000, seed=9).items()))
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        await store.set(key, entry)
+    blob = next(iter(folder_of(path, key).glob("blob-*.json")))
+    blob.unlink()
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        with pytest.raises(CorruptSessionError, match="is missing") as caught:
+            await store.get(key)
+        assert caught.value.where == str(blob) and caught.value.key == key
+        await store.delete(key)  # a broken session can be deleted
+        assert await store.get(key) is None
+
+
+async def test_a_meta_json_whose_parts_are_not_the_stores_is_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        await store.set("k", {"a": 1})
+    meta = folder_of(path, "k") / "meta.json"
+    for bad in (b'{"a":1,"$parts":"nonsense"}', b'{"a":1,"$parts":[["x",0,"../../etc/passwd"]]}'):
+        meta.write_bytes(bad)
+        async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+            with pytest.raises(CorruptSessionError, match=r"\$parts") as caught:
+                await store.get("k")
+            assert caught.value.where == str(meta) and caught.value.key == "k"
+
+
+async def test_compare_and_swap_sees_another_writer_of_a_split_entry(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    key, entry = next(iter(sized_sessions(1, 121_000, seed=10).items()))
+    whole = msgspec.json.encode(entry)
+    one, two = DirectoryBackend(path), DirectoryBackend(path)
+    await one.open()
+    await two.open()
+    try:
+        assert (await one.write_batch([Write(key, whole, None, blind=False)], durable=False)).landed == [key]
+        seen = await two.read(key)
+        assert seen == whole
+        changed = msgspec.json.encode({**entry, "updatedAt": 1})
+        assert (await one.write_batch([Write(key, changed, whole, blind=False)], durable=False)).landed
+        result = await two.write_batch([Write(key, whole, seen, blind=False)], durable=False)
+        assert result.conflicts == {key: changed}  # the whole entry found, put together
+        again = msgspec.json.encode({**entry, "updatedAt": 2})
+        assert (await two.write_batch([Write(key, again, changed, blind=False)], durable=False)).landed
+        # A meta.json written differently (not split) that holds the same entry is no conflict.
+        (folder_of(path, key) / "meta.json").write_bytes(again)
+        last = msgspec.json.encode({**entry, "updatedAt": 3})
+        assert (await one.write_batch([Write(key, last, again, blind=False)], durable=False)).landed
+        assert await two.read(key) == last
+    finally:
+        await one.aclose()
+        await two.aclose()
+
+
+# -- format version 1 ----------------------------------------------------------------------
+
+
+def v1_entries(openclaw_sessions: dict[str, Any]) -> dict[str, Any]:
+    entries: dict[str, Any] = dict(list(openclaw_sessions.items())[:20])
+    entries.update(sized_sessions(5, 121_000, seed=11))
+    entries["own-parts"] = {"x": 1, PARTS: [["not", 0, "a reference"]]}
+    entries["agent:main:" + "long" * 80] = {"sessionId": "shortened", "big": "q" * 20_000, "n": 1}
+    return entries
+
+
+async def test_a_version_1_store_opens_and_is_moved_forward(
+    tmp_path: Path, openclaw_sessions: dict[str, Any]
+) -> None:
+    path = tmp_path / "sessions.json"
+    entries = v1_entries(openclaw_sessions)
+    directory = build_v1_store(path, entries)
+    (directory / ".quarantine").mkdir()
+    (directory / ".quarantine" / "kept").write_bytes(b"evidence")
+    (directory / "broken").mkdir()
+    (directory / "broken" / "meta.json").mkdir()  # unreadable as a file: quarantined
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        for key, entry in entries.items():
+            assert await store.get(key) == entry, key
+        await store.update("own-parts", lambda e: {**e, "x": 2})
+    assert (directory / "FORMAT").read_bytes() == encode_format()
+    assert (directory / ".quarantine" / "kept").read_bytes() == b"evidence"
+    assert (directory / ".quarantine" / "broken" / "meta.json").is_dir()
+    assert (directory / ".migration.json").exists()
+    assert os.listdir(directory / ".trash") == []
+    assert not path.with_name(".sessions.d.staging").exists()
+    for key in entries:
+        if len(json.dumps(entries[key])) > 20_000:
+            assert blobs_in(folder_of(path, key)), key
+    long_key = next(k for k in entries if k.startswith("agent:main:long"))
+    assert (folder_of(path, long_key) / "key").read_text() == long_key
+    out = tmp_path / "export.json"
+    await aiosessions.export_json(path, out)
+    assert json.loads(out.read_bytes()) == {**entries, "own-parts": {**entries["own-parts"], "x": 2}}
+
+
+async def test_a_version_1_store_is_read_as_it_is_by_a_reader_that_writes_nothing(
+    tmp_path: Path, openclaw_sessions: dict[str, Any]
+) -> None:
+    path = tmp_path / "sessions.json"
+    entries = v1_entries(openclaw_sessions)
+    directory = build_v1_store(path, entries)
+    out = tmp_path / "export.json"
+    await aiosessions.export_json(path, out)
+    assert json.loads(out.read_bytes()) == entries
+    assert b'"version":1' in (directory / "FORMAT").read_bytes()
+    backend = DirectoryBackend(path, upgrade=False)
+    await backend.open()
+    try:
+        assert json.loads(await backend.read("own-parts") or b"") == entries["own-parts"]
+        result = await backend.write_batch([Write("k", b"{}")], durable=False)
+        assert isinstance(result.failed["k"], StoreFormatError)
+    finally:
+        await backend.aclose()
+
+
+async def test_an_upgrade_cut_between_its_two_renames_is_finished_by_the_next_open(
+    tmp_path: Path, openclaw_sessions: dict[str, Any]
+) -> None:
+    path = tmp_path / "sessions.json"
+    entries = v1_entries(openclaw_sessions)
+    directory = build_v1_store(path, entries)
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS):
+        pass
+    # The state a crash between the renames leaves: the sealed new store in staging, no sessions.d.
+    directory.rename(tmp_path / ".sessions.d.staging")
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        for key, entry in entries.items():
+            assert await store.get(key) == entry
+    assert (directory / "FORMAT").read_bytes() == encode_format()
+
+
+async def test_an_unsealed_staging_folder_of_an_upgrade_is_built_again(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    directory = build_v1_store(path, {"k": {"big": "b" * 20_000, "n": 1}})
+    staging = tmp_path / ".sessions.d.staging"
+    (staging / ".quarantine").mkdir(parents=True)  # the old store's, moved in before the crash
+    (staging / ".quarantine" / "kept").write_bytes(b"evidence")
+    (staging / "half").mkdir()
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        assert await store.get("k") == {"big": "b" * 20_000, "n": 1}
+    assert not staging.exists() and not (directory / "half").exists()
+    assert (directory / ".quarantine" / "kept").read_bytes() == b"evidence"
