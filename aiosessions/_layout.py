@@ -42,6 +42,8 @@ from ._entry import DECODE_ERRORS
 from ._errors import StoreFormatError
 from ._fs import FileSystem, NotRegularFileError, TooLargeError, is_tmp_name
 from ._keys import MAX_KEY_BYTES, decode_name, encode_key, is_shortened, lock_stripe
+from ._locks import store_lock
+from ._parts import references
 
 __all__ = [
     "FORMAT_NAME",
@@ -478,9 +480,83 @@ def claim_sweep(fs: FileSystem, root: int) -> None:
     fs.write_atomic(SWEPT, b"", dir_fd=root, durable=False)
 
 
-def sweep_names(fs: FileSystem, root: int, names: list[str], *, cutoff: float) -> int:
+def old_blobs(fs: FileSystem, folder: int, *, cutoff: float) -> list[str]:
+    """The blob files of the session folder ``folder`` last modified before ``cutoff``."""
+    found = []
+    for name in fs.listdir(folder):
+        if blob_digest(name) is None:
+            continue
+        try:
+            if fs.stat(name, dir_fd=folder).st_mtime < cutoff:
+                found.append(name)
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def unreferenced(fs: FileSystem, folder: int, blobs: list[str]) -> list[str] | None:
+    """Those of ``blobs`` the folder's ``meta.json`` does not name; None when it cannot tell
+    (no ``meta.json``, or one that does not read: fsck's business, never the sweep's).
+
+    Call it under the session's stripe: a writer names a blob only while it holds it."""
+    try:
+        found = fs.read_file(META, dir_fd=folder)
+    except OSError:
+        return None
+    if found is None:
+        return None
+    try:
+        named = {digest for _, _, digest in references(found[0]) or ()}
+    except ValueError:
+        return None
+    return [name for name in blobs if blob_digest(name) not in named]
+
+
+def sweep_blobs(
+    fs: FileSystem, root: int, name: str, folder: int, *, cutoff: float, locks: int, lock_timeout: float
+) -> int:
+    """Remove the blobs of the session folder ``name`` that its ``meta.json`` no longer names
+    and that are older than ``cutoff``, under the key's stripe; return how many went.
+
+    Age, not only the lock: a reader reads ``meta.json`` and then its blobs without a lock,
+    so a blob dropped by a write an instant ago may still be about to be read (the
+    reader reads ``meta.json`` again when a blob is missing, but not forever).
+    """
+    candidates = old_blobs(fs, folder, cutoff=cutoff)
+    if not candidates:
+        return 0
+    try:
+        key = folder_key(fs, name, dir_fd=root)
+    except ValueError:
+        return 0  # fsck reports it
+    if key is None:
+        return 0
+    stripe = stripe_name(stripe_of(key))
+    removed = 0
+    # A lock file of its own (not a writer's descriptor: flock on one open file description
+    # would not exclude this process's own writers).
+    with store_lock(fs, stripe, dir_fd=locks, timeout=lock_timeout, what=f"{LOCKS}/{stripe}"):
+        for doomed in unreferenced(fs, folder, candidates) or ():
+            try:
+                fs.unlink(doomed, dir_fd=folder)
+            except FileNotFoundError:
+                continue
+            removed += 1
+    return removed
+
+
+def sweep_names(
+    fs: FileSystem,
+    root: int,
+    names: list[str],
+    *,
+    cutoff: float,
+    locks: int = -1,
+    lock_timeout: float = 10.0,
+) -> int:
     """Remove orphans among ``names`` of the store folder: tmp files (at the top and in
-    session folders) and trash older than ``cutoff``. Best effort; returns how many went."""
+    session folders), trash and (given the ``.locks`` folder ``locks``) unreferenced blobs
+    older than ``cutoff``. Best effort; returns how many went."""
     swept = 0
     for name in names:
         try:
@@ -504,8 +580,12 @@ def sweep_names(fs: FileSystem, root: int, names: list[str], *, cutoff: float) -
                     swept += 1
             else:
                 swept += remove_tmp_files(fs, folder, cutoff=cutoff)
+                if locks >= 0:
+                    swept += sweep_blobs(
+                        fs, root, name, folder, cutoff=cutoff, locks=locks, lock_timeout=lock_timeout
+                    )
         except OSError:
-            pass  # fsck reports what is left
+            pass  # fsck reports what is left (a LockTimeoutError too: next time)
         finally:
             try:
                 fs.close(folder)

@@ -26,6 +26,7 @@ in-flight tmp file is never taken for an orphan.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat as stat_module
 import time
@@ -60,23 +61,29 @@ from ._layout import (
     LOCKS,
     META,
     QUARANTINE,
+    READABLE_VERSIONS,
     TRASH,
     StorePaths,
+    blob_digest,
+    blob_name,
     check_format,
     detect_mode,
     encode_format,
     folder_key,
     format_version,
     is_session_name,
+    old_blobs,
     old_tmp_files,
     old_trash,
     refuse_inside_store,
     stripe_name,
     stripe_of,
+    unreferenced,
     walk,
 )
 from ._locks import store_lock
 from ._migrate import _check_entries, _stamp, unreadable_error
+from ._parts import join, references
 from ._recency import bounded
 from ._store import DELETE, _Delete, open_store
 from .backends._index import INDEX_DIR, check_index
@@ -372,6 +379,8 @@ Kind = Literal[
     "invalid-entry",
     "stale-legacy",
     "stale-index",
+    "orphaned-blob",
+    "old-format",
 ]
 
 
@@ -481,6 +490,8 @@ class _Checker:
         self.locks = -1
         self.quarantine = -1
         self.mode = "directory"
+        #: The store's format version: 1 has no blobs (a ``$parts`` member is the entry's own).
+        self.version = FORMAT_VERSION
 
     def add(
         self, kind: Kind, path: Path | str, detail: str, action: str = "", *, repairable: bool = True
@@ -617,7 +628,16 @@ class _Checker:
         version = format_version(found[0])
         if version is not None and version > FORMAT_VERSION:
             check_format(found[0], where)  # raises: "upgrade aiosessions"
-        if version == FORMAT_VERSION:
+        if version is not None and version in READABLE_VERSIONS and version < FORMAT_VERSION:
+            self.version = version
+            self.add(
+                "old-format",
+                where,
+                f"format version {version}: the next store opened on it (say `aiosessions ls`) "
+                f"moves it forward to version {FORMAT_VERSION}; its sessions were checked as they are",
+                repairable=False,
+            )
+        if version is not None and version in READABLE_VERSIONS:
             if legacy:
                 self.add(
                     "stale-legacy",
@@ -712,7 +732,24 @@ class _Checker:
             inner = self.fs.listdir(folder)
         finally:
             self.fs.close(folder)
-        return META in inner and not any(is_tmp_name(n) for n in inner) and self._meta_problem(name) is None
+        return (
+            META in inner
+            and not any(is_tmp_name(n) for n in inner)
+            and self._meta_problem(name) is None
+            and not self._orphaned_blobs(name)
+        )
+
+    def _orphaned_blobs(self, name: str) -> list[str]:
+        """The blobs of the session folder its meta.json does not name, older than the cutoff
+        (younger ones may be read this instant by a reader of the meta.json before)."""
+        if self.version < 2:
+            return []
+        folder = self.fs.open_dir(name, dir_fd=self.root)
+        try:
+            candidates = old_blobs(self.fs, folder, cutoff=self.cutoff)
+            return (unreferenced(self.fs, folder, candidates) or []) if candidates else []
+        finally:
+            self.fs.close(folder)
 
     def _check_keyless(self, name: str) -> None:
         """A shortened folder without key file, looked at again under every stripe."""
@@ -737,7 +774,47 @@ class _Checker:
             return "meta.json is not a regular file"
         if found is None:
             return "meta.json is missing"
-        return _entry_problem(found[0], max_entry_bytes=self.max_entry_bytes)
+        data = found[0]
+        if self.version >= 2:
+            try:
+                parts = references(data)
+            except ValueError as exc:
+                return f"meta.json: its '$parts' member does not name blobs ({exc})"
+            if parts is not None:
+                joined = self._joined(name, data, parts)
+                if isinstance(joined, str):
+                    return joined
+                data = joined
+        return _entry_problem(data, max_entry_bytes=self.max_entry_bytes)
+
+    def _joined(self, name: str, meta: bytes, parts: list[tuple[str, int, str]]) -> bytes | str:
+        """The whole entry of a split meta.json, or what is wrong with its blobs (each must be
+        there, a regular file, and hold the bytes its name's digest says)."""
+        fs = self.fs
+        folder = fs.open_dir(name, dir_fd=self.root)
+        try:
+            blobs: dict[str, bytes] = {}
+            for _, _, digest in parts:
+                file = blob_name(digest)
+                if blob_digest(file) != digest:
+                    return f"meta.json: its '$parts' member names {digest!r}, not a SHA-256 digest"
+                try:
+                    found = fs.read_file(file, dir_fd=folder, max_bytes=self.max_entry_bytes)
+                except TooLargeError:
+                    return f"{file} is larger than max_entry_bytes={self.max_entry_bytes}"
+                except NotRegularFileError:
+                    return f"{file} is not a regular file"
+                if found is None:
+                    return f"{file} is missing (its meta.json names it)"
+                if hashlib.sha256(found[0]).hexdigest() != digest:
+                    return f"{file} does not hold the bytes its name says (its SHA-256 differs)"
+                blobs[digest] = found[0]
+        finally:
+            fs.close(folder)
+        try:
+            return join(meta, blobs)
+        except ValueError as exc:
+            return f"meta.json: its '$parts' member does not name blobs ({exc})"
 
     def _check_folder(self, key: str, name: str) -> None:
         """Called under the key's stripe: what is wrong now is really wrong."""
@@ -751,7 +828,24 @@ class _Checker:
                     fs.unlink(each, dir_fd=folder)
                     action = "removed"
                 self.add("orphaned-tmp", directory / name / each, "left by a dead writer", action)
-            rest = [n for n in fs.listdir(folder) if n not in tmp and n != KEY_FILE]
+            names = fs.listdir(folder)
+            if self.version >= 2 and META not in names:
+                # Blobs without a meta.json: a creation that died after writing them.
+                orphans = [n for n in names if blob_digest(n) is not None]
+            else:
+                orphans = self._orphaned_blobs(name)
+            for each in orphans:
+                action = ""
+                if self.repair:
+                    fs.unlink(each, dir_fd=folder)
+                    action = "removed"
+                self.add(
+                    "orphaned-blob",
+                    directory / name / each,
+                    "a large member its meta.json no longer names (superseded, or left by a dead writer)",
+                    action,
+                )
+            rest = [n for n in names if n not in tmp and n not in orphans and n != KEY_FILE]
         finally:
             fs.close(folder)
         if META not in rest:

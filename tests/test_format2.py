@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
 import pytest
 
@@ -287,3 +289,110 @@ async def test_an_unsealed_staging_folder_of_an_upgrade_is_built_again(tmp_path:
         assert await store.get("k") == {"big": "b" * 20_000, "n": 1}
     assert not staging.exists() and not (directory / "half").exists()
     assert (directory / ".quarantine" / "kept").read_bytes() == b"evidence"
+
+
+# -- blobs no meta.json names: the sweep and fsck ------------------------------------------
+
+
+def age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then), follow_symlinks=False)
+
+
+async def superseded(path: Path) -> tuple[str, Path, Path]:
+    """A split session whose skillsSnapshot changed once: (key, the old blob, the current one)."""
+    key, entry = next(iter(sized_sessions(1, 121_000, seed=12).items()))
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        await store.set(key, entry)
+        await store.flush()
+        before = set(blobs_in(folder_of(path, key)))
+        await store.update(key, lambda e: {**e, "skillsSnapshot": {"changed": "y" * 10_000}})
+    folder = folder_of(path, key)
+    after = set(blobs_in(folder))
+    (old,) = before - after if before - after else [n for n in before if n not in _named(folder)]
+    (new,) = after - before
+    return key, folder / old, folder / new
+
+
+def _named(folder: Path) -> set[str]:
+    return {f"blob-{d}.json" for _, _, d in json.loads((folder / "meta.json").read_bytes())[PARTS]}
+
+
+async def test_the_sweep_removes_old_unreferenced_blobs_and_never_a_referenced_one(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    key, old, new = await superseded(path)
+    named = _named(old.parent)
+    assert old.name not in named and new.name in named
+    young = old.parent / f"blob-{'0' * 64}.json"  # unreferenced, but written an instant ago
+    young.write_bytes(b'"young"')
+    for blob in old.parent.glob("blob-*.json"):
+        if blob != young:
+            age(blob, 7200)  # referenced ones too: age alone never removes a blob
+    age(tmp_path / "sessions.d" / ".swept", 7200)
+    async with aiosessions.open_store(path, entry_type=dict, tmp_max_age=3600, **OPTIONS) as store:
+        await store.set("other", {"n": 1})  # a writer: the sweep takes stripes in .locks
+        await wait_until(lambda: store.statistics().swept >= 1, "the sweep")
+        assert store.statistics().swept == 1
+        assert (await store.get(key) or {})["skillsSnapshot"] == {"changed": "y" * 10_000}
+    assert not old.exists() and young.exists()
+    assert {p.name for p in old.parent.glob("blob-*.json")} == named | {young.name}
+
+
+async def test_fsck_reports_unreferenced_blobs_and_repair_removes_them(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    key, old, _ = await superseded(path)
+    assert (await aiosessions.fsck(path, tmp_max_age=3600)).ok  # superseded an instant ago: fine
+    found = await aiosessions.fsck(path, tmp_max_age=0)
+    assert [(p.kind, p.path) for p in found.problems] == [("orphaned-blob", str(old))]
+    assert old.exists()
+    repaired = await aiosessions.fsck(path, repair=True, tmp_max_age=0)
+    assert repaired.problems[0].repaired and not old.exists()
+    assert (await aiosessions.fsck(path, tmp_max_age=0)).ok
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        assert (await store.get(key) or {})["skillsSnapshot"] == {"changed": "y" * 10_000}
+
+
+@pytest.mark.parametrize("damage", ["missing", "altered"])
+async def test_fsck_calls_a_session_with_a_missing_or_altered_blob_corrupt(
+    tmp_path: Path, damage: str
+) -> None:
+    path = tmp_path / "sessions.json"
+    key, _, current = await superseded(path)
+    if damage == "missing":
+        current.unlink()
+    else:
+        current.write_bytes(b'{"changed":"tampered"}')
+    found = await aiosessions.fsck(path, tmp_max_age=3600)
+    (problem,) = [p for p in found.problems if p.kind == "corrupt-entry"]
+    assert current.name in problem.detail and key in problem.detail
+    repaired = await aiosessions.fsck(path, repair=True, tmp_max_age=3600)
+    assert any(p.kind == "corrupt-entry" and p.repaired for p in repaired.problems)
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        assert await store.get(key) is None  # quarantined whole, blobs and all
+
+
+async def test_fsck_removes_blobs_of_a_creation_that_died_before_its_meta_json(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    key, _, _ = await superseded(path)
+    folder = folder_of(path, key)
+    (folder / "meta.json").unlink()
+    blobs = len(blobs_in(folder))
+    found = await aiosessions.fsck(path, tmp_max_age=3600)
+    assert sorted(p.kind for p in found.problems) == ["missing-meta"] + ["orphaned-blob"] * blobs
+    await aiosessions.fsck(path, repair=True, tmp_max_age=3600)
+    assert not folder.exists()
+
+
+async def test_fsck_of_a_version_1_store_says_it_will_be_moved_forward(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    build_v1_store(path, {"own-parts": {PARTS: [["x", 0, "nonsense"]]}, "k": {"n": 1}})
+    found = await aiosessions.fsck(path)
+    assert [p.kind for p in found.problems] == ["old-format"] and found.sessions == 2
+    assert not found.problems[0].repairable
+
+
+async def wait_until(condition: Any, what: str, deadline: float = 30.0) -> None:
+    """Poll ``condition()`` until it holds (bounded, not a timing assertion)."""
+    with anyio.fail_after(deadline):
+        while not condition():
+            await anyio.sleep(0.001)

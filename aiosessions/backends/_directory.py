@@ -490,7 +490,9 @@ class DirectoryBackend:
             return self._refusal(key, name, found[0]) or found
         return found
 
-    def _whole_sync(self, key: str, name: str, meta: bytes, folder: int | None = None) -> bytes:
+    def _whole_sync(
+        self, key: str, name: str, meta: bytes, folder: int | None = None, *, again: int = 3
+    ) -> bytes:
         """The whole entry a ``meta.json`` stands for: its blobs spliced back (from the cache,
         else read from the session folder ``name``, or its open descriptor ``folder``).
 
@@ -531,6 +533,11 @@ class DirectoryBackend:
                             key=key,
                         ) from exc
                     if found is None:
+                        # A write may have replaced meta.json since it was read, and the sweep
+                        # removed a blob it no longer names: read the new meta.json.
+                        now = fs.read_file(META, dir_fd=folder, max_bytes=self._max_entry_bytes)
+                        if again > 0 and now is not None and now[0] != meta:
+                            return self._whole_sync(key, name, now[0], folder, again=again - 1)
                         raise CorruptSessionError(
                             f"session {key!r}: {path} is missing (its meta.json names it); "
                             "run `aiosessions fsck`",
@@ -1209,7 +1216,14 @@ class DirectoryBackend:
                 try:
                     await anyio.to_thread.run_sync(claim_sweep, fs, self._root)
                     cutoff = time.time() - period
-                    sweep = functools.partial(sweep_names, fs, self._root, cutoff=cutoff)
+                    sweep = functools.partial(
+                        sweep_names,
+                        fs,
+                        self._root,
+                        cutoff=cutoff,
+                        locks=self._locks_dir if self._version >= 2 else -1,
+                        lock_timeout=self._lock_timeout,
+                    )
                     async with aclosing(walk(fs, self._root, sweep)) as counts:
                         async for swept in counts:
                             self.swept += swept
