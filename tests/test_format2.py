@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -396,3 +399,48 @@ async def wait_until(condition: Any, what: str, deadline: float = 30.0) -> None:
     with anyio.fail_after(deadline):
         while not condition():
             await anyio.sleep(0.001)
+
+
+# -- reading a split session without aiosessions ---------------------------------------------
+
+#: The one-liner docs/format.md gives, run in a session folder.
+JQ = (
+    'jq -n \'reduce inputs as $v ({}; .[input_filename] = $v) | . as $f | .["meta.json"] as $m'
+    ' | reduce ($m["$parts"] // [] | sort_by(.[1]) | .[]) as $p ($m | del(.["$parts"]) | to_entries;'
+    ' .[:$p[1]] + [{key: $p[0], value: $f["blob-\\($p[2]).json"]}] + .[$p[1]:]) | from_entries\''
+    " meta.json $(ls | grep '^blob-')"
+)
+
+
+async def test_the_jq_one_liner_of_format_md_puts_a_session_together(tmp_path: Path) -> None:
+    assert JQ in (Path(__file__).parents[1] / "docs" / "format.md").read_text("utf-8")
+    if shutil.which("jq") is None:
+        pytest.skip("jq is not installed")
+    path = tmp_path / "sessions.json"
+    sessions = {**sized_sessions(3, 121_000, seed=13), "small": {"a": 1}}
+
+    async def write() -> None:
+        async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+            for key, entry in sessions.items():
+                await store.set(key, entry)
+
+    await write()
+    for key, entry in sessions.items():
+        out = subprocess.run(JQ, shell=True, cwd=folder_of(path, key), capture_output=True, check=True)
+        assert json.loads(out.stdout) == entry
+        assert list(json.loads(out.stdout)) == list(entry)  # member order too
+
+
+async def test_aiosessions_show_puts_a_session_together(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    key, entry = next(iter(sized_sessions(1, 121_000, seed=14).items()))
+
+    async def write() -> None:
+        async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+            await store.set(key, entry)
+
+    await write()
+    out = subprocess.run(
+        [sys.executable, "-m", "aiosessions", "show", str(path), key], capture_output=True, check=True
+    )
+    assert json.loads(out.stdout) == entry

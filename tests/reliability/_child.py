@@ -31,7 +31,9 @@ def emit(*parts: object) -> None:
 
 
 def value(key: str, n: int) -> dict[str, Any]:
-    return {"sessionId": key, "n": n, "pad": "p" * (n % 13) * 40}
+    # Every other value is large enough to be stored split (format version 2).
+    big = {"report": {"n": n, "text": "r" * 9_000}, "snapshot": {"key": key, "text": "s" * 9_000}}
+    return {"sessionId": key, "n": n, "pad": "p" * (n % 13) * 40, **(big if n % 2 else {})}
 
 
 async def writer(args: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import random
@@ -555,10 +556,34 @@ def tmp_files(root: Path) -> list[Path]:
     return found
 
 
-def disk_state(store_path: Path, mode: str) -> dict[str, Any]:
-    """Every stored entry, read with ``json`` and ``os`` only (not through aiosessions).
+def large(tag: str, size: int = 9_000) -> dict[str, Any]:
+    """A member large enough to be stored apart (format version 2: 8 KiB or more, in an
+    entry of 16 KiB or more), naming ``tag`` so it can never pass for another's."""
+    return {"tag": tag, "text": "s" * size}
 
-    :raises AssertionError: a file that does not parse, or a folder whose key cannot be told.
+
+def _reassemble(folder: Path, value: Any) -> Any:
+    """A split entry put back together with ``json``, ``hashlib`` and ``os`` only: each blob
+    the ``$parts`` member names must be there and hold the bytes its digest says."""
+    if not isinstance(value, dict) or "$parts" not in value:
+        return value
+    parts = value.pop("$parts")
+    members = list(value.items())
+    for name, position, digest in sorted(parts, key=lambda part: part[1]):
+        blob = folder / f"blob-{digest}.json"
+        assert blob.exists(), f"{blob} is missing: {folder / 'meta.json'} names it"
+        data = blob.read_bytes()
+        assert hashlib.sha256(data).hexdigest() == digest, f"{blob} does not hold its digest's bytes"
+        members.insert(position, (name, json.loads(data)))
+    return dict(members)
+
+
+def disk_state(store_path: Path, mode: str) -> dict[str, Any]:
+    """Every stored entry, read with ``json`` and ``os`` only (not through aiosessions);
+    a directory store's split entries are put back together from their blobs.
+
+    :raises AssertionError: a file that does not parse, a blob that is missing or wrong, or a
+        folder whose key cannot be told.
     """
     if mode == "json":
         if not store_path.exists():
@@ -593,7 +618,7 @@ def disk_state(store_path: Path, mode: str) -> dict[str, Any]:
             key = key_file.read_bytes().decode("utf-8")
         else:
             key = decode_name(entry.name)
-        state[key] = value
+        state[key] = _reassemble(Path(entry.path), value)
     return state
 
 

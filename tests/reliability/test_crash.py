@@ -85,7 +85,9 @@ class Child:
 
 
 def expected_value(key: str, n: int) -> dict[str, Any]:
-    return {"sessionId": key, "n": n, "pad": "p" * (n % 13) * 40}
+    """What _child.py writes (kept apart on purpose: the check does not trust the child's code)."""
+    big = {"report": {"n": n, "text": "r" * 9_000}, "snapshot": {"key": key, "text": "s" * 9_000}}
+    return {"sessionId": key, "n": n, "pad": "p" * (n % 13) * 40, **(big if n % 2 else {})}
 
 
 async def verify(base: Path, store_path: Path, mode: str, keys: list[str]) -> dict[str, Any]:
@@ -218,6 +220,8 @@ def _legacy_entries(count: int) -> dict[str, Any]:
             "updatedAt": 1_700_000_000_000 + i,
             "Channel": "telegram",
             "skillsSnapshot": {"prompt": "x" * (200 + i % 500)},
+            # Every fifth entry large enough to be stored split (format version 2).
+            **({"systemPromptReport": "r" * 9_000, "resolvedSkills": "s" * 9_000} if i % 5 == 0 else {}),
         }
         for i in range(count)
     }

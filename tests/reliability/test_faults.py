@@ -32,6 +32,7 @@ from aiosessions.backends import _directory
 from .conftest import (
     FaultFS,
     disk_state,
+    large,
     open_plain,
     plant_old_orphan,
     record,
@@ -50,8 +51,18 @@ MAX_CALLS = 400
 
 
 def entry(key: str, version: int) -> dict[str, Any]:
-    """An entry that names its own key, so a value can never pass for another key's."""
-    return {"sessionId": key, "updatedAt": version, "pad": "x" * (version % 7) * 100}
+    """An entry that names its own key, so a value can never pass for another key's.
+
+    About 18 KB: stored split (format version 2), ``skillsSnapshot`` the same blob in every
+    version of a key (written once, then found), ``systemPromptReport`` a new one each time.
+    """
+    return {
+        "sessionId": key,
+        "updatedAt": version,
+        "pad": "x" * (version % 7) * 100,
+        "skillsSnapshot": large(key),
+        "systemPromptReport": large(f"{key} {version}"),
+    }
 
 
 OLD = {key: entry(key, 1) for key in KEYS}

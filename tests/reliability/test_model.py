@@ -153,7 +153,10 @@ class StoreMachine(RuleBasedStateMachine):
 
     def _value(self, key: str) -> dict[str, Any]:
         self.counter += 1
-        return {"key": key, "n": self.counter}
+        if self.counter % 2:
+            return {"key": key, "n": self.counter}
+        # Large enough to be stored split (format version 2), one blob kept per key.
+        return {"key": key, "n": self.counter, "a": "s" * 9_000 + key, "b": "r" * 9_000 + str(self.counter)}
 
     def teardown(self) -> None:
         try:

@@ -27,7 +27,7 @@ import aiosessions
 from aiosessions import SessionStoreError
 from aiosessions.backends import _directory
 
-from .conftest import PowerLossFS, Scale, disk_state, open_plain, record
+from .conftest import PowerLossFS, Scale, disk_state, large, open_plain, record
 
 pytestmark = pytest.mark.asyncio
 
@@ -36,7 +36,16 @@ OPS_PER_RUN = 40
 
 
 def value(key: str, n: int) -> dict[str, Any]:
-    return {"sessionId": key, "n": n, "blob": "b" * (n % 5) * 300}
+    """Two of three values are large enough to be stored split (a blob kept across values,
+    one new each time); the third is whole: writes go from split to whole and back."""
+    split = n % 3 != 0
+    return {
+        "sessionId": key,
+        "n": n,
+        "blob": "b" * (n % 5) * 300,
+        "snapshot": large(key),
+        "report": large(f"{key} {n}") if split else "small",
+    }
 
 
 class Log:
