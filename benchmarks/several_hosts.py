@@ -242,6 +242,9 @@ class Aiosessions:
     def trips(self) -> int:
         return int(self.store.backend.counters().get("round_trips", 0))
 
+    def conflicts(self) -> int:
+        return int(self.store.statistics().conflicts)
+
 
 def _contender(name: str, port: int, folder: str) -> Any:
     url = f"redis://127.0.0.1:{port}/0?prefix={PREFIX}"
@@ -284,8 +287,11 @@ async def worker(config: dict[str, Any]) -> None:
     await contender.flush()
     seconds = time.perf_counter() - started
     trips = contender.trips() - trips
+    report = {"ops": ops, "seconds": seconds, "round_trips": trips}
+    if hasattr(contender, "conflicts"):
+        report["conflicts"] = contender.conflicts()  # writes re-applied to another process's change
     await contender.close()
-    print(json.dumps({"ops": ops, "seconds": seconds, "round_trips": trips}), flush=True)
+    print(json.dumps(report), flush=True)
 
 
 # -- the stage (in the benchmark's process) -----------------------------------------------------
@@ -439,6 +445,8 @@ async def _one_run(
         "round_trips": sum(report["round_trips"] for report in reports),
         "rates": [ops / span if span > 0 else math.nan],
     }
+    if all("conflicts" in report for report in reports):
+        row["conflicts"] = sum(report["conflicts"] for report in reports)
     if measure in ("message", "update"):
         after = await _messages(contender, port, folder)
         row["lost_updates"] = ops - (after - before)
