@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +136,36 @@ async def test_on_trio_batches_go_to_anyios_worker_threads(
         await store.set("a", SessionEntry(session_id="a"))
         assert await store.get("a") == SessionEntry(session_id="a")
     assert seen and not any(name.startswith("aiosessions writer") for name in seen)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+@pytest.mark.asyncio
+async def test_a_forked_child_starts_a_writer_thread_of_its_own() -> None:
+    """fork() copies only the calling thread: a child must not hand its calls to a thread
+    that exists only in the parent (it would wait forever)."""
+    writer = WriterThread("aiosessions writer fork-test")
+    try:
+        assert await writer.run(lambda: 1) == 1  # the parent's thread runs
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+            pid = os.fork()
+        if pid == 0:  # the child: a fresh event loop, the same writer object
+            code = 1
+            try:
+                if asyncio.run(writer.run(lambda: 2)) == 2:
+                    code = 0
+            finally:
+                os._exit(code)
+        status = None
+        with anyio.move_on_after(30):
+            while status is None:
+                done, raw = os.waitpid(pid, os.WNOHANG)
+                status = raw if done else None
+                await anyio.sleep(0.01)
+        if status is None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child never got its call back")
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        writer.stop()

@@ -11,7 +11,8 @@ other loops (trio) it uses anyio's pool as before.
 
 The thread starts with the first batch and ends after :data:`IDLE_SECONDS` without
 work or at :meth:`WriterThread.stop` (the store's close), so an idle or forgotten
-store keeps no thread.
+store keeps no thread. A child made by ``fork()`` (which copies only the forking
+thread) starts a thread of its own at its first call.
 
 A batch must not be abandoned half-way by its caller: its outcome is settled on the
 event loop after the thread is done (see ``WriteBehind``). anyio's cancellation never
@@ -23,8 +24,10 @@ once the result is in.
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -64,6 +67,13 @@ class WriterThread:
         self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._mutex = threading.Lock()
         self._thread: threading.Thread | None = None
+        _ALL.add(self)
+
+    def _forget_thread(self) -> None:
+        """In a child made by ``fork()``: the thread was not copied; the next call starts one."""
+        self._queue = queue.SimpleQueue()
+        self._mutex = threading.Lock()
+        self._thread = None
 
     async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run ``fn(*args)`` in the thread; its result, or its exception raised here.
@@ -123,3 +133,16 @@ class WriterThread:
             except RuntimeError:
                 pass  # the loop is closed: nobody waits any more
             del job
+
+
+#: Every writer of this process, to be told after a fork that its thread is gone.
+_ALL: weakref.WeakSet[WriterThread] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for writer in list(_ALL):
+        writer._forget_thread()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
