@@ -130,6 +130,15 @@ async def test_a_server_that_never_replies_fails_the_call_naming_it() -> None:
             async with open_store(backend):
                 pass
         assert caught.value.where == f"redis://127.0.0.1:{port}/9"
+        assert not backend._inflight and not backend._expired and backend._watchdog is None
+        # A cancellation of the caller's own is not taken for a timeout: it stays a cancellation.
+        patient = backend_for(f"redis://127.0.0.1:{port}/9?prefix=silent")
+        with anyio.move_on_after(0.1) as scope:
+            await patient.open()
+        assert scope.cancelled_caught
+        assert not patient._inflight and not patient._expired
+        await patient.aclose()
+        assert patient._watchdog is None
         tasks.cancel_scope.cancel()
     for stream in silent:
         await stream.aclose()
