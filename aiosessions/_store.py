@@ -93,6 +93,10 @@ class SessionStore(Generic[T]):
                 "or `store = await open_store(path)`"
             )
         self._backend = backend
+        #: Where an update's compare-and-swap base comes from: the backend's optional
+        #: ``read_base`` (bytes it knows already, checked by the write), else a read.
+        self._read_base: Callable[[str], Awaitable[bytes | None]]
+        self._read_base = getattr(backend, "read_base", backend.read)
         self._codec = codec
         self._max_entry_bytes = max_entry_bytes
         self._locks = KeyLocks()
@@ -209,9 +213,7 @@ class SessionStore(Generic[T]):
     async def _read(self, key: str, *, base: bool = False) -> bytes | None:
         self._enter()
         try:
-            if base and hasattr(self._backend, "read_base"):
-                return await self._backend.read_base(key)  # type: ignore[no-any-return]
-            return await self._backend.read(key)
+            return await (self._read_base if base else self._backend.read)(key)
         finally:
             await self._leave()
 
