@@ -16,6 +16,7 @@ operation runs without reaching call N. After each run:
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,7 @@ import aiosessions
 from aiosessions import FileSystem, SessionStoreError, StoreIOError
 from aiosessions.backends import _directory
 
+from .._v1_store import build_v1_store
 from .conftest import (
     FaultFS,
     disk_state,
@@ -316,11 +318,12 @@ async def _maintenance_loop(
     err: int,
     persistent: bool,
     label: str,
+    max_calls: int = MAX_CALLS,
 ) -> Tally:
     """The I/O-error loop for a whole-store operation: it either finishes or leaves a state
     that is valid as it is, and running it again after the fault clears finishes the job."""
     tally = Tally()
-    for n in range(1, MAX_CALLS):
+    for n in range(1, max_calls):
         work = base / f"run-{n}"
         store_path = _fresh_copy(template, work)
         fs = FaultFS()
@@ -354,7 +357,7 @@ async def _maintenance_loop(
         shutil.rmtree(work)
         if not fs.triggered:
             return tally
-    raise AssertionError(f"{label} still reached call {MAX_CALLS}")
+    raise AssertionError(f"{label} still reached call {max_calls}")
 
 
 async def _assert_trash_swept(work: Path) -> None:
@@ -401,6 +404,57 @@ async def test_fault_loop_migrate(tmp_path: Path, err_name: str, persistent: boo
         tmp_path, template, run, _check_migrated, ERRNOS[err_name], persistent, "migrate"
     )
     _record_tally("migrate", "json", err_name, persistent, tally)
+
+
+def _check_upgraded(work: Path, mode: str, entries: dict[str, Any], finished: bool) -> None:
+    """Every entry reads back; once the upgrade has run on a healthy disk, it is version 2,
+    with nothing of the old store or the staging folder left."""
+    assert entries == OLD, f"{mode} store reads {sorted(entries)}"
+    if finished:
+        assert mode == "directory" and not (work / ".sessions.d.staging").exists()
+        assert json.loads((work / "sessions.d" / "FORMAT").read_bytes())["version"] == 2
+        assert any((work / "sessions.d").rglob("blob-*.json"))
+
+
+def _upgrade_state(work: Path, where: str) -> None:
+    """Right after a failed upgrade, before anything opens the store: the old store whole (version
+    1), or the new one (version 2), or the sealed new one in staging between the two renames."""
+    store, staging = work / "sessions.d", work / ".sessions.d.staging"
+    if store.exists():
+        version = json.loads((store / "FORMAT").read_bytes())["version"]
+        assert disk_state(work / "sessions.json", "directory") == OLD, f"{where}: version {version}"
+    else:
+        assert json.loads((staging / "FORMAT").read_bytes())["version"] == 2, where
+        assert disk_state(work / ".sessions.d.staging" / "sessions.json", "directory") == {}, where
+        staging.rename(work / "copy.d")  # read it as a store folder of its own
+        try:
+            assert disk_state(work / "copy.json", "directory") == OLD, where
+        finally:
+            (work / "copy.d").rename(staging)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # ~350 calls, each run copying the store and opening it three times
+@pytest.mark.parametrize(("err_name", "persistent"), _fault_params())
+async def test_fault_loop_upgrade(tmp_path: Path, err_name: str, persistent: bool) -> None:
+    """Every call of moving a version-1 store forward (at open) fails in turn: the old store stays
+    whole, or the new one is complete; the next open finishes the job."""
+
+    async def run(store_path: Path, fs: FaultFS) -> object:
+        try:
+            async with open_plain(store_path, filesystem=fs, lock_timeout=2):
+                return None
+        finally:
+            if isinstance(fs, FaultFS) and fs.triggered:
+                _upgrade_state(store_path.parent, f"upgrade call {fs.injected[0] if fs.injected else '?'}")
+
+    template = tmp_path / "template"
+    template.mkdir()
+    build_v1_store(template / "sessions.json", OLD)
+    tally = await _maintenance_loop(
+        tmp_path, template, run, _check_upgraded, ERRNOS[err_name], persistent, "upgrade", 1_000
+    )
+    _record_tally("upgrade", "directory", err_name, persistent, tally)
 
 
 @pytest.mark.parametrize(("err_name", "persistent"), _fault_params())
