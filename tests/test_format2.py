@@ -444,3 +444,36 @@ async def test_aiosessions_show_puts_a_session_together(tmp_path: Path) -> None:
         [sys.executable, "-m", "aiosessions", "show", str(path), key], capture_output=True, check=True
     )
     assert json.loads(out.stdout) == entry
+
+
+class _CountingFS(aiosessions.FileSystem):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fsyncs = 0
+
+    def fsync(self, fd: int) -> None:
+        self.fsyncs += 1
+        super().fsync(fd)
+
+
+@pytest.mark.parametrize("cache_bytes", [16 * 2**20, 0], ids=["cached", "no-cache"])
+async def test_a_durable_update_of_a_split_entry_syncs_its_blobs_once(
+    tmp_path: Path, cache_bytes: int
+) -> None:
+    """Blobs written without fsync are synced by the first durable write naming them, then never
+    again: what this process synced is remembered apart from the entry cache."""
+    path = tmp_path / "sessions.json"
+    key, entry = next(iter(sized_sessions(1, 121_000, seed=15).items()))
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        await store.set(key, entry)  # fsync off: its blobs are not durable
+    fs = _CountingFS()
+    async with aiosessions.open_store(
+        path, entry_type=dict, fsync=True, flush_interval=0, cache_bytes=cache_bytes, filesystem=fs
+    ) as store:
+        await store.update(key, lambda e: {**e, "updatedAt": 1})
+        blobs = len(blobs_in(folder_of(path, key)))
+        assert fs.fsyncs == blobs + 1 + 2  # each blob, their folder, then meta.json and its folder
+        before = fs.fsyncs
+        for n in range(2, 7):
+            await store.update(key, lambda e, n=n: {**e, "updatedAt": n})
+        assert fs.fsyncs - before == 5 * 2

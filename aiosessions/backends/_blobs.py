@@ -8,18 +8,24 @@
   they were stored as, and the digests of their parts. Compare-and-swap then compares
   ``meta.json`` (a kilobyte or two) instead of the whole entry, and a write hashes a
   large member only when its bytes differ from the last ones of that name.
+- **Per key, the digests this process made durable** in the session's folder, kept apart
+  from the entries (a few hundred bytes a key, :data:`SYNCED_KEYS` keys): a durable write
+  naming them again does not fsync them again, even after the entry left the cache.
 
-Both are bounded by bytes (LRU) and shared by the writer threads of a batch and the
-event loop, so every method takes a lock (held for dictionary operations only).
+The first two are bounded by bytes (LRU); all three are shared by the writer threads of a
+batch and the event loop, so every method takes a lock (held for dictionary operations only).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-__all__ = ["Blobs", "Known"]
+__all__ = ["SYNCED_KEYS", "Blobs", "Known"]
+
+#: Keys whose synced blob digests are remembered (LRU): ~300 bytes each at most.
+SYNCED_KEYS = 32_768
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +36,6 @@ class Known:
     meta: bytes
     #: ``(member, digest)`` of each part ``meta`` names.
     parts: tuple[tuple[str, str], ...]
-    #: Digests known to be durable in the session's folder (fsynced, with their folder, by
-    #: this process): a durable write that names them again need not sync them again.
-    synced: frozenset[str] = frozenset()
 
 
 class Blobs:
@@ -45,6 +48,7 @@ class Blobs:
         self._blob_bytes = 0
         self._known: OrderedDict[str, Known] = OrderedDict()
         self._known_bytes = 0
+        self._synced: OrderedDict[str, frozenset[str]] = OrderedDict()
 
     # -- blobs ----------------------------------------------------------------------------
 
@@ -99,8 +103,6 @@ class Blobs:
             old = self._known.pop(key, None)
             if old is not None:
                 self._known_bytes -= len(old.whole) + len(old.meta)
-                if old.synced and not known.synced:  # read back: what was synced still is
-                    known = replace(known, synced=old.synced & {d for _, d in known.parts})
             if size > self._max_bytes // 4:
                 return
             self._known[key] = known
@@ -110,7 +112,32 @@ class Blobs:
                 self._known_bytes -= len(evicted.whole) + len(evicted.meta)
 
     def forget(self, key: str) -> None:
+        """The key's session is gone (deleted): nothing of it is remembered."""
         with self._lock:
             old = self._known.pop(key, None)
             if old is not None:
                 self._known_bytes -= len(old.whole) + len(old.meta)
+            self._synced.pop(key, None)
+
+    # -- what this process made durable ---------------------------------------------------
+
+    def synced(self, key: str) -> frozenset[str]:
+        """The digests of the key's blobs this process fsynced (with their folder)."""
+        with self._lock:
+            return self._synced.get(key, frozenset())
+
+    def unsynced(self, key: str, digest: str) -> None:
+        """The key's blob ``digest`` was written again without fsync."""
+        with self._lock:
+            found = self._synced.get(key)
+            if found is not None and digest in found:
+                self._synced[key] = found - {digest}
+
+    def set_synced(self, key: str, digests: frozenset[str]) -> None:
+        """The key's blobs now named are ``digests``, all durable (empty: forget them)."""
+        with self._lock:
+            self._synced.pop(key, None)
+            if digests:
+                self._synced[key] = digests
+                if len(self._synced) > SYNCED_KEYS:
+                    self._synced.popitem(last=False)

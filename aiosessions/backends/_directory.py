@@ -1044,12 +1044,11 @@ class DirectoryBackend:
         """
         if self._version < 2:
             return data
-        known = self._blobs.known(key)
         meta, blobs = split(data, self._blobs.hints(key))
         if not blobs:
             return meta
         fs = self._fs
-        synced = known.synced if known is not None else frozenset()
+        synced = self._blobs.synced(key) if durable else frozenset()
         sync_folder = False
         for digest, blob in blobs.items():
             file = blob_name(digest)
@@ -1058,6 +1057,10 @@ class DirectoryBackend:
             except FileNotFoundError:
                 size = -1
             if size != len(blob):
+                if not durable:
+                    # A new file (the old one was swept, or cut short): not synced, whatever
+                    # this process did with an earlier file of that name.
+                    self._blobs.unsynced(key, digest)
                 fs.write_atomic(file, blob, dir_fd=folder, durable=durable, sync_dir=False)
                 sync_folder = durable
             elif durable and digest not in synced:
@@ -1069,13 +1072,19 @@ class DirectoryBackend:
         return meta
 
     def _remember_written(self, key: str, data: bytes, meta: bytes, *, synced: bool) -> None:
+        """Remember what ``key`` now holds; ``synced``: a durable write made its blobs durable.
+
+        A write that was not durable leaves the synced digests as they were: a blob this
+        process synced stays synced (it is never rewritten; one written again because its
+        file was gone was dropped from them by :meth:`_write_parts_sync`).
+        """
         if self._version < 2:
             return
         parts = references(meta) if meta is not data else None
         named = () if parts is None else tuple((n, d) for n, _, d in parts)
-        self._blobs.remember(
-            key, Known(data, meta, named, frozenset(d for _, d in named) if synced else frozenset())
-        )
+        self._blobs.remember(key, Known(data, meta, named))
+        if synced:
+            self._blobs.set_synced(key, frozenset(d for _, d in named))
 
     def _apply_sync(
         self, write: Write, result: BatchResult, signatures: dict[str, Signature], durable: bool
