@@ -15,8 +15,10 @@ Half of the cuts also let the kernel have written back a random half of the fold
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import aiosessions
 from aiosessions import SessionStoreError
 from aiosessions.backends import _directory
 
+from .._v1_store import build_v1_store
 from .conftest import PowerLossFS, Scale, disk_state, large, open_plain, record
 
 pytestmark = pytest.mark.asyncio
@@ -220,6 +223,54 @@ async def test_power_loss(
         acknowledged=acks,
         lost_acknowledged=0,
         seconds=round(time.monotonic() - started, 1),
+    )
+
+
+async def test_power_loss_while_a_version_1_store_is_moved_forward(
+    tmp_path: Path, scale: Scale, seed: int
+) -> None:
+    """The power goes at a random call of the upgrade (an open of a version-1 store): the next
+    open finds every entry, whole, and leaves a version-2 store."""
+    rng = random.Random(seed)
+    entries = {key: value(key, n) for n, key in enumerate(KEYS, start=1)}  # split and whole ones
+    template = tmp_path / "template"
+    template.mkdir()
+    build_v1_store(template / "sessions.json", entries)
+    probe = tmp_path / "probe"
+    shutil.copytree(template, probe)
+    fs = PowerLossFS(probe)
+    fs.arm(None)
+    async with open_plain(probe / "sessions.json", filesystem=fs):
+        pass
+    calls = fs.calls  # what a whole upgrade makes
+    assert calls > 100
+    writebacks = 0
+    for cut in range(scale.power_cuts):
+        work = tmp_path / f"cut-{cut}"
+        shutil.copytree(template, work)
+        fs = PowerLossFS(work)
+        at = rng.randint(1, calls)
+        fs.arm(at)
+        try:
+            async with open_plain(work / "sessions.json", filesystem=fs):
+                fs.crash()
+        except SessionStoreError:
+            pass  # the machine died under the upgrade
+        writeback = rng.random() < 0.5
+        writebacks += writeback
+        fs.power_cut(rng if writeback else None)
+        where = f"cut {cut} at call {at} of {calls} (seed {seed})"
+        async with open_plain(work / "sessions.json") as store:
+            assert {key: await store.get(key) for key in KEYS} == entries, where
+        marker = json.loads((work / "sessions.d" / "FORMAT").read_bytes())
+        assert marker["version"] == 2, where
+        assert disk_state(work / "sessions.json", "directory") == entries, where
+    record(
+        "power_loss_upgrade",
+        scale=scale.name,
+        power_cuts=scale.power_cuts,
+        with_writeback=writebacks,
+        calls_of_an_upgrade=calls,
     )
 
 
