@@ -320,7 +320,7 @@ MAX_NESTING = 256
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
-_INNERMOST = re.compile(rb"\[\]|\{\}")
+_OPENERS = frozenset(b"[{")
 
 
 def storable(data: bytes, max_bytes: int) -> str | None:
@@ -356,14 +356,17 @@ def _openers_over(data: bytes, limit: int) -> bool:
 
 
 def _depth(data: bytes) -> int:
-    """The deepest nesting of arrays and objects in the JSON ``data``.
+    """The deepest nesting of arrays and objects in the JSON ``data`` (a prefix of it, when
+    it is cut short: a torn file must not hang its reader).
 
-    Strings (which may hold brackets) go first, then everything but brackets; each
-    pass then removes the innermost pairs, so the passes count the levels.
+    Strings (which may hold brackets) go first, then everything but brackets, so the
+    byte loop runs over the brackets alone.
     """
-    brackets = _NOT_BRACKET.sub(b"", _STRING.sub(b"", data))
-    depth = 0
-    while brackets:
-        brackets = _INNERMOST.sub(b"", brackets)
-        depth += 1
-    return depth
+    depth = deepest = 0
+    for byte in _NOT_BRACKET.sub(b"", _STRING.sub(b"", data)):
+        if byte in _OPENERS:
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest

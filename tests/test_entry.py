@@ -403,6 +403,12 @@ def test_depth_counts_levels_not_brackets_in_strings(value: Any) -> None:
     assert _depth(msgspec.json.encode(value)) == reference_depth(value)
 
 
+@pytest.mark.parametrize("torn", [b"[" * 300, b"]" * 300 + b"[" * 300, b'{"a":[' * 200 + b"}" * 150])
+def test_storable_of_torn_json_returns(torn: bytes) -> None:
+    """A cut-short meta.json (unbalanced brackets) is answered, not looped over."""
+    storable(torn + b'"' + b"x" * 600, 1 << 30)
+
+
 @pytest.mark.parametrize("levels", [MAX_NESTING - 1, MAX_NESTING, MAX_NESTING + 1, 1000])
 def test_storable_refuses_only_entries_nested_too_deep(levels: int) -> None:
     inner = levels - 1  # the entry's own object is a level
