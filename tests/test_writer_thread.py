@@ -89,6 +89,42 @@ async def test_an_idle_writer_thread_ends_and_a_new_call_starts_another(
 
 
 @pytest.mark.asyncio
+async def test_a_call_after_stop_goes_to_a_new_thread_while_the_old_one_finishes_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """stop() while the thread still runs a call, then a new call: the new call starts a thread
+    that runs it, and stop()'s end-marker reaches the old thread (once, both took one queue: the
+    new thread took the marker and ended, the old one ran the new call and, no longer the one
+    the writer named, never idled out)."""
+    monkeypatch.setattr(_writer, "IDLE_SECONDS", 0.01)
+    name = "aiosessions writer restart-test"
+    writer = WriterThread(name)
+    entered, release = threading.Event(), threading.Event()
+
+    def busy() -> threading.Thread:
+        entered.set()
+        release.wait(30)
+        return threading.current_thread()
+
+    try:
+        first = asyncio.get_running_loop().create_task(writer.run(busy))
+        await anyio.to_thread.run_sync(entered.wait, 30)
+        writer.stop()  # the store closes while its last batch still runs
+        second = asyncio.get_running_loop().create_task(writer.run(threading.current_thread))
+        await asyncio.sleep(0)  # let the second call be handed over before the first ends
+        release.set()
+        old, new = await first, await second
+        assert old is not new
+        assert await writer.run(lambda: 3) == 3  # and a later call still runs
+    finally:
+        release.set()
+        writer.stop()
+    with anyio.fail_after(30):  # a hang guard, not a measure: every thread ends
+        while any(t.name == name for t in threading.enumerate()):
+            await anyio.sleep(0.01)
+
+
+@pytest.mark.asyncio
 async def test_write_through_batches_run_in_the_stores_writer_thread_which_ends_at_close(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -99,10 +99,15 @@ class WriterThread:
 
     def _submit(self, job: _Job[Any]) -> None:
         with self._mutex:
-            self._queue.put(job)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+                # Each thread takes from a queue of its own: the None of stop() reaches the thread
+                # it was meant for, not one started after it while the old one still runs a call.
+                self._queue = queue.SimpleQueue()
+                self._thread = threading.Thread(
+                    target=self._work, args=(self._queue,), name=self._name, daemon=True
+                )
                 self._thread.start()
+            self._queue.put(job)
 
     def stop(self) -> None:
         """Let the thread end once the calls handed to it are done (a later call starts another)."""
@@ -111,13 +116,14 @@ class WriterThread:
                 self._thread = None
                 self._queue.put(None)
 
-    def _work(self) -> None:
+    def _work(self, jobs: queue.SimpleQueue[_Job[Any] | None]) -> None:
         while True:
             try:
-                job = self._queue.get(timeout=IDLE_SECONDS)
+                job = jobs.get(timeout=IDLE_SECONDS)
             except queue.Empty:
-                with self._mutex:
-                    if self._queue.empty() and self._thread is threading.current_thread():
+                with self._mutex:  # calls are handed over under it: none can come in between
+                    if jobs.empty():
+                        # Still the writer's thread: had stop() let it go, its None would be here.
                         self._thread = None
                         return
                 continue
