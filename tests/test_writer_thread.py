@@ -19,6 +19,22 @@ from aiosessions.backends import _writer
 from aiosessions.backends._writer import WriterThread
 
 
+@pytest.fixture
+def batch_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads that run the directory store's batches, in the order they ran."""
+    from aiosessions.backends._directory import DirectoryBackend
+
+    seen: list[str] = []
+    original = DirectoryBackend._write_sync
+
+    def spy(self: DirectoryBackend, *args: Any) -> Any:
+        seen.append(threading.current_thread().name)
+        return original(self, *args)
+
+    monkeypatch.setattr(DirectoryBackend, "_write_sync", spy)
+    return seen
+
+
 @pytest.mark.asyncio
 async def test_a_call_runs_in_the_thread_and_gives_back_its_result_or_error() -> None:
     writer = WriterThread("aiosessions writer test")
@@ -126,44 +142,26 @@ async def test_a_call_after_stop_goes_to_a_new_thread_while_the_old_one_finishes
 
 @pytest.mark.asyncio
 async def test_write_through_batches_run_in_the_stores_writer_thread_which_ends_at_close(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, batch_threads: list[str]
 ) -> None:
-    from aiosessions.backends._directory import DirectoryBackend
-
-    seen: list[str] = []
-    original = DirectoryBackend._write_sync
-
-    def spy(self: DirectoryBackend, *args: Any) -> Any:
-        seen.append(threading.current_thread().name)
-        return original(self, *args)
-
-    monkeypatch.setattr(DirectoryBackend, "_write_sync", spy)
     path = tmp_path / "sessions.json"
     async with aiosessions.open_store(path, flush_interval=0, fsync=False) as store:
         await store.set("a", SessionEntry(session_id="a"))
         await store.update("a", lambda e: SessionEntry(session_id="a", updated_at=5))
         assert await store.get("a") == SessionEntry(session_id="a", updated_at=5)
-    assert seen and all(name == f"aiosessions writer {tmp_path / 'sessions.d'}" for name in seen)
+    assert batch_threads and all(
+        name == f"aiosessions writer {tmp_path / 'sessions.d'}" for name in batch_threads
+    )
     with anyio.fail_after(30):
-        while any(t.name == seen[0] for t in threading.enumerate()):
+        while any(t.name == batch_threads[0] for t in threading.enumerate()):
             await anyio.sleep(0.01)
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 @pytest.mark.anyio
 async def test_on_trio_batches_go_to_anyios_worker_threads(
-    tmp_path: Path, anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, anyio_backend: str, batch_threads: list[str]
 ) -> None:
-    from aiosessions.backends._directory import DirectoryBackend
-
-    seen: list[str] = []
-    original = DirectoryBackend._write_sync
-
-    def spy(self: DirectoryBackend, *args: Any) -> Any:
-        seen.append(threading.current_thread().name)
-        return original(self, *args)
-
-    monkeypatch.setattr(DirectoryBackend, "_write_sync", spy)
     path = tmp_path / "sessions.json"
     async with (
         anyio.create_task_group() as tg,
@@ -171,7 +169,7 @@ async def test_on_trio_batches_go_to_anyios_worker_threads(
     ):
         await store.set("a", SessionEntry(session_id="a"))
         assert await store.get("a") == SessionEntry(session_id="a")
-    assert seen and not any(name.startswith("aiosessions writer") for name in seen)
+    assert batch_threads and not any(name.startswith("aiosessions writer") for name in batch_threads)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
