@@ -889,6 +889,9 @@ def open_store(
     shutdown hooks. The ``async with`` form may also be left in another task than
     the one that entered it, on asyncio.
 
+    A store opened before ``fork()`` must not be used in the child process: the
+    child opens its own.
+
     ``target`` is where the sessions live:
 
     * a path naming the store file, ``X/sessions.json``: a directory store lives

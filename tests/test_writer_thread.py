@@ -175,8 +175,12 @@ async def test_on_trio_batches_go_to_anyios_worker_threads(
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
 @pytest.mark.asyncio
 async def test_a_forked_child_starts_a_writer_thread_of_its_own() -> None:
-    """fork() copies only the calling thread: a child must not hand its calls to a thread
-    that exists only in the parent (it would wait forever)."""
+    """fork() copies only the calling thread: a child that calls a writer it inherited must
+    not hand its calls to a thread that exists only in the parent (it would wait forever).
+
+    The writer alone, not a store: a store opened before fork() must not be used in the
+    child (its locks are the parent's); the child opens its own. This only checks that a
+    child which calls the inherited writer anyway does not hang."""
     writer = WriterThread("aiosessions writer fork-test")
     try:
         assert await writer.run(lambda: 1) == 1  # the parent's thread runs

@@ -12,7 +12,9 @@ other loops (trio) it uses anyio's pool as before.
 The thread starts with the first batch and ends after :data:`IDLE_SECONDS` without
 work or at :meth:`WriterThread.stop` (the store's close), so an idle or forgotten
 store keeps no thread. A child made by ``fork()`` (which copies only the forking
-thread) starts a thread of its own at its first call.
+thread) starts a thread of its own at its first call instead of waiting forever on one
+that was not copied; that is all: a store opened before ``fork()`` must not be used in
+the child (docs/design.md, "Write-behind and processes").
 
 A batch must not be abandoned half-way by its caller: its outcome is settled on the
 event loop after the thread is done (see ``WriteBehind``). anyio's cancellation never
