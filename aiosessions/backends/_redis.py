@@ -536,9 +536,6 @@ class RedisBackend:
         the bytes found, so a stale base costs a retry, never an update. Saves the round trip
         of a bot's message loop, which reads a session (``get``) and then updates it.
         """
-        if self._bridge is None:
-            known = self._known(key)
-            return known if known is not None else await self._read(key)
         return await self._call(self._read_base(key))
 
     async def _read_base(self, key: str) -> bytes | None:
