@@ -884,7 +884,9 @@ class RedisBackend:
         limit = self._reply_timeout
         if limit is None:
             return await call
-        if sys.version_info >= (3, 11):  # else from_url left socket_timeout to redis-py
+        # Always true here (from_url sets a limit on 3.11+ only, else leaves socket_timeout to
+        # redis-py), but mypy checks for 3.10, which has no Task.cancelling() or uncancel().
+        if sys.version_info >= (3, 11):
             task = asyncio.current_task()
             if task is None:
                 return await call
