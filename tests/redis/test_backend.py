@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -280,28 +281,34 @@ async def test_a_large_entry_is_compared_by_its_token(redis_url: str) -> None:
         await backend.aclose()
 
 
-class LostReply(Exception):
-    pass
-
-
-async def test_a_batch_whose_reply_was_lost_is_resolved_by_its_receipt(redis_url: str) -> None:
-    """The script ran but its reply never came: the next attempt learns it landed, once."""
-    backend = backend_for(redis_url)
-    await backend.open()
+def lose_replies(backend: RedisBackend) -> Callable[[], None]:
+    """From now on the backend's batches run in the server but their replies are lost;
+    the function returned puts the real sending back."""
     send = backend._send
 
     async def run_then_lose_the_reply(calls: Any, durable: bool) -> Any:
         await send(calls, durable)
         raise aioredis.ConnectionError("connection lost after the batch was sent")
 
+    def restore() -> None:
+        backend._send = send  # type: ignore[method-assign]
+
+    backend._send = run_then_lose_the_reply  # type: ignore[method-assign]
+    return restore
+
+
+async def test_a_batch_whose_reply_was_lost_is_resolved_by_its_receipt(redis_url: str) -> None:
+    """The script ran but its reply never came: the next attempt learns it landed, once."""
+    backend = backend_for(redis_url)
+    await backend.open()
     try:
         await backend.write_batch([Write("k", b'{"n":1}')], durable=True)
-        backend._send = run_then_lose_the_reply  # type: ignore[method-assign]
+        restore = lose_replies(backend)
         write = Write("k", b'{"n":2}', b'{"n":1}', blind=False)
         lost = await backend.write_batch([write], durable=True)
         assert set(lost.in_doubt) == {"k"} and isinstance(lost.in_doubt["k"], StoreIOError)
         assert "in doubt" in str(lost.in_doubt["k"])
-        backend._send = send  # type: ignore[method-assign]
+        restore()
         # The queue sends the same write again: it had landed, so it is not applied twice.
         again = await backend.write_batch([write], durable=True)
         assert again.landed == ["k"] and not again.conflicts
@@ -315,16 +322,10 @@ async def test_what_a_lost_reply_became_is_not_kept_past_close(redis_url: str) -
     """A write in doubt that is never sent again (the store closes first) leaves nothing behind."""
     backend = backend_for(redis_url)
     await backend.open()
-    send = backend._send
-
-    async def run_then_lose_the_reply(calls: Any, durable: bool) -> Any:
-        await send(calls, durable)
-        raise aioredis.ConnectionError("connection lost after the batch was sent")
-
     try:
-        backend._send = run_then_lose_the_reply  # type: ignore[method-assign]
+        restore = lose_replies(backend)
         assert set((await backend.write_batch([Write("k", b'{"n":1}')], durable=True)).in_doubt) == {"k"}
-        backend._send = send  # type: ignore[method-assign]
+        restore()
         # Another key's batch resolves the doubt first; "k" itself is never written again.
         assert (await backend.write_batch([Write("other", b"{}")], durable=True)).landed == ["other"]
         assert set(backend._resolved) == {"k"} and not backend._doubts
