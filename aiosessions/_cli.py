@@ -40,6 +40,7 @@ from ._migrate import MigrationReport, export_bytes, export_json, migrate
 from ._recency import bounded
 from ._store import open_store
 from ._targets import is_redis_url
+from .backends import DirectoryBackend
 
 __all__ = ["main"]
 
@@ -140,8 +141,13 @@ def _open_to_read(path: Path) -> Any:
     """The store at ``path`` opened by a command that only reads: it writes nothing.
 
     No change is queued, and the background sweep of orphaned tmp files (a write) is
-    off: ``tmp_max_age`` is infinite.
+    off: ``tmp_max_age`` is infinite. A directory store of an earlier format version is
+    read as it is, not moved forward (``aiosessions migrate`` does that).
     """
+    paths = StorePaths.of(path)
+    if (paths.directory / FORMAT_FILE).is_file():  # a directory store: the caller checked the marker
+        backend = DirectoryBackend(paths, create=False, tmp_max_age=float("inf"), upgrade=False)
+        return open_store(backend, entry_type=dict, flush_interval=3600, fsync=False)
     return open_store(path, entry_type=dict, flush_interval=3600, fsync=False, tmp_max_age=float("inf"))
 
 

@@ -86,6 +86,7 @@ from ._migrate import _check_entries, _stamp, unreadable_error
 from ._parts import join, references
 from ._recency import bounded
 from ._store import DELETE, _Delete, open_store
+from .backends._directory import DirectoryBackend
 from .backends._index import INDEX_DIR, check_index
 from .backends._json import decode_legacy
 
@@ -216,7 +217,21 @@ async def prune(
     if older_than is not None:
         cutoff_ms = int(((time.time() if now is None else now) - _seconds(older_than)) * 1000)
     fs = filesystem if filesystem is not None else FileSystem()
-    await _require_store(StorePaths.of(path), fs)
+    paths = StorePaths.of(path)
+    mode = await _require_store(paths, fs)
+    target: Any = path
+    options: dict[str, Any] = {
+        "lock_timeout": lock_timeout,
+        # A dry run writes nothing: not even the sweep of old tmp files.
+        "tmp_max_age": float("inf") if dry_run else DEFAULT_TMP_MAX_AGE,
+        "filesystem": fs,
+    }
+    if dry_run and mode == "directory":
+        # Nor does it move a store of an earlier format version forward.
+        target = DirectoryBackend(
+            paths, fs, create=False, upgrade=False, lock_timeout=lock_timeout, tmp_max_age=float("inf")
+        )
+        options = {}
     where = str(path)
     recency: dict[str, int | None] = {}
     stale: list[str] = []
@@ -237,16 +252,7 @@ async def prune(
         )
 
     try:
-        async with open_store(
-            path,
-            entry_type=dict,
-            flush_interval=3600,
-            fsync=fsync,
-            lock_timeout=lock_timeout,
-            # A dry run writes nothing: not even the sweep of old tmp files.
-            tmp_max_age=float("inf") if dry_run else DEFAULT_TMP_MAX_AGE,
-            filesystem=fs,
-        ) as store:
+        async with open_store(target, entry_type=dict, flush_interval=3600, fsync=fsync, **options) as store:
             where = store.path
             # From the store's index: no entry is read, but those without a recency (an
             # updatedAt that is not an integer, or an entry that cannot be read).
@@ -633,8 +639,9 @@ class _Checker:
             self.add(
                 "old-format",
                 where,
-                f"format version {version}: the next store opened on it (say `aiosessions ls`) "
-                f"moves it forward to version {FORMAT_VERSION}; its sessions were checked as they are",
+                f"format version {version}: `aiosessions migrate` (or any program's open_store with "
+                f"this release) moves it forward to version {FORMAT_VERSION}; its sessions were "
+                "checked as they are",
                 repairable=False,
             )
         if version is not None and version in READABLE_VERSIONS:

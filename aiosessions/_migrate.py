@@ -26,6 +26,7 @@ beside a legacy file only needs the backup rename.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 import stat as stat_module
@@ -53,6 +54,7 @@ from ._fs import FILE_MODE, FileSystem
 from ._keys import encode_key, is_shortened, validate_key
 from ._layout import (
     FORMAT_FILE,
+    FORMAT_VERSION,
     KEY_FILE,
     LOCKS,
     META,
@@ -70,6 +72,7 @@ from ._layout import (
 from ._locks import acquire_file_lock, release_file_lock
 from ._parts import split
 from ._preflight import migration_blockers
+from ._upgrade import older_version, upgrade_format
 from .backends._directory import BATCH_WRITERS, DirectoryBackend
 from .backends._json import decode_legacy, encode_legacy
 
@@ -444,11 +447,30 @@ async def migrate(
     started = time.perf_counter()
     paths = StorePaths.of(path)
     fs = filesystem if filesystem is not None else FileSystem()
+    upgraded = False
+    older = await anyio.to_thread.run_sync(older_version, paths, fs) if dry_run else None
+    if not dry_run:
+        # A directory store of an earlier format version is moved forward (before this
+        # function takes the store lock: the upgrade takes it itself).
+        try:
+            upgraded = await anyio.to_thread.run_sync(
+                functools.partial(upgrade_format, paths, fs, lock_timeout=lock_timeout)
+            )
+        except OSError as exc:
+            raise io_error(
+                exc, f"moving {paths.directory} forward to the current format", path=str(paths.directory)
+            ) from exc
     job = _Migration(paths, fs, durable=fsync)
     stage = "opening"
 
     def report(**fields: Any) -> MigrationReport:
         fields.setdefault("backup", None)
+        if upgraded or older is not None:
+            done = "was moved" if upgraded else f"is format version {older}: the real run moves it"
+            fields["warnings"] = (
+                *fields.get("warnings", ()),
+                f"{paths.directory} {done} forward to format version {FORMAT_VERSION}",
+            )
         return MigrationReport(
             source=str(paths.file),
             directory=str(paths.directory),

@@ -26,6 +26,7 @@ Processes of a release that only knows version 1 do not know about this: stop th
 
 from __future__ import annotations
 
+import errno
 import secrets
 
 from ._errors import StoreFormatError
@@ -53,10 +54,25 @@ from ._layout import (
 from ._locks import acquire_file_lock_sync
 from ._parts import split
 
-__all__ = ["upgrade_format"]
+__all__ = ["NotWritableError", "older_version", "upgrade_format"]
 
 #: Prefix of the old store's name in the new store's trash.
 OLD_PREFIX = "format-1-"
+
+
+class NotWritableError(OSError):
+    """The store cannot be written by this process (a read-only disk or folder): the upgrade
+    did not start, nothing was changed."""
+
+
+def older_version(paths: StorePaths, fs: FileSystem) -> int | None:
+    """The format version of the directory store at ``paths`` when it is older than this
+    release's (it would be moved forward); None otherwise. Blocking, writes nothing."""
+    try:
+        version = read_marker(fs, str(paths.directory), dir_fd=None, where=str(paths.directory / FORMAT_FILE))
+    except (OSError, StoreFormatError):
+        return None
+    return version if version is not None and version < FORMAT_VERSION else None
 
 
 def upgrade_format(paths: StorePaths, fs: FileSystem, *, lock_timeout: float) -> bool:
@@ -66,12 +82,30 @@ def upgrade_format(paths: StorePaths, fs: FileSystem, *, lock_timeout: float) ->
 
     :raises StoreFormatError: the marker is of a version this release does not read.
     :raises LockTimeoutError: the store lock or a stripe stayed taken for ``lock_timeout``.
-    :raises OSError: reading or writing failed (the old store is then left as it was).
+    :raises NotWritableError: the store lock cannot be made or opened for writing: nothing changed.
+    :raises OSError: reading or writing failed (a store that reads whole is left: the old one,
+        the new one, or the new one sealed in the staging folder, which the next call publishes).
     """
-    parent = fs.open_dir(str(paths.file.parent))
+    try:
+        parent = fs.open_dir(str(paths.file.parent))
+    except FileNotFoundError:
+        return False
     held: list[int] = []
     try:
-        lock = fs.open_lock_file(paths.lock.name, dir_fd=parent)
+        # Nothing to do (the usual case) is found without the lock, and makes no lock file.
+        directory = paths.directory.name
+        if _exists(fs, directory, parent):
+            version = read_marker(fs, directory, dir_fd=parent, where=str(paths.directory / FORMAT_FILE))
+            if version is None or version >= FORMAT_VERSION:
+                return False
+        elif not _exists(fs, paths.staging, parent):
+            return False
+        try:
+            lock = fs.open_lock_file(paths.lock.name, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise NotWritableError(exc.errno, exc.strerror or "cannot write", exc.filename) from exc
+            raise
         held.append(lock)
         acquire_file_lock_sync(fs, lock, timeout=lock_timeout, what=str(paths.lock))
         return _upgrade_locked(paths, fs, parent, held, lock_timeout)
@@ -103,8 +137,10 @@ def _upgrade_locked(paths: StorePaths, fs: FileSystem, parent: int, held: list[i
     directory, staging = paths.directory.name, paths.staging
     where = str(paths.directory / FORMAT_FILE)
     if not _exists(fs, directory, parent):
-        # A crash between the two renames of a finished upgrade: the sealed staging folder is the store.
-        if _exists(fs, staging, parent) and _sealed(fs, parent, staging, where):
+        # A crash between the two renames of a finished upgrade: the sealed staging folder is the
+        # store. Not beside a legacy file: then it is a legacy migration's, and that file the store.
+        legacy = _exists(fs, paths.file.name, parent)
+        if not legacy and _exists(fs, staging, parent) and _sealed(fs, parent, staging, where):
             fs.rename(staging, directory, src_dir_fd=parent, dst_dir_fd=parent)
             fs.fsync(parent)
             return True

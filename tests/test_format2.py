@@ -7,6 +7,7 @@ version 1 (built by tests/_v1_store.py) is read and moved forward.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -477,3 +478,55 @@ async def test_a_durable_update_of_a_split_entry_syncs_its_blobs_once(
         for n in range(2, 7):
             await store.update(key, lambda e, n=n: {**e, "updatedAt": n})
         assert fs.fsyncs - before == 5 * 2
+
+
+class _ReadOnlyFS(aiosessions.FileSystem):
+    """A filesystem that may only be read (EROFS for everything that would change it)."""
+
+    def open(self, path: str, flags: int, mode: int = 0o600, *, dir_fd: int | None = None) -> int:
+        if flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno.EROFS, "read-only file system", path)
+        return super().open(path, flags, mode, dir_fd=dir_fd)
+
+    def mkdir(self, path: str, *, dir_fd: int | None = None) -> None:
+        raise OSError(errno.EROFS, "read-only file system", path)
+
+    def rename(self, *args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EROFS, "read-only file system")
+
+
+async def test_a_version_1_store_that_cannot_be_written_is_read_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    entries = {"own-parts": {"x": 1, PARTS: "mine", "big": "b" * 20_000}, "k": {"n": 1}}
+    directory = build_v1_store(path, entries)
+    (directory / ".locks" / "00").write_bytes(b"")  # lock files a writer of the old store made
+    async with aiosessions.open_store(path, entry_type=dict, filesystem=_ReadOnlyFS(), **OPTIONS) as store:
+        for key, entry in entries.items():
+            assert await store.get(key) == entry
+    assert b'"version":1' in (directory / "FORMAT").read_bytes()
+
+
+async def test_the_cli_reads_a_version_1_store_as_it_is_and_migrate_moves_it_forward(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    entries = {"own-parts": {"x": 1, PARTS: "mine", "big": "b" * 20_000}, "k": {"n": 1}}
+    directory = build_v1_store(path, entries)
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "aiosessions", *args], capture_output=True, text=True, check=False
+        )
+        return done.stdout + done.stderr
+
+    assert "2 sessions" in cli("ls", str(path))
+    assert json.loads(cli("show", str(path), "own-parts")) == entries["own-parts"]
+    assert "old-format" in cli("fsck", str(path))
+    assert "the real run moves it forward to format version 2" in cli("migrate", str(path), "--dry-run")
+    cli("prune", str(path), "--max-entries", "1", "--dry-run")
+    cli("export", str(path), "-o", str(tmp_path / "out.json"))
+    assert json.loads((tmp_path / "out.json").read_bytes()) == entries
+    assert b'"version":1' in (directory / "FORMAT").read_bytes()  # reading changed nothing
+    assert "moved forward to format version 2" in cli("migrate", str(path))
+    assert json.loads((directory / "FORMAT").read_bytes())["version"] == 2
+    assert blobs_in(directory / "own-parts")
+    assert json.loads(cli("show", str(path), "own-parts")) == entries["own-parts"]
+    assert "0 problems" in cli("fsck", str(path))

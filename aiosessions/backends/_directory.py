@@ -295,17 +295,19 @@ class DirectoryBackend:
         root = fs.open_dir(directory)
         try:
             marked = read_marker(fs, ".", dir_fd=root, where=self.paths.directory / FORMAT_FILE)
-            if marked is not None and marked < FORMAT_VERSION:
-                if self._upgrade:
-                    from .._upgrade import upgrade_format  # it builds stores with this module
+            if marked is not None and marked < FORMAT_VERSION and self._upgrade:
+                from .._upgrade import NotWritableError, upgrade_format  # it imports this module
 
-                    fs.close(root)
-                    root = -1
+                fs.close(root)
+                root = -1
+                try:
                     upgrade_format(self.paths, fs, lock_timeout=self._lock_timeout)
-                    root = fs.open_dir(directory)
-                    marked = read_marker(fs, ".", dir_fd=root, where=self.paths.directory / FORMAT_FILE)
-                else:
-                    self._version = marked
+                except NotWritableError:
+                    pass  # a store this process may only read: read as it is, writes refused
+                root = fs.open_dir(directory)
+                marked = read_marker(fs, ".", dir_fd=root, where=self.paths.directory / FORMAT_FILE)
+            if marked is not None and marked < FORMAT_VERSION:
+                self._version = marked
             if not marked:
                 if not create:
                     raise StoreFormatError(f"{directory} has no FORMAT marker: it is not a store")
@@ -631,8 +633,8 @@ class DirectoryBackend:
     async def write_batch(self, writes: Sequence[Write], *, durable: bool) -> BatchResult:
         if self._version < FORMAT_VERSION:
             refused = StoreFormatError(
-                f"{self.location()} is format version {self._version}, opened to be read only "
-                "(upgrade=False); open it with upgrade=True to migrate it forward and write"
+                f"{self.location()} is format version {self._version}, opened to be read only (with "
+                "upgrade=False, or where it cannot be written); `aiosessions migrate` moves it forward"
             )
             return BatchResult(failed={write.key: refused for write in writes})
         stripes: dict[int, list[Write]] = {}
