@@ -62,7 +62,7 @@ FORMAT_FILE = "FORMAT"
 FORMAT_NAME = "aiosessions.directory"
 FORMAT_VERSION = 2
 #: The versions this release opens. Version 1 (no blobs: a top-level ``$parts`` member is the
-#: entry's own) is read as it is and upgraded by ``_migrate.upgrade_format``.
+#: entry's own) is read as it is and upgraded by ``_upgrade.upgrade_format``.
 READABLE_VERSIONS = (1, 2)
 #: A FORMAT marker is a few dozen bytes; anything larger is not one.
 FORMAT_MAX_BYTES = 4096
@@ -321,6 +321,15 @@ def blob_digest(name: str) -> str | None:
         return None
     digest = name[len(BLOB_PREFIX) : -len(BLOB_SUFFIX)]
     return digest if len(digest) == 64 and _HEX.issuperset(digest) else None
+
+
+def exists(fs: FileSystem, name: str, *, dir_fd: int | None = None) -> bool:
+    """Whether ``name`` (in the folder ``dir_fd``) exists; a symlink is not followed."""
+    try:
+        fs.stat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def is_real_dir(fs: FileSystem, name: str, *, dir_fd: int) -> bool:

@@ -10,7 +10,9 @@ crash at any instant leaves one authoritative store:
    small ``meta.json`` and its blobs (``_parts``), its ``key`` file copied, every file and
    folder fsynced, the FORMAT marker (version 2) last;
    the old store's ``.quarantine`` (never deleted) is moved in first, and a session whose
-   ``meta.json`` cannot be read as a file (a folder, a FIFO) is moved into it;
+   ``meta.json`` cannot be read as a file (a folder, a FIFO) is moved into it; so is, under
+   ``format-1-<hex>/``, whatever else the old store holds (stray files and symlinks, unknown
+   dot-folders, other files of a session folder): the old tree is removed afterwards;
 3. carry ``.migration.json`` across (the recency index is derived: built again);
 4. rename the old ``<stem>.d`` into the new store's ``.trash/`` and the staging folder to
    ``<stem>.d``, fsyncing the parent folder after each; then remove the old store.
@@ -30,7 +32,7 @@ import errno
 import secrets
 
 from ._errors import StoreFormatError
-from ._fs import FileSystem, NotRegularFileError, TooLargeError
+from ._fs import FileSystem, NotRegularFileError, TooLargeError, is_tmp_name
 from ._layout import (
     FORMAT_FILE,
     FORMAT_VERSION,
@@ -46,6 +48,7 @@ from ._layout import (
     blob_name,
     encode_format,
     ensure_store_dirs,
+    exists,
     is_real_dir,
     is_session_name,
     read_marker,
@@ -53,11 +56,18 @@ from ._layout import (
 )
 from ._locks import acquire_file_lock_sync
 from ._parts import split
+from .backends._indexfiles import INDEX_DIR
 
 __all__ = ["NotWritableError", "older_version", "upgrade_format"]
 
-#: Prefix of the old store's name in the new store's trash.
+#: Prefix of the old store's name in the new store's trash, and of the folder in the new
+#: store's ``.quarantine/`` that keeps what the upgrade does not carry over.
 OLD_PREFIX = "format-1-"
+#: The names at the top of a version-1 store folder the upgrade carries over or builds again
+#: (the trash and the recency index are dropped). Anything else there is not lost: it is moved
+#: into ``.quarantine/format-1-<hex>/``, as is any file of a session folder other than these:
+_KNOWN_TOP = frozenset({FORMAT_FILE, LOCKS, TRASH, QUARANTINE, RECORD, SWEPT, INDEX_DIR})
+_KNOWN_IN_SESSION = frozenset({META, KEY_FILE})
 
 
 class NotWritableError(OSError):
@@ -94,11 +104,11 @@ def upgrade_format(paths: StorePaths, fs: FileSystem, *, lock_timeout: float) ->
     try:
         # Nothing to do (the usual case) is found without the lock, and makes no lock file.
         directory = paths.directory.name
-        if _exists(fs, directory, parent):
+        if exists(fs, directory, dir_fd=parent):
             version = read_marker(fs, directory, dir_fd=parent, where=str(paths.directory / FORMAT_FILE))
             if version is None or version >= FORMAT_VERSION:
                 return False
-        elif not _exists(fs, paths.staging, parent):
+        elif not exists(fs, paths.staging, dir_fd=parent):
             return False
         try:
             lock = fs.open_lock_file(paths.lock.name, dir_fd=parent)
@@ -125,22 +135,14 @@ def _sealed(fs: FileSystem, parent: int, name: str, where: str) -> bool:
         return False
 
 
-def _exists(fs: FileSystem, name: str, dir_fd: int) -> bool:
-    try:
-        fs.stat(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return False
-    return True
-
-
 def _upgrade_locked(paths: StorePaths, fs: FileSystem, parent: int, held: list[int], timeout: float) -> bool:
     directory, staging = paths.directory.name, paths.staging
     where = str(paths.directory / FORMAT_FILE)
-    if not _exists(fs, directory, parent):
+    if not exists(fs, directory, dir_fd=parent):
         # A crash between the two renames of a finished upgrade: the sealed staging folder is the
         # store. Not beside a legacy file: then it is a legacy migration's, and that file the store.
-        legacy = _exists(fs, paths.file.name, parent)
-        if not legacy and _exists(fs, staging, parent) and _sealed(fs, parent, staging, where):
+        legacy = exists(fs, paths.file.name, dir_fd=parent)
+        if not legacy and exists(fs, staging, dir_fd=parent) and _sealed(fs, parent, staging, where):
             fs.rename(staging, directory, src_dir_fd=parent, dst_dir_fd=parent)
             fs.fsync(parent)
             return True
@@ -162,21 +164,27 @@ def _upgrade_locked(paths: StorePaths, fs: FileSystem, parent: int, held: list[i
                 )
         finally:
             fs.close(locks)
-        if _exists(fs, staging, parent):
+        if exists(fs, staging, dir_fd=parent):
             _take_back_quarantine(fs, parent, staging, old)
             fs.remove_tree(staging, dir_fd=parent)
         fs.mkdir(staging, dir_fd=parent)
         new = fs.open_dir(staging, dir_fd=parent)
         try:
             ensure_store_dirs(fs, new)
-            if _exists(fs, QUARANTINE, old):
+            if exists(fs, QUARANTINE, dir_fd=old):
                 fs.rename(QUARANTINE, QUARANTINE, src_dir_fd=old, dst_dir_fd=new)
                 fs.fsync(old)
                 fs.fsync(new)
-            for name in fs.listdir(old):
-                if is_session_name(name) and is_real_dir(fs, name, dir_fd=old):
+            leftovers = _Leftovers(fs, new, f"{OLD_PREFIX}{secrets.token_hex(8)}")
+            try:
+                for name in fs.listdir(old):
+                    if name in _KNOWN_TOP:
+                        continue
+                    if not (is_session_name(name) and is_real_dir(fs, name, dir_fd=old)):
+                        leftovers.take(old, name)  # a stray file, symlink or unknown dot-folder
+                        continue
                     try:
-                        _copy_session(fs, old, new, name)
+                        _copy_session(fs, old, new, name, leftovers)
                     except (NotRegularFileError, TooLargeError):
                         # Unreadable as it is: kept for its owner, as `fsck --repair` would.
                         fs.ensure_dir(QUARANTINE, dir_fd=new)
@@ -185,6 +193,10 @@ def _upgrade_locked(paths: StorePaths, fs: FileSystem, parent: int, held: list[i
                             fs.rename(name, name, src_dir_fd=old, dst_dir_fd=quarantine)
                         finally:
                             fs.close(quarantine)
+                if leftovers.taken:
+                    fs.fsync(old)
+            finally:
+                leftovers.close()
             found = fs.read_file(RECORD, dir_fd=old)
             if found is not None:
                 fs.write_new(RECORD, found[0], dir_fd=new, durable=True)
@@ -221,20 +233,78 @@ def _take_back_quarantine(fs: FileSystem, parent: int, staging: str, old: int) -
     except OSError:
         return
     try:
-        if _exists(fs, QUARANTINE, new) and not _exists(fs, QUARANTINE, old):
+        if exists(fs, QUARANTINE, dir_fd=new) and not exists(fs, QUARANTINE, dir_fd=old):
             fs.rename(QUARANTINE, QUARANTINE, src_dir_fd=new, dst_dir_fd=old)
             fs.fsync(old)
     finally:
         fs.close(new)
 
 
-def _copy_session(fs: FileSystem, old: int, new: int, name: str) -> None:
-    """Copy one session folder into the staging store, its entry split (files fsynced)."""
+class _Leftovers:
+    """``.quarantine/<name>/`` of the staging store, made at the first thing moved into it:
+    what the old store held that the upgrade does not carry over, kept for the operator
+    (session files under ``<session>/``). Inside the quarantine, it goes back to the old
+    store with it when the upgrade dies before the seal (:func:`_take_back_quarantine`)."""
+
+    def __init__(self, fs: FileSystem, new: int, name: str) -> None:
+        self.fs, self.new, self.name = fs, new, name
+        self.taken = 0
+        self._folders: dict[str, int] = {}
+
+    def _folder(self, session: str) -> int:
+        fd = self._folders.get(session)
+        if fd is not None:
+            return fd
+        fs = self.fs
+        if not self._folders:
+            fs.ensure_dir(QUARANTINE, dir_fd=self.new)
+            quarantine = fs.open_dir(QUARANTINE, dir_fd=self.new)
+            try:
+                fs.mkdir(self.name, dir_fd=quarantine)
+                self._folders[""] = fs.open_dir(self.name, dir_fd=quarantine)
+            finally:
+                fs.close(quarantine)
+            if not session:
+                return self._folders[""]
+        top = self._folders[""]
+        fs.mkdir(session, dir_fd=top)
+        fd = self._folders[session] = fs.open_dir(session, dir_fd=top)
+        return fd
+
+    def take(self, source: int, name: str, session: str = "") -> None:
+        """Move ``name`` of the folder ``source`` (the old store, or its session folder ``session``)."""
+        self.fs.rename(name, name, src_dir_fd=source, dst_dir_fd=self._folder(session))
+        self.taken += 1
+
+    def close(self) -> None:
+        """fsync what was made (before the seal: a power cut must not undo a move after it)."""
+        try:
+            for fd in reversed(self._folders.values()):
+                self.fs.fsync(fd)
+            if self._folders:
+                self.fs.fsync(self.new)
+        finally:
+            for fd in self._folders.values():
+                try:
+                    self.fs.close(fd)
+                except OSError:
+                    pass
+
+
+def _copy_session(fs: FileSystem, old: int, new: int, name: str, leftovers: _Leftovers) -> None:
+    """Copy one session folder into the staging store, its entry split (files fsynced); move
+    its other files (not tmp files: writes in flight of a dead process) into ``leftovers``."""
     source = fs.open_dir(name, dir_fd=old)
     try:
+        taken = leftovers.taken
+        for extra in fs.listdir(source):
+            if extra not in _KNOWN_IN_SESSION and not is_tmp_name(extra):
+                leftovers.take(source, extra, name)
+        if leftovers.taken != taken:
+            fs.fsync(source)
         found = fs.read_file(META, dir_fd=source)
         if found is None:
-            return  # a creation that died before its meta.json: nothing to keep
+            return  # a creation that died before its meta.json: nothing else to keep
         key = fs.read_file(KEY_FILE, dir_fd=source)
         fs.mkdir(name, dir_fd=new)
         folder = fs.open_dir(name, dir_fd=new)

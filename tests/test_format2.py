@@ -295,6 +295,50 @@ async def test_an_unsealed_staging_folder_of_an_upgrade_is_built_again(tmp_path:
     assert (directory / ".quarantine" / "kept").read_bytes() == b"evidence"
 
 
+async def test_an_upgrade_keeps_what_it_does_not_carry_over_in_the_quarantine(tmp_path: Path) -> None:
+    """Stray files, symlinks, unknown dot-folders and extra files of a session folder are not
+    removed with the old store: they are moved into .quarantine/format-1-<hex>/."""
+    path = tmp_path / "sessions.json"
+    directory = build_v1_store(path, {"k": {"big": "b" * 20_000, "n": 1}, "bare": {"n": 2}})
+    (directory / "notes.txt").write_bytes(b"operator notes")
+    (directory / "link").symlink_to(tmp_path / "elsewhere")
+    (directory / ".newer-feature").mkdir()
+    (directory / ".newer-feature" / "data").write_bytes(b"additive")
+    (folder_of(path, "k") / "attachment.bin").write_bytes(b"extra")
+    (folder_of(path, "k") / ".meta.json.1-2.tmp").write_bytes(b"in flight")  # an orphan: dropped
+    (directory / "died").mkdir()  # a creation that died before its meta.json, with a file of its own
+    (directory / "died" / "extra").write_bytes(b"kept too")
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        assert await store.get("k") == {"big": "b" * 20_000, "n": 1}
+        assert sorted([key async for key in store.keys()]) == ["bare", "k"]
+    (kept,) = (directory / ".quarantine").iterdir()
+    assert kept.name.startswith("format-1-")
+    assert (kept / "notes.txt").read_bytes() == b"operator notes"
+    assert os.readlink(kept / "link") == str(tmp_path / "elsewhere")
+    assert (kept / ".newer-feature" / "data").read_bytes() == b"additive"
+    assert (kept / encode_key("k") / "attachment.bin").read_bytes() == b"extra"
+    assert (kept / "died" / "extra").read_bytes() == b"kept too"
+    assert sorted(p.name for p in kept.rglob("*")) == sorted(
+        ["notes.txt", "link", ".newer-feature", "data", encode_key("k"), "attachment.bin", "died", "extra"]
+    )
+    assert not (directory / "notes.txt").exists() and not (folder_of(path, "k") / "attachment.bin").exists()
+    assert os.listdir(directory / ".trash") == []
+
+
+async def test_what_an_upgrade_moved_aside_goes_back_with_the_quarantine_when_it_is_built_again(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sessions.json"
+    directory = build_v1_store(path, {"k": {"n": 1}})
+    staging = tmp_path / ".sessions.d.staging"
+    # An upgrade that died after moving a stray file into its staging quarantine.
+    (staging / ".quarantine" / "format-1-00").mkdir(parents=True)
+    (staging / ".quarantine" / "format-1-00" / "notes.txt").write_bytes(b"operator notes")
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        assert await store.get("k") == {"n": 1}
+    assert (directory / ".quarantine" / "format-1-00" / "notes.txt").read_bytes() == b"operator notes"
+
+
 # -- blobs no meta.json names: the sweep and fsck ------------------------------------------
 
 
