@@ -68,7 +68,6 @@ Maker = Callable[[], Contender]
 
 def contenders(work: Workload) -> list[tuple[str, bool, Maker]]:
     """Every contender on ``work``: (name, fsync, factory). Names are the keys of the results."""
-    directory = work.directory.with_name("sessions.d")
     made: list[tuple[str, bool, Maker]] = []
 
     def add(name: str, fsync: bool, make: Callable[[str, bool], Contender]) -> None:
@@ -95,11 +94,11 @@ def contenders(work: Workload) -> list[tuple[str, bool, Maker]]:
             )
         add(f"SQLite (aiosqlite){tag}", fsync, lambda n, f: SqliteContender(work.sqlite, fsync=f, name=n))
         add(f"diskcache{tag}", fsync, lambda n, f: DiskcacheContender(work.diskcache, fsync=f, name=n))
-        add(f"aiofiles directory{tag}", fsync, lambda n, f: AiofilesContender(directory, fsync=f, name=n))
+        add(f"aiofiles directory{tag}", fsync, lambda n, f: AiofilesContender(work.naive, fsync=f, name=n))
         add(
             f"physical limit{tag}",
             fsync,
-            lambda n, f: PhysicalLimit(directory, work.payload, fsync=f, name=n),
+            lambda n, f: PhysicalLimit(work.naive, work.payload, fsync=f, name=n),
         )
     return made
 

@@ -283,8 +283,7 @@ class AiofilesContender:
             await aiofiles.os.remove(path)
         except FileNotFoundError:
             return False
-        # The folder may hold aiosessions' blob files too (format version 2: the folder is shared).
-        await aiofiles.os.wrap(shutil.rmtree)(path.parent, ignore_errors=True)
+        await aiofiles.os.rmdir(path.parent)
         return True
 
     async def newest(self, n: int) -> list[str]:

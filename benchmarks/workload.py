@@ -30,6 +30,7 @@ from aiosessions._bench import (
     generate_sessions,
     zipf_sampler,
 )
+from aiosessions._keys import encode_key
 
 from .contenders import DiskcacheContender, SqliteContender
 
@@ -74,6 +75,15 @@ class Workload:
     @property
     def directory(self) -> Path:
         return self.folder / "directory" / "sessions.json"
+
+    @property
+    def naive(self) -> Path:
+        """The naive directory contenders' folder: ``<name>/meta.json`` of whole entries.
+
+        Not aiosessions' folder, whose ``meta.json`` holds only the small members of a large
+        entry (format version 2): reading it, they would skip the large ones.
+        """
+        return self.folder / "naive"
 
     @property
     def sqlite(self) -> Path:
@@ -130,8 +140,17 @@ async def build_workload(
         # The backup of the migrated file is not part of the store.
         for leftover in work.directory.parent.glob("sessions.json.pre-directory-migration.*"):
             leftover.unlink()
+        await anyio.to_thread.run_sync(_write_whole_entries, work.naive, sessions)
     if "sqlite" in kinds:
         await anyio.to_thread.run_sync(SqliteContender.build, work.sqlite, sessions)
     if "diskcache" in kinds:
         await anyio.to_thread.run_sync(DiskcacheContender.build, work.diskcache, sessions)
     return work
+
+
+def _write_whole_entries(folder: Path, sessions: Sessions) -> None:
+    """One folder per session holding the whole entry, with aiosessions' folder names."""
+    for key, entry in sessions.items():
+        session = folder / encode_key(key)
+        session.mkdir(parents=True)
+        (session / "meta.json").write_bytes(_encode(entry))
