@@ -69,6 +69,7 @@ from ._layout import (
     check_format,
     detect_mode,
     encode_format,
+    exists,
     folder_key,
     format_version,
     is_session_name,
@@ -550,11 +551,7 @@ class _Checker:
         return True
 
     def _exists(self, name: str) -> bool:
-        try:
-            self.fs.stat(name, dir_fd=self.parent)
-        except FileNotFoundError:
-            return False
-        return True
+        return exists(self.fs, name, dir_fd=self.parent)
 
     def _check_staging(self) -> None:
         name = self.paths.staging

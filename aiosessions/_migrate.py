@@ -66,6 +66,7 @@ from ._layout import (
     detect_mode,
     encode_format,
     ensure_store_dirs,
+    exists,
     read_marker,
     refuse_inside_store,
 )
@@ -197,7 +198,7 @@ class _Migration:
         except FileNotFoundError:
             raise MigrationError(f"no session store at {self.paths.file}: {folder} does not exist") from None
         if lock:
-            if self._exists(self.paths.file.name) is None and self._exists(self.paths.directory.name) is None:
+            if not self._exists(self.paths.file.name) and not self._exists(self.paths.directory.name):
                 # Checked before the lock file is made: a wrong path leaves nothing behind.
                 raise MigrationError(self._no_store())
             self.lock = self.fs.open_lock_file(self.paths.lock.name, dir_fd=self.parent)
@@ -218,11 +219,8 @@ class _Migration:
             "(check the path: migrate takes the legacy file, e.g. state/sessions.json)"
         )
 
-    def _exists(self, name: str) -> os.stat_result | None:
-        try:
-            return self.fs.stat(name, dir_fd=self.parent)
-        except FileNotFoundError:
-            return None
+    def _exists(self, name: str) -> bool:
+        return exists(self.fs, name, dir_fd=self.parent)
 
     def plan(self) -> _Plan:
         """Find out where things stand (under the lock) and read the legacy file if needed."""
@@ -237,7 +235,7 @@ class _Migration:
             return plan
         found = fs.read_file(paths.file.name, dir_fd=self.parent)
         if found is None:
-            if self._exists(directory) is not None:
+            if self._exists(directory):
                 raise MigrationError(
                     f"{paths.directory} has no FORMAT marker and there is no {paths.file.name} to "
                     "migrate: it is not an aiosessions store (see `aiosessions fsck`)"
@@ -278,10 +276,10 @@ class _Migration:
     def prepare(self) -> None:
         """Clear leftovers of an interrupted run and create an empty staging folder."""
         fs = self.fs
-        if self._exists(self.staging_name) is not None:
+        if self._exists(self.staging_name):
             fs.remove_tree(self.staging_name, dir_fd=self.parent)
         directory = self.paths.directory.name
-        if self._exists(directory) is not None:
+        if self._exists(directory):
             self._clear_unmarked(directory)
         fs.mkdir(self.staging_name, dir_fd=self.parent)
         self.staging = fs.open_dir(self.staging_name, dir_fd=self.parent)
@@ -357,7 +355,7 @@ class _Migration:
         """Rename the legacy file out of the way (never over an existing file); return its path."""
         base = f"{self.paths.file.name}{BACKUP_INFIX}{_stamp()}"
         name, n = base, 0
-        while self._exists(name) is not None:
+        while self._exists(name):
             n += 1
             name = f"{base}.{n}"
         self.fs.rename(self.paths.file.name, name, src_dir_fd=self.parent, dst_dir_fd=self.parent)

@@ -48,6 +48,7 @@ from .._layout import (
     claim_sweep,
     encode_format,
     ensure_store_dirs,
+    exists,
     format_version,
     is_real_dir,
     is_session_name,
@@ -97,14 +98,6 @@ class _Staged:
     signature: Signature | None = None
     #: What the tmp file holds: ``write.data``'s ``meta.json`` (its blobs are written already).
     meta: bytes = b""
-
-
-def _exists(fs: FileSystem, path: str) -> bool:
-    try:
-        fs.stat(path)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 class _ReadCache:
@@ -286,7 +279,7 @@ class DirectoryBackend:
         if create:
             fs.ensure_dirs(str(self.paths.directory.parent))
             staging = str(self.paths.directory.with_name(self.paths.staging))
-            if self._upgrade and not _exists(fs, directory) and _exists(fs, staging):
+            if self._upgrade and not exists(fs, directory) and exists(fs, staging):
                 # An upgrade cut between its renames leaves its sealed store there: finish it.
                 from .._upgrade import upgrade_format
 
