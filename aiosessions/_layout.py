@@ -527,9 +527,12 @@ def sweep_blobs(
     """Remove the blobs of the session folder ``name`` that its ``meta.json`` no longer names
     and that are older than ``cutoff``, under the key's stripe; return how many went.
 
-    Age, not only the lock: a reader reads ``meta.json`` and then its blobs without a lock,
-    so a blob dropped by a write an instant ago may still be about to be read (the
-    reader reads ``meta.json`` again when a blob is missing, but not forever).
+    The age is the blob file's modification time, which is when it was made (a blob is
+    never rewritten), not when a write stopped naming it: a blob made long ago and dropped
+    an instant ago goes at once. What keeps a reader right is not the age: a reader reads
+    ``meta.json`` and then its blobs without a lock, and on a blob that is missing reads
+    ``meta.json`` again (up to three times), which no longer names it. The age only spares
+    blobs made recently.
     """
     candidates = old_blobs(fs, folder, cutoff=cutoff)
     if not candidates:
