@@ -123,6 +123,9 @@ class Codec(Generic[T]):
     """Turns one entry type into JSON bytes and back; built once per type."""
 
     entry_type: type[T]
+    #: Whether every JSON object decodes as an entry (plain dicts, and Entry types, which
+    #: keep what does not fit in ``extra``); a plain Struct's required or typed fields may not.
+    decodes_any_object: bool = True
 
     def decode(self, data: bytes) -> T:
         """Decode one entry. :raises msgspec.DecodeError: not an entry of this type."""
@@ -150,6 +153,8 @@ class _DictCodec(Codec[dict[str, Any]]):
 
 class _StructCodec(Codec[T]):
     """A plain msgspec Struct: msgspec's own rules (unknown fields are dropped)."""
+
+    decodes_any_object = False
 
     def __init__(self, entry_type: type[T]) -> None:
         self.entry_type = entry_type

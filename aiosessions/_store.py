@@ -7,7 +7,7 @@ import functools
 import inspect
 import os
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Generic, TypedDict, TypeVar, Union, overload
 
@@ -15,6 +15,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from . import _members as members
 from ._defaults import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_CLOSE_TIMEOUT,
@@ -111,6 +112,8 @@ class SessionStore(Generic[T]):
         )
         #: The recency of pending changes, decoded once per value (for newest()).
         self._pending_recency = PendingRecency()
+        #: The members of entries last changed by update_members (to skip splitting them again).
+        self._member_splits = members.MemberSplits()
         self._closed = False
         # Reached its caller (who must close it): an unclosed store then warns.
         self._opened = False
@@ -419,26 +422,57 @@ class SessionStore(Generic[T]):
         if not self._started:
             await self._start_background()
         async with self._locks.hold(key):
-            while True:
-                await self._queue.wait_for_room(key)
-                self._check_open()
-                pending = self._queue.pending(key)
-                if pending is not None:
-                    stored, base = pending[0], None
-                    break
-                # The stored bytes are the compare-and-swap base of this change. A backend may
-                # offer bytes it knows already (read_base): the compare-and-swap still checks
-                # them. A caller that waits for the write (durable, write-through) reads afresh.
-                stored = base = await self._read(key, base=not (durable or self._queue.write_through))
-                self._check_open()
-                # Other writers may have filled the queue during the read: queue only
-                # with room, so the bounds hold however many updates run at once.
-                if self._queue.has_room(key):
-                    break
+            stored, base = await self._state_with_room(key, durable)
             current = None if stored is None else self._decode(key, stored)
             result = fn(current)
             data = self._encode_result(key, result)
             seq = self._queue.put(key, data, fn=fn, base=base)
+        await self._settle(key, seq, durable)
+        return None if isinstance(result, _Delete) else result
+
+    async def update_members(
+        self,
+        key: str,
+        names: Collection[str],
+        fn: Callable[[dict[str, Any] | None], Mapping[str, Any] | _Delete],
+        *,
+        durable: bool = False,
+    ) -> Mapping[str, Any] | None:
+        """Apply ``fn`` to some top-level members of the entry of ``key``; leave the rest unread.
+
+        For sessions carrying large, rarely changing members (embedded prompts, skills
+        snapshots) beside the few that change with every message: ``fn`` receives the
+        members named in ``names`` (JSON names, such as ``updatedAt``), decoded, in a
+        ``dict`` of those the entry has (None if there is no session), and returns their
+        new values (a named member it leaves out is removed) or
+        :data:`aiosessions.DELETE`. Every other member keeps its bytes and its place, so
+        the call costs what the named members cost, not what the entry does. Otherwise
+        as :meth:`update`: ``fn`` runs with the key locked, and if another process changes
+        the key before this change is written, ``fn`` is applied again to the members of
+        that process's value (keep it free of side effects). Returns what ``fn`` returned
+        (None when deleted).
+
+        :param names: the members ``fn`` reads and writes, e.g. ``("updatedAt", "totalTokens")``.
+        :param durable: return only once this change is on disk, as for :meth:`set`.
+        :raises TypeError: ``fn`` returned neither a mapping nor DELETE, or a member not named.
+        :raises InvalidEntryError: the new entry could not be read back (too large, nested too
+            deep, or not an entry of the store's type); nothing changes.
+        """
+        self._check_open()
+        validate_key(key)
+        if isinstance(names, str):
+            raise TypeError(f"names is a collection of member names, not one name: names=[{names!r}]")
+        names = tuple(dict.fromkeys(names))
+        if not self._started:
+            await self._start_background()
+        async with self._locks.hold(key):
+            stored, base = await self._state_with_room(key, durable)
+            split = None if stored is None else self._members_of(key, stored)
+            result = fn(members.current(split, names))
+            data, joined = self._join_members(key, names, split, result)
+            seq = self._queue.put(key, data, fn=self._whole_entry_update(key, names, fn), base=base)
+            if data is not None and joined is not None:
+                self._member_splits.remember(key, data, joined)
         await self._settle(key, seq, durable)
         return None if isinstance(result, _Delete) else result
 
@@ -468,6 +502,79 @@ class SessionStore(Generic[T]):
             seq = self._queue.put(key, None)
         await self._settle(key, seq, durable)
         return True
+
+    async def _state_with_room(self, key: str, durable: bool) -> tuple[bytes | None, bytes | None]:
+        """The state a change of ``key`` starts from, and its compare-and-swap base (None when
+        ``key`` is pending), once the queue has room for it. Called with the key locked."""
+        while True:
+            await self._queue.wait_for_room(key)
+            self._check_open()
+            pending = self._queue.pending(key)
+            if pending is not None:
+                return pending[0], None
+            # The stored bytes are the compare-and-swap base of this change. A backend may
+            # offer bytes it knows already (read_base): the compare-and-swap still checks
+            # them. A caller that waits for the write (durable, write-through) reads afresh.
+            stored = await self._read(key, base=not (durable or self._queue.write_through))
+            self._check_open()
+            # Other writers may have filled the queue during the read: queue only
+            # with room, so the bounds hold however many updates run at once.
+            if self._queue.has_room(key):
+                return stored, stored
+
+    def _members_of(self, key: str, data: bytes) -> members.Split:
+        try:
+            return self._member_splits.of(key, data)
+        except DECODE_ERRORS as exc:
+            raise self._corrupt(key, exc) from exc
+
+    def _join_members(
+        self, key: str, names: tuple[str, ...], split: members.Split | None, result: object
+    ) -> tuple[bytes | None, members.Split | None]:
+        """The bytes (None: delete) and split of the entry with the members ``result`` gives."""
+        if isinstance(result, _Delete):
+            return None, None
+        if not isinstance(result, Mapping):
+            if inspect.iscoroutine(result):
+                result.close()  # no "coroutine ... was never awaited" warning on top
+            what = "None" if result is None else f"a {type(result).__name__}"
+            raise TypeError(
+                f"the update_members function for {key!r} returned {what}: return a mapping of "
+                "the named members' new values (or aiosessions.DELETE); the entry is unchanged"
+            )
+        stray = [name for name in result if name not in names]
+        if stray:
+            raise TypeError(
+                f"the update_members function for {key!r} returned members it did not name: "
+                f"{stray!r} (name them in `names`)"
+            )
+        data, joined, fresh = members.changed(split, names, result)
+        if len(data) > self._max_entry_bytes:
+            problem = storable(data, self._max_entry_bytes)
+        else:
+            # Only the new values can nest deeper than the entry did (which was read back);
+            # in a list they nest one level down, as members of the entry's object do.
+            problem = storable(b"[" + b",".join(fresh) + b"]", self._max_entry_bytes)
+        if problem is None and not self._codec.decodes_any_object:
+            try:
+                self._codec.decode(data)
+            except DECODE_ERRORS as exc:
+                problem = f"it is not a {self._codec.entry_type.__name__}: {exc}"
+        if problem is not None:
+            raise InvalidEntryError(key, problem)
+        return data, joined
+
+    def _whole_entry_update(
+        self, key: str, names: tuple[str, ...], fn: Callable[[dict[str, Any] | None], object]
+    ) -> Callable[[T | None], T | _Delete]:
+        """``fn`` as an :meth:`update` function, for re-applying it to another writer's value."""
+
+        def update(entry: T | None) -> T | _Delete:
+            split = None if entry is None else members.split(self._codec.encode(entry))
+            data, _ = self._join_members(key, names, split, fn(members.current(split, names)))
+            return DELETE if data is None else self._codec.decode(data)
+
+        return update
 
     async def _settle(self, key: str, seq: int, durable: bool) -> None:
         if durable or self._queue.write_through:

@@ -516,6 +516,101 @@ class BackendContract:
             assert seen[-1] == {"n": 100} and len(seen) == 5
             assert (await stored())["fresh"] == {"n": 101}
 
+    # -- update_members ------------------------------------------------------------------
+
+    async def test_update_members_changes_only_the_named_members(
+        self, open_test_store: Opener, backend_factory: BackendFactory, stored: Stored
+    ) -> None:
+        """The other members keep their bytes and places; a named member left out is removed."""
+        big = {"prompt": "p" * 20_000, "skills": [{"name": f"s{i}"} for i in range(50)]}
+        entry = {"sessionId": "s", "skillsSnapshot": big, "updatedAt": 1, "label": "x", "n": 1.50}
+        seen: list[Any] = []
+
+        def touch(members: dict[str, Any] | None) -> dict[str, Any]:
+            seen.append(members)
+            assert members is not None
+            return {"updatedAt": members["updatedAt"] + 1, "totalTokens": 5}
+
+        async with open_test_store(entry_type=dict) as store:
+            await store.set(KEY, entry)
+            await store.flush()
+            names = ["updatedAt", "label", "totalTokens"]
+            assert await store.update_members(KEY, names, touch) == {"updatedAt": 2, "totalTokens": 5}
+            assert seen == [{"updatedAt": 1, "label": "x"}]
+            expected = {"sessionId": "s", "skillsSnapshot": big, "updatedAt": 2, "n": 1.50, "totalTokens": 5}
+            assert await store.get(KEY) == expected
+            await store.flush()
+            assert await stored() == {KEY: expected}
+        async with opened(backend_factory) as other:
+            data = await other.read(KEY)
+        assert data is not None
+        assert list(json.loads(data)) == list(expected)  # places kept, the new member last
+
+    async def test_update_members_of_a_missing_session_and_delete(
+        self, open_test_store: Opener, stored: Stored
+    ) -> None:
+        async with open_test_store(entry_type=dict) as store:
+            seen: list[Any] = []
+            made = await store.update_members(
+                "new", ["updatedAt"], lambda m: seen.append(m) or {"updatedAt": 7}
+            )
+            assert made == {"updatedAt": 7} and seen == [None]
+            assert await store.get("new") == {"updatedAt": 7}
+            assert await store.update_members("new", ["updatedAt"], lambda m: aiosessions.DELETE) is None
+            assert await store.contains("new") is False
+            await store.flush()
+            assert await stored() == {}
+
+    async def test_update_members_refuses_what_it_cannot_store(
+        self, open_test_store: Opener, stored: Stored
+    ) -> None:
+        async with open_test_store(entry_type=dict) as store:
+            await store.set(KEY, {"a": 1, "b": 2})
+            await store.flush()
+            with pytest.raises(TypeError, match=r"members it did not name: \['c'\]"):
+                await store.update_members(KEY, ["a"], lambda m: {"c": 3})
+            with pytest.raises(TypeError, match="returned None: return a mapping"):
+                await store.update_members(KEY, ["a"], lambda m: None)
+            with pytest.raises(TypeError, match="not one name"):
+                await store.update_members(KEY, "a", lambda m: m)
+            deep: Any = 1
+            for _ in range(300):
+                deep = [deep]
+            with pytest.raises(aiosessions.InvalidEntryError, match="nests"):
+                await store.update_members(KEY, ["a"], lambda m: {"a": deep})
+            assert await store.get(KEY) == {"a": 1, "b": 2}
+            await store.flush()
+            assert await stored() == {KEY: {"a": 1, "b": 2}}
+
+    async def test_update_members_of_typed_entries_uses_json_names(self, open_test_store: Opener) -> None:
+        async with open_test_store() as store:
+            await store.set(KEY, SessionEntry(session_id="s", updated_at=1, extra={"blob": "b" * 10_000}))
+            await store.update_members(
+                KEY, ["updatedAt"], lambda m: {"updatedAt": (m or {})["updatedAt"] + 1}
+            )
+            assert await store.get(KEY) == SessionEntry(
+                session_id="s", updated_at=2, extra={"blob": "b" * 10_000}
+            )
+
+    async def test_update_members_reapplies_fn_after_another_writers_change(
+        self, open_test_store: Opener, plant: Plant, stored: Stored
+    ) -> None:
+        seen: list[Any] = []
+
+        def add_one(members: dict[str, Any] | None) -> dict[str, Any]:
+            seen.append(members)
+            return {"n": (members or {}).get("n", 0) + 1}
+
+        async with open_test_store(entry_type=dict) as store:
+            await store.set("k", {"n": 1, "other": "mine"})
+            await store.flush()
+            assert await store.update_members("k", ["n"], add_one) == {"n": 2}
+            await plant("k", b'{"n": 10, "other": "theirs"}')  # another writer, before the write
+            await store.flush()
+            assert seen == [{"n": 1}, {"n": 10}]
+            assert await stored() == {"k": {"n": 11, "other": "theirs"}}
+            assert store.statistics().conflicts == 1
+
     async def test_an_update_deleting_a_key_another_writer_changed_reapplies(
         self, open_test_store: Opener, plant: Plant, stored: Stored
     ) -> None:

@@ -380,11 +380,23 @@ def test_bench_writes_command_line(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    for row in ("update one field, write-behind", "write-through +fsync", "plain loop", "SQLite FULL"):
+    for row in (
+        "update one field, write-behind",
+        "update_members",
+        "write-through +fsync",
+        "plain loop",
+        "SQLite FULL",
+    ):
         assert row in done.stdout, row
     figures = json.loads(out.read_text("utf-8"))
     assert 1_500 < figures["small_bytes"] < 3_000 and 100_000 < figures["large_bytes"] < 140_000
-    for name in ("write-behind", "write-through", "write-through +fsync"):
+    for name in (
+        "write-behind",
+        "write-behind, update_members",
+        "write-behind, update_members again",
+        "write-through",
+        "write-through +fsync",
+    ):
         for size in ("small", "large"):
             assert figures["update"][name][size]["p50"] > 0, (name, size)
     assert figures["sqlite"]["FULL"]["distinct"]["rate"] > 0
