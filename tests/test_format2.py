@@ -524,6 +524,50 @@ async def test_a_durable_update_of_a_split_entry_syncs_its_blobs_once(
         assert fs.fsyncs - before == 5 * 2
 
 
+async def test_a_blob_file_made_again_by_another_process_is_synced_again(tmp_path: Path) -> None:
+    """What this process synced is a file (its signature), not a digest: a blob removed and
+    made again without fsync by another process is fsynced by the next durable write."""
+    path = tmp_path / "sessions.json"
+    key, entry = next(iter(sized_sessions(1, 121_000, seed=16).items()))
+    fs = _CountingFS()
+    async with aiosessions.open_store(
+        path, entry_type=dict, fsync=True, flush_interval=0, filesystem=fs
+    ) as store:
+        await store.set(key, entry)
+        await store.update(key, lambda e: {**e, "updatedAt": 1})
+        before = fs.fsyncs
+        await store.update(key, lambda e: {**e, "updatedAt": 2})
+        assert fs.fsyncs - before == 2  # meta.json and its folder: the blobs are synced
+        # Another process deletes the session and writes it again, without fsync.
+        async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as other:
+            await other.delete(key)
+            await other.flush()
+            await other.set(key, {**entry, "updatedAt": 3})
+        blobs = len(blobs_in(folder_of(path, key)))
+        before = fs.fsyncs
+        await store.update(key, lambda e: {**e, "updatedAt": 4})
+        assert fs.fsyncs - before == blobs + 1 + 2  # each blob, their folder, meta.json and its folder
+
+
+async def test_a_new_blob_file_is_fsynced_even_with_fsync_off(tmp_path: Path) -> None:
+    """A new blob gets a new name, which ext4's auto_da_alloc does not cover: without an fsync
+    a power cut could bring it back empty under a meta.json that names it."""
+    path = tmp_path / "sessions.json"
+    key, entry = next(iter(sized_sessions(1, 121_000, seed=17).items()))
+    fs = _CountingFS()
+    async with aiosessions.open_store(path, entry_type=dict, filesystem=fs, **OPTIONS) as store:
+        await store.set("other", {"n": 1})  # the store and its lock files are made
+        await store.flush()
+        before = fs.fsyncs
+        await store.set(key, entry)
+        await store.flush()
+        blobs = len(blobs_in(folder_of(path, key)))
+        assert blobs >= 2 and fs.fsyncs - before == blobs  # each blob file once; not meta.json
+        await store.update(key, lambda e: {**e, "updatedAt": 1})
+        await store.flush()
+        assert fs.fsyncs - before == blobs  # blobs kept: nothing synced
+
+
 class _ReadOnlyFS(aiosessions.FileSystem):
     """A filesystem that may only be read (EROFS for everything that would change it)."""
 

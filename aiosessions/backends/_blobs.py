@@ -8,9 +8,12 @@
   they were stored as, and the digests of their parts. Compare-and-swap then compares
   ``meta.json`` (a kilobyte or two) instead of the whole entry, and a write hashes a
   large member only when its bytes differ from the last ones of that name.
-- **Per key, the digests this process made durable** in the session's folder, kept apart
-  from the entries (a few hundred bytes a key, :data:`SYNCED_KEYS` keys): a durable write
-  naming them again does not fsync them again, even after the entry left the cache.
+- **Per key, the blob files this process made durable** in the session's folder, each by
+  its digest and the file's signature (inode, size, mtime) when synced, kept apart from the
+  entries (a few hundred bytes a key, :data:`SYNCED_KEYS` keys): a durable write naming
+  the same file again does not fsync it again, even after the entry left the cache. A
+  file of that digest made since (by another process, after a sweep or a delete, or by
+  this one without fsync) has another signature, so it is synced again.
 
 The first two are bounded by bytes (LRU); all three are shared by the writer threads of a
 batch and the event loop, so every method takes a lock (held for dictionary operations only).
@@ -20,7 +23,10 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from .._fs import Signature
 
 __all__ = ["SYNCED_KEYS", "Blobs", "Known"]
 
@@ -48,7 +54,7 @@ class Blobs:
         self._blob_bytes = 0
         self._known: OrderedDict[str, Known] = OrderedDict()
         self._known_bytes = 0
-        self._synced: OrderedDict[str, frozenset[str]] = OrderedDict()
+        self._synced: OrderedDict[str, Mapping[str, Signature]] = OrderedDict()
 
     # -- blobs ----------------------------------------------------------------------------
 
@@ -121,23 +127,17 @@ class Blobs:
 
     # -- what this process made durable ---------------------------------------------------
 
-    def synced(self, key: str) -> frozenset[str]:
-        """The digests of the key's blobs this process fsynced (with their folder)."""
+    def synced(self, key: str) -> Mapping[str, Signature]:
+        """``{digest: signature}`` of the key's blob files this process fsynced (with their
+        folder); a file of that name with another signature is another file."""
         with self._lock:
-            return self._synced.get(key, frozenset())
+            return self._synced.get(key, {})
 
-    def unsynced(self, key: str, digest: str) -> None:
-        """The key's blob ``digest`` was written again without fsync."""
-        with self._lock:
-            found = self._synced.get(key)
-            if found is not None and digest in found:
-                self._synced[key] = found - {digest}
-
-    def set_synced(self, key: str, digests: frozenset[str]) -> None:
-        """The key's blobs now named are ``digests``, all durable (empty: forget them)."""
+    def set_synced(self, key: str, files: Mapping[str, Signature]) -> None:
+        """The key's blobs now named are ``files``, all durable (empty: forget them)."""
         with self._lock:
             self._synced.pop(key, None)
-            if digests:
-                self._synced[key] = digests
+            if files:
+                self._synced[key] = files
                 if len(self._synced) > SYNCED_KEYS:
                     self._synced.popitem(last=False)

@@ -824,7 +824,7 @@ class DirectoryBackend:
                 self._remove_tmp_files(name, folder)
             if is_shortened(name):
                 self._write_key_file(write.key, name, folder, False)  # made durable by the barrier
-            meta = self._write_parts_sync(write.key, write.data, folder, durable=False)  # the barrier too
+            meta, _ = self._write_parts_sync(write.key, write.data, folder, durable=False, barrier=True)
             tmp, signature = fs.write_tmp(META, meta, dir_fd=folder)
         finally:
             fs.close(folder)
@@ -896,7 +896,7 @@ class DirectoryBackend:
                             fs.close(folder)
                         assert item.signature is not None and item.write.data is not None
                         signatures[key] = item.signature
-                        self._remember_written(key, item.write.data, item.meta, synced=False)
+                        self._remember_written(key, item.write.data, item.meta, synced=None)
                 except OSError as exc:
                     if item.tmp is not None:
                         self._discard_tmp(item)
@@ -1027,59 +1027,71 @@ class DirectoryBackend:
         result.conflicts[key] = current
         return False
 
-    def _write_parts_sync(self, key: str, data: bytes, folder: int, *, durable: bool) -> bytes:
-        """Write the blobs of ``data`` that the session folder lacks; return its ``meta.json``.
+    def _write_parts_sync(
+        self, key: str, data: bytes, folder: int, *, durable: bool, barrier: bool = False
+    ) -> tuple[bytes, dict[str, Signature]]:
+        """Write the blobs of ``data`` that the session folder lacks; return its ``meta.json``
+        and, when ``durable``, ``{digest: signature}`` of the blob files it names (all durable).
 
         A large member is hashed only when its bytes differ from its last stored value
         (``_parts.split``'s hints). With ``durable``, every blob the new ``meta.json`` names
         is durable, its folder entry included, before this returns: new ones are fsynced
-        before their rename, existing ones this process has not synced are fsynced, then
-        the folder once. A blob file whose size is wrong (cut short by a crash without
-        fsync) is written again.
+        before their rename, existing ones this process has not synced (that file: same
+        signature) are fsynced, then the folder once. A blob file whose size is wrong (cut
+        short by a crash without fsync) is written again.
+
+        A new blob file is fsynced before its rename even when not ``durable`` (not on the
+        ``barrier`` path, whose ``syncfs`` comes before any ``meta.json`` is renamed): it
+        gets a new name, which ext4's ``auto_da_alloc`` does not cover (only a rename over
+        an existing file), so after a power cut the ``meta.json`` renamed later over its old
+        one could name a blob that came back empty. One fsync per new content, ~0.4 ms.
         """
         if self._version < 2:
-            return data
+            return data, {}
         meta, blobs = split(data, self._blobs.hints(key))
         if not blobs:
-            return meta
+            return meta, {}
         fs = self._fs
-        synced = self._blobs.synced(key) if durable else frozenset()
+        synced = self._blobs.synced(key) if durable else {}
+        files: dict[str, Signature] = {}
         sync_folder = False
         for digest, blob in blobs.items():
             file = blob_name(digest)
             try:
-                size = fs.stat(file, dir_fd=folder).st_size
+                st: os.stat_result | None = fs.stat(file, dir_fd=folder)
             except FileNotFoundError:
-                size = -1
-            if size != len(blob):
-                if not durable:
-                    # A new file (the old one was swept, or cut short): not synced, whatever
-                    # this process did with an earlier file of that name.
-                    self._blobs.unsynced(key, digest)
-                fs.write_atomic(file, blob, dir_fd=folder, durable=durable, sync_dir=False)
+                st = None
+            if st is None or st.st_size != len(blob):
+                files[digest] = fs.write_atomic(
+                    file, blob, dir_fd=folder, durable=durable or not barrier, sync_dir=False
+                )
                 sync_folder = durable
-            elif durable and digest not in synced:
-                fs.fsync_file(file, dir_fd=folder)
-                sync_folder = True
+            else:
+                files[digest] = Signature.of(st)
+                if durable and synced.get(digest) != files[digest]:
+                    fs.fsync_file(file, dir_fd=folder)
+                    sync_folder = True
             self._blobs.put(digest, blob)
         if sync_folder:
             fs.fsync(folder)
-        return meta
+        return meta, files if durable else {}
 
-    def _remember_written(self, key: str, data: bytes, meta: bytes, *, synced: bool) -> None:
-        """Remember what ``key`` now holds; ``synced``: a durable write made its blobs durable.
+    def _remember_written(
+        self, key: str, data: bytes, meta: bytes, *, synced: dict[str, Signature] | None
+    ) -> None:
+        """Remember what ``key`` now holds; ``synced``: the blob files a durable write made
+        durable (None: the write was not durable).
 
-        A write that was not durable leaves the synced digests as they were: a blob this
-        process synced stays synced (it is never rewritten; one written again because its
-        file was gone was dropped from them by :meth:`_write_parts_sync`).
+        A write that was not durable leaves the synced files as they were: a blob file this
+        process synced stays synced until it is replaced (then its signature differs).
         """
         if self._version < 2:
             return
         parts = references(meta) if meta is not data else None
         named = () if parts is None else tuple((n, d) for n, _, d in parts)
         self._blobs.remember(key, Known(data, meta, named))
-        if synced:
-            self._blobs.set_synced(key, frozenset(d for _, d in named))
+        if synced is not None:
+            self._blobs.set_synced(key, synced)
 
     def _apply_sync(
         self, write: Write, result: BatchResult, signatures: dict[str, Signature], durable: bool
@@ -1122,10 +1134,10 @@ class DirectoryBackend:
                 self._remove_tmp_files(name, folder)
             if is_shortened(name):
                 self._write_key_file(write.key, name, folder, durable)
-            meta = self._write_parts_sync(write.key, write.data, folder, durable=durable)
+            meta, files = self._write_parts_sync(write.key, write.data, folder, durable=durable)
             try:
                 signatures[write.key] = fs.write_atomic(META, meta, dir_fd=folder, durable=durable)
-                self._remember_written(write.key, write.data, meta, synced=durable)
+                self._remember_written(write.key, write.data, meta, synced=files if durable else None)
             except UnsyncedError as exc:
                 result.unsynced[write.key] = io_error(
                     exc, "syncing", key=write.key, path=self.location(write.key)
