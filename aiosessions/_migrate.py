@@ -702,6 +702,14 @@ async def _read_all(
                     unreadable.append(error)
                     continue
                 entries[key] = msgspec.Raw(data)
+        # Sessions that read as absent were deleted while listing, or the whole folder went (a
+        # store of version 1 moved forward by another process): then fail, never a partial backup.
+        if await anyio.to_thread.run_sync(backend.replaced_sync):
+            raise StoreFormatError(
+                f"the session store {paths.directory} was replaced while it was exported (moved "
+                "forward to a new format version by another process?); nothing was exported: "
+                "run the export again"
+            )
     finally:
         await backend.aclose()
     if unreadable:
@@ -761,7 +769,9 @@ async def export_json(
     :raises CorruptSessionError: sessions cannot be read (a ``meta.json`` that is
         not a JSON object) and no ``on_corrupt`` was given; the message names them
         and nothing is written (run ``aiosessions fsck --repair`` first).
-    :raises StoreFormatError: there is no store at ``path``.
+    :raises StoreFormatError: there is no store at ``path``, or its folder was replaced
+        while it was read (another process moved a store of format version 1 forward):
+        nothing was written, run it again.
     :raises StoreIOError: the disk failed.
     """
     paths = StorePaths.of(path)

@@ -266,6 +266,36 @@ async def test_a_version_1_store_is_read_as_it_is_by_a_reader_that_writes_nothin
         await backend.aclose()
 
 
+async def test_an_export_of_a_version_1_store_moved_forward_meanwhile_fails_instead_of_being_partial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export reads the old folder it opened; once another process moved the store forward
+    (the old folder removed), its sessions read as absent: an error, not a partial backup."""
+    path = tmp_path / "sessions.json"
+    entries = {f"k{n:04}": {"n": n} for n in range(1_200)}  # more than one chunk of keys
+    build_v1_store(path, entries)
+    read_many = DirectoryBackend.read_many
+    chunks = 0
+
+    async def read_then_upgrade(self: DirectoryBackend, keys: Any) -> Any:
+        nonlocal chunks
+        found = await read_many(self, keys)
+        chunks += 1
+        if chunks == 1:  # between the first chunk and the next: another process's open
+            async with aiosessions.open_store(path, entry_type=dict, **OPTIONS):
+                pass
+        return found
+
+    monkeypatch.setattr(DirectoryBackend, "read_many", read_then_upgrade)
+    out = tmp_path / "export.json"
+    with pytest.raises(StoreFormatError, match="replaced while it was exported"):
+        await aiosessions.export_json(path, out)
+    assert not out.exists()  # the listing of the removed folder may even have ended early
+    assert (path.with_name("sessions.d") / "FORMAT").read_bytes() == encode_format()
+    monkeypatch.setattr(DirectoryBackend, "read_many", read_many)
+    assert await aiosessions.export_json(path, out) == len(entries)
+
+
 async def test_an_upgrade_cut_between_its_two_renames_is_finished_by_the_next_open(
     tmp_path: Path, openclaw_sessions: dict[str, Any]
 ) -> None:

@@ -214,6 +214,18 @@ class DirectoryBackend:
 
     # -- lifecycle -------------------------------------------------------------------
 
+    def replaced_sync(self) -> bool:
+        """Whether the store folder this backend opened is no longer the one at its path
+        (blocking): another process moved the store forward (the old folder went to its
+        trash and was removed), or replaced it. A backend opened with ``upgrade=False``
+        keeps reading the old folder, whose sessions then read as absent."""
+        opened = self._fs.fstat(self._root)
+        try:
+            now = self._fs.stat(str(self.paths.directory))
+        except FileNotFoundError:
+            return True
+        return (opened.st_dev, opened.st_ino) != (now.st_dev, now.st_ino)
+
     def location(self, key: str | None = None) -> str:
         if key is None:
             return str(self.paths.directory)
