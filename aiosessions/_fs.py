@@ -428,6 +428,12 @@ class FileSystem:
         finally:
             self.close(fd)
 
+    def readlink(self, name: str, *, dir_fd: int) -> str:
+        return os.readlink(name, dir_fd=dir_fd)
+
+    def symlink(self, target: str, name: str, *, dir_fd: int) -> None:
+        os.symlink(target, name, dir_fd=dir_fd)
+
     def remove_tree(self, name: str, *, dir_fd: int) -> None:
         """Remove a directory and everything in it, never following a symlink."""
         try:

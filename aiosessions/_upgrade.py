@@ -10,9 +10,10 @@ crash at any instant leaves one authoritative store:
    small ``meta.json`` and its blobs (``_parts``), its ``key`` file copied, every file and
    folder fsynced, the FORMAT marker (version 2) last;
    the old store's ``.quarantine`` (never deleted) is moved in first, and a session whose
-   ``meta.json`` cannot be read as a file (a folder, a FIFO) is moved into it; so is, under
-   ``format-1-<hex>/``, whatever else the old store holds (stray files and symlinks, unknown
-   dot-folders, other files of a session folder): the old tree is removed afterwards;
+   ``meta.json`` cannot be read as a file (a folder, a FIFO) is moved into it; whatever else
+   the old store holds (stray files and symlinks, unknown dot-folders, other files of a
+   session folder) is copied into it, under ``format-1-<hex>/`` (named in ``.leftovers`` of
+   the staging folder first), since the old tree is removed afterwards;
 3. carry ``.migration.json`` across (the recency index is derived: built again);
 4. rename the old ``<stem>.d`` into the new store's ``.trash/`` and the staging folder to
    ``<stem>.d``, fsyncing the parent folder after each; then remove the old store.
@@ -20,7 +21,7 @@ crash at any instant leaves one authoritative store:
 Between the two renames of step 4 there is no ``<stem>.d``; a sealed staging folder (its
 FORMAT marker is version 2) is then the store, and the next upgrade or open finishes the
 rename. A staging folder that is not sealed is removed and built again (after handing a
-``.quarantine`` it took back to the old store).
+``.quarantine`` it took back to the old store, without the copies it made).
 
 Processes of a release that only knows version 1 do not know about this: stop them first.
 (A write of theirs after the upgrade fails, since their store folder is gone.)
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import secrets
+import stat as stat_module
 
 from ._errors import StoreFormatError
 from ._fs import FileSystem, NotRegularFileError, TooLargeError, is_tmp_name
@@ -64,10 +66,12 @@ __all__ = ["NotWritableError", "older_version", "upgrade_format"]
 #: store's ``.quarantine/`` that keeps what the upgrade does not carry over.
 OLD_PREFIX = "format-1-"
 #: The names at the top of a version-1 store folder the upgrade carries over or builds again
-#: (the trash and the recency index are dropped). Anything else there is not lost: it is moved
+#: (the trash and the recency index are dropped). Anything else there is not lost: it is copied
 #: into ``.quarantine/format-1-<hex>/``, as is any file of a session folder other than these:
 _KNOWN_TOP = frozenset({FORMAT_FILE, LOCKS, TRASH, QUARANTINE, RECORD, SWEPT, INDEX_DIR})
 _KNOWN_IN_SESSION = frozenset({META, KEY_FILE})
+#: In the staging folder: the name of that folder of the quarantine, for a take-back to drop.
+LEFTOVERS = ".leftovers"
 
 
 class NotWritableError(OSError):
@@ -173,8 +177,8 @@ def _upgrade_locked(paths: StorePaths, fs: FileSystem, parent: int, held: list[i
             ensure_store_dirs(fs, new)
             if exists(fs, QUARANTINE, dir_fd=old):
                 fs.rename(QUARANTINE, QUARANTINE, src_dir_fd=old, dst_dir_fd=new)
+                fs.fsync(new)  # where it went first: never in neither after a power cut
                 fs.fsync(old)
-                fs.fsync(new)
             leftovers = _Leftovers(fs, new, f"{OLD_PREFIX}{secrets.token_hex(8)}")
             try:
                 for name in fs.listdir(old):
@@ -193,8 +197,6 @@ def _upgrade_locked(paths: StorePaths, fs: FileSystem, parent: int, held: list[i
                             fs.rename(name, name, src_dir_fd=old, dst_dir_fd=quarantine)
                         finally:
                             fs.close(quarantine)
-                if leftovers.taken:
-                    fs.fsync(old)
             finally:
                 leftovers.close()
             found = fs.read_file(RECORD, dir_fd=old)
@@ -203,6 +205,7 @@ def _upgrade_locked(paths: StorePaths, fs: FileSystem, parent: int, held: list[i
             fs.write_new(SWEPT, b"", dir_fd=new, durable=False)
             fs.fsync(new)
             fs.write_atomic(FORMAT_FILE, encode_format(), dir_fd=new, durable=True)
+            fs.discard(LEFTOVERS, dir_fd=new)  # sealed: no take-back any more
             trash = fs.open_dir(TRASH, dir_fd=new)
             try:
                 doomed = f"{OLD_PREFIX}{secrets.token_hex(8)}"
@@ -227,13 +230,22 @@ def _upgrade_locked(paths: StorePaths, fs: FileSystem, parent: int, held: list[i
 
 
 def _take_back_quarantine(fs: FileSystem, parent: int, staging: str, old: int) -> None:
-    """An upgrade that died after moving the quarantine into its staging folder: move it back."""
+    """An upgrade that died after moving the quarantine into its staging folder: move it back,
+    without the copies it made of what it does not carry over (the old tree still holds them)."""
     try:
         new = fs.open_dir(staging, dir_fd=parent)
     except OSError:
         return
     try:
         if exists(fs, QUARANTINE, dir_fd=new) and not exists(fs, QUARANTINE, dir_fd=old):
+            copies = fs.read_file(LEFTOVERS, dir_fd=new, max_bytes=256)
+            if copies is not None and copies[0]:
+                quarantine = fs.open_dir(QUARANTINE, dir_fd=new)
+                try:
+                    fs.remove_tree(copies[0].decode(), dir_fd=quarantine)
+                    fs.fsync(quarantine)
+                finally:
+                    fs.close(quarantine)
             fs.rename(QUARANTINE, QUARANTINE, src_dir_fd=new, dst_dir_fd=old)
             fs.fsync(old)
     finally:
@@ -241,10 +253,12 @@ def _take_back_quarantine(fs: FileSystem, parent: int, staging: str, old: int) -
 
 
 class _Leftovers:
-    """``.quarantine/<name>/`` of the staging store, made at the first thing moved into it:
-    what the old store held that the upgrade does not carry over, kept for the operator
-    (session files under ``<session>/``). Inside the quarantine, it goes back to the old
-    store with it when the upgrade dies before the seal (:func:`_take_back_quarantine`)."""
+    """``.quarantine/<name>/`` of the staging store, made at the first thing copied into it:
+    what the old store holds that the upgrade does not carry over, kept for the operator
+    (session files under ``<session>/``). Copied, not moved: the old tree keeps it until it
+    is removed after the seal, so a power cut at any moment loses nothing (a rename between
+    two folders is durable only once both are synced). Copies of an upgrade that died before
+    its seal are dropped with its staging folder (:func:`_take_back_quarantine`)."""
 
     def __init__(self, fs: FileSystem, new: int, name: str) -> None:
         self.fs, self.new, self.name = fs, new, name
@@ -257,11 +271,15 @@ class _Leftovers:
             return fd
         fs = self.fs
         if not self._folders:
+            # Its name first, where a take-back finds it (before it is made: never one unnamed).
+            fs.write_new(LEFTOVERS, self.name.encode(), dir_fd=self.new, durable=True)
+            fs.fsync(self.new)
             fs.ensure_dir(QUARANTINE, dir_fd=self.new)
             quarantine = fs.open_dir(QUARANTINE, dir_fd=self.new)
             try:
                 fs.mkdir(self.name, dir_fd=quarantine)
                 self._folders[""] = fs.open_dir(self.name, dir_fd=quarantine)
+                fs.fsync(quarantine)
             finally:
                 fs.close(quarantine)
             if not session:
@@ -272,12 +290,12 @@ class _Leftovers:
         return fd
 
     def take(self, source: int, name: str, session: str = "") -> None:
-        """Move ``name`` of the folder ``source`` (the old store, or its session folder ``session``)."""
-        self.fs.rename(name, name, src_dir_fd=source, dst_dir_fd=self._folder(session))
+        """Copy ``name`` of the folder ``source`` (the old store, or its session folder ``session``)."""
+        _copy_aside(self.fs, source, name, self._folder(session))
         self.taken += 1
 
     def close(self) -> None:
-        """fsync what was made (before the seal: a power cut must not undo a move after it)."""
+        """fsync the folders made (before the seal)."""
         try:
             for fd in reversed(self._folders.values()):
                 self.fs.fsync(fd)
@@ -291,17 +309,38 @@ class _Leftovers:
                     pass
 
 
+def _copy_aside(fs: FileSystem, source: int, name: str, dest: int) -> None:
+    """Copy ``name`` of the folder ``source`` into ``dest``: a file (fsynced), a symlink, or a
+    folder with what it holds (fsynced); a FIFO, socket or device holds nothing to keep."""
+    mode = fs.stat(name, dir_fd=source).st_mode
+    if stat_module.S_ISREG(mode):
+        found = fs.read_file(name, dir_fd=source)
+        if found is not None:
+            fs.write_new(name, found[0], dir_fd=dest, durable=True)
+    elif stat_module.S_ISLNK(mode):
+        fs.symlink(fs.readlink(name, dir_fd=source), name, dir_fd=dest)
+    elif stat_module.S_ISDIR(mode):
+        fs.mkdir(name, dir_fd=dest)
+        inner, copy = fs.open_dir(name, dir_fd=source), -1
+        try:
+            copy = fs.open_dir(name, dir_fd=dest)
+            for each in fs.listdir(inner):
+                _copy_aside(fs, inner, each, copy)
+            fs.fsync(copy)
+        finally:
+            fs.close(inner)
+            if copy >= 0:
+                fs.close(copy)
+
+
 def _copy_session(fs: FileSystem, old: int, new: int, name: str, leftovers: _Leftovers) -> None:
     """Copy one session folder into the staging store, its entry split (files fsynced); move
     its other files (not tmp files: writes in flight of a dead process) into ``leftovers``."""
     source = fs.open_dir(name, dir_fd=old)
     try:
-        taken = leftovers.taken
         for extra in fs.listdir(source):
             if extra not in _KNOWN_IN_SESSION and not is_tmp_name(extra):
                 leftovers.take(source, extra, name)
-        if leftovers.taken != taken:
-            fs.fsync(source)
         found = fs.read_file(META, dir_fd=source)
         if found is None:
             return  # a creation that died before its meta.json: nothing else to keep

@@ -355,18 +355,23 @@ async def test_an_upgrade_keeps_what_it_does_not_carry_over_in_the_quarantine(tm
     assert os.listdir(directory / ".trash") == []
 
 
-async def test_what_an_upgrade_moved_aside_goes_back_with_the_quarantine_when_it_is_built_again(
-    tmp_path: Path,
-) -> None:
+async def test_an_upgrade_built_again_keeps_one_copy_of_what_it_does_not_carry_over(tmp_path: Path) -> None:
     path = tmp_path / "sessions.json"
     directory = build_v1_store(path, {"k": {"n": 1}})
+    (directory / "notes.txt").write_bytes(b"operator notes")
     staging = tmp_path / ".sessions.d.staging"
-    # An upgrade that died after moving a stray file into its staging quarantine.
+    # An upgrade that died before its seal: the old quarantine moved in, a copy half made.
     (staging / ".quarantine" / "format-1-00").mkdir(parents=True)
-    (staging / ".quarantine" / "format-1-00" / "notes.txt").write_bytes(b"operator notes")
+    (staging / ".quarantine" / "kept").write_bytes(b"evidence")
+    (staging / ".quarantine" / "format-1-00" / "notes.txt").write_bytes(b"oper")
+    (staging / ".leftovers").write_bytes(b"format-1-00")
     async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
         assert await store.get("k") == {"n": 1}
-    assert (directory / ".quarantine" / "format-1-00" / "notes.txt").read_bytes() == b"operator notes"
+    quarantine = directory / ".quarantine"
+    assert (quarantine / "kept").read_bytes() == b"evidence"
+    (copy,) = quarantine.glob("format-1-*")
+    assert copy.name != "format-1-00" and (copy / "notes.txt").read_bytes() == b"operator notes"
+    assert not (directory / ".leftovers").exists()
 
 
 # -- blobs no meta.json names: the sweep and fsck ------------------------------------------

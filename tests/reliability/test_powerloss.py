@@ -27,6 +27,7 @@ import pytest
 
 import aiosessions
 from aiosessions import SessionStoreError
+from aiosessions._keys import encode_key
 from aiosessions.backends import _directory
 
 from .._v1_store import build_v1_store
@@ -230,12 +231,16 @@ async def test_power_loss_while_a_version_1_store_is_moved_forward(
     tmp_path: Path, scale: Scale, seed: int
 ) -> None:
     """The power goes at a random call of the upgrade (an open of a version-1 store): the next
-    open finds every entry, whole, and leaves a version-2 store."""
+    open finds every entry, whole, and leaves a version-2 store; what the upgrade does not carry
+    over (a stray file, a session folder's extra file) is in its quarantine, once."""
     rng = random.Random(seed)
     entries = {key: value(key, n) for n, key in enumerate(KEYS, start=1)}  # split and whole ones
     template = tmp_path / "template"
     template.mkdir()
-    build_v1_store(template / "sessions.json", entries)
+    old = build_v1_store(template / "sessions.json", entries)
+    strays = {"notes.txt": b"operator notes", "attachment.bin": b"a session's extra file"}
+    (old / "notes.txt").write_bytes(strays["notes.txt"])
+    (old / encode_key(KEYS[0]) / "attachment.bin").write_bytes(strays["attachment.bin"])
     probe = tmp_path / "probe"
     shutil.copytree(template, probe)
     fs = PowerLossFS(probe)
@@ -265,6 +270,9 @@ async def test_power_loss_while_a_version_1_store_is_moved_forward(
         marker = json.loads((work / "sessions.d" / "FORMAT").read_bytes())
         assert marker["version"] == 2, where
         assert disk_state(work / "sessions.json", "directory") == entries, where
+        for name, data in strays.items():
+            (kept,) = (work / "sessions.d" / ".quarantine").glob(f"format-1-*/**/{name}")
+            assert kept.read_bytes() == data, where
     record(
         "power_loss_upgrade",
         scale=scale.name,
