@@ -434,8 +434,12 @@ class FileSystem:
     def symlink(self, target: str, name: str, *, dir_fd: int) -> None:
         os.symlink(target, name, dir_fd=dir_fd)
 
-    def remove_tree(self, name: str, *, dir_fd: int) -> None:
-        """Remove a directory and everything in it, never following a symlink."""
+    def remove_tree(self, name: str, *, dir_fd: int, first: tuple[str, ...] = ()) -> None:
+        """Remove a directory and everything in it, never following a symlink.
+
+        :param first: names in the directory to remove before the others (in any order
+            a power cut may make some of the removals durable and not others).
+        """
         try:
             sub = self.open_dir(name, dir_fd=dir_fd)
         except FileNotFoundError:
@@ -447,7 +451,7 @@ class FileSystem:
             return
         try:
             with self.scandir(sub) as scan:
-                entries = list(scan)
+                entries = sorted(scan, key=lambda entry: entry.name not in first)
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
                     self.remove_tree(entry.name, dir_fd=sub)

@@ -607,3 +607,29 @@ async def test_a_session_whose_meta_json_is_not_a_file_can_be_deleted(
         assert not (tmp_path / "sessions.d" / encode_key(key)).exists()
     assert outside.read_text() == '{"sessionId": "not the store\'s"}'
     assert os.listdir(tmp_path / "sessions.d" / ".trash") == []
+
+
+async def test_a_deleted_sessions_meta_json_goes_before_its_other_files(tmp_path: Path) -> None:
+    """Until a delete's rename into the trash is durable, a power cut may bring the folder back
+    with some of its removals durable: meta.json goes first, so it is whole or absent, never a
+    meta.json without its key file (a power-loss run found one on the barrier path)."""
+    from aiosessions._fs import FileSystem
+
+    removed: list[str] = []
+
+    class Recording(FileSystem):
+        def unlink(self, path: str, *, dir_fd: int | None = None) -> None:
+            removed.append(path)
+            super().unlink(path, dir_fd=dir_fd)
+
+    key = "agent:main:telegram:group:" + "x" * 300  # a shortened name: a key file beside meta.json
+    path = tmp_path / "sessions.json"
+    async with aiosessions.open_store(path, filesystem=Recording(), fsync=False, entry_type=dict) as store:
+        await store.set(key, {"sessionId": "s", "blob": "b" * 20_000})  # and a blob file
+        await store.flush()
+        removed.clear()
+        await store.delete(key)
+        await store.flush()
+    in_folder = [name for name in removed if not name.startswith(".")]
+    assert in_folder[0] == "meta.json" and "key" in in_folder
+    assert any(name.startswith("blob-") for name in in_folder)

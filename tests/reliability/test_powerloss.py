@@ -167,7 +167,8 @@ CONFIGS = [
     for through in (True, False)
 ] + [
     # Durable directory batches made durable by the syncfs barrier (every batch, forced). Soak
-    # only while the barrier is switched off: one CI-size run lost a `key` file on this path.
+    # only while the barrier is switched off (a run found a meta.json without its `key` file
+    # on this path: deletes now remove meta.json first, see docs/durability.md).
     pytest.param(
         "directory",
         True,
