@@ -16,10 +16,12 @@ from typing import Any
 
 import msgspec
 
+from . import _parts
+
 __all__ = ["MemberSplits", "Split", "changed", "current", "split"]
 
-#: The top-level members of an encoded entry. :raises msgspec.DecodeError: not a JSON object.
-split = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+#: The top-level members of an encoded entry (the format's own splitter of members).
+split = _parts.members
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 

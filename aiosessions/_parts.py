@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-__all__ = ["BLOB_MIN", "ENTRY_MIN", "PARTS", "join", "references", "split"]
+__all__ = ["BLOB_MIN", "ENTRY_MIN", "PARTS", "join", "members", "references", "split"]
 
 #: A member at least this large (its encoded JSON value) is stored apart ...
 BLOB_MIN = 8 * 1024
@@ -34,7 +34,8 @@ ENTRY_MIN = 16 * 1024
 PARTS = "$parts"
 _PARTS_BYTES = b'"' + PARTS.encode() + b'"'
 
-_members = msgspec.json.Decoder(dict[str, msgspec.Raw])
+#: The top-level members of an encoded entry, as slices. :raises msgspec.DecodeError: not an object.
+members = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 _parts = msgspec.json.Decoder(list[tuple[str, int, str]])
 _encoder = msgspec.json.Encoder()
 
@@ -51,13 +52,13 @@ def split(
     if len(data) < ENTRY_MIN and _PARTS_BYTES not in data:
         return data, {}
     try:
-        members = _members.decode(data)
+        slices = members(data)
     except msgspec.DecodeError:
         return data, {}  # not a JSON object (an array-like Struct): kept whole
     small: dict[str, object] = {}
     parts: list[tuple[str, int, str]] = []
     blobs: dict[str, bytes] = {}
-    for position, (name, raw) in enumerate(members.items()):
+    for position, (name, raw) in enumerate(slices.items()):
         if name == PARTS or (len(data) >= ENTRY_MIN and len(raw) >= BLOB_MIN):
             blob = bytes(raw)
             last = None if known is None else known.get(name)
@@ -80,10 +81,9 @@ def references(meta: bytes) -> list[tuple[str, int, str]] | None:
     if _PARTS_BYTES not in meta:
         return None
     try:
-        members = _members.decode(meta)
+        raw = members(meta).get(PARTS)
     except msgspec.DecodeError:
         return None
-    raw = members.get(PARTS)
     return None if raw is None else _parts.decode(raw)
 
 
@@ -95,12 +95,12 @@ def join(meta: bytes, blobs: Mapping[str, bytes]) -> bytes:
     """
     if _PARTS_BYTES not in meta:
         return meta
-    members = _members.decode(meta)
-    raw = members.pop(PARTS, None)
+    slices = members(meta)
+    raw = slices.pop(PARTS, None)
     if raw is None:
         return meta
     parts = _parts.decode(raw)
-    ordered = list(members.items())
+    ordered = list(slices.items())
     for name, position, digest in sorted(parts, key=lambda part: part[1]):
         ordered.insert(position, (name, msgspec.Raw(blobs[digest])))
     return _encoder.encode(dict(ordered))
