@@ -1076,6 +1076,10 @@ async def measure_write_cost(settings: WriteCostSettings, progress: Progress, fo
                 )
                 if name == "write-behind":
                     # The same change naming the members it touches: the rest is not decoded.
+                    # Like the update above, it starts from sessions on disk, not from the
+                    # changes that update left pending (a session whose last change came from
+                    # update() is split by a scan: its bytes were encoded whole).
+                    await store.flush()
 
                     async def update_members(i: int, store: Any = store, picks: list[str] = picks) -> None:
                         await store.update_members(picks[i], TOUCHED, touch(now_ms + i, 5))
@@ -1400,6 +1404,12 @@ async def measure_pair(
                 await c.get(update_keys[i])
 
             row["update"] = await timed(update, settings.samples, budget=budget, before=read)
+            if isinstance(contender, AiosessionsContender):
+                row.update(await _ways_to_update(contender.store, update_keys, settings.samples, now_ms))
+            else:
+                # The legacy store has one way: every update rewrites the file before it returns.
+                for measure in _UPDATE_WAYS:
+                    row[measure] = row["update"]
             await contender.flush()
         finally:
             await contender.close()
@@ -1446,6 +1456,33 @@ async def measure_pair(
         )
     results["bytes"] = size
     return results
+
+
+#: The other ways aiosessions updates a session, each against the legacy store's one update.
+_UPDATE_WAYS = ("update_members", "update_through", "update_members_through")
+
+
+async def _ways_to_update(store: Any, keys: Sequence[str], samples: int, now_ms: int) -> dict[str, Summary]:
+    """The same change by member (``update_members``) and written through (``durable=True``):
+    issue 14's rows, each after an untimed read of the session as the other updates."""
+
+    async def read(i: int) -> None:
+        await store.get(keys[i])
+
+    async def by_members(i: int, durable: bool = False) -> None:
+        await store.update_members(keys[i], TOUCHED, touch(now_ms + i, 5), durable=durable)
+
+    async def through(i: int) -> None:
+        await store.update(keys[i], touch(now_ms + i, 5), durable=True)
+
+    async def by_members_through(i: int) -> None:
+        await by_members(i, durable=True)
+
+    out = {}
+    for measure, call in zip(_UPDATE_WAYS, (by_members, through, by_members_through), strict=True):
+        await store.flush()  # each starts from sessions on disk, not from another's pending changes
+        out[measure] = await timed(call, samples, budget=30.0, before=read)
+    return out
 
 
 # -- opening a store (issue 9.9) ---------------------------------------------------------------
@@ -1535,6 +1572,9 @@ def open_rows(results: Sequence[dict[str, Any]]) -> list[list[str]]:
 _ROWS = (
     ("update one session, p50", "update", "p50", True),
     ("update one session, p99", "update", "p99", True),
+    ("update one session by member (update_members), p50", "update_members", "p50", True),
+    ("update one session written through (durable=True), p50", "update_through", "p50", True),
+    ("update one session by member written through, p50", "update_members_through", "p50", True),
     ("read one session cold, p50", "cold_read", "p50", True),
     ("mixed workload throughput", "mixed", "rate", False),
     ("event-loop lag p99 at {paced} ops/s", "lag", "p99", True),

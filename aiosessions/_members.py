@@ -5,13 +5,15 @@ members as ``msgspec.Raw`` slices (immutable, so never a mutable object shared w
 caller); the named members are decoded, the function's new values encoded, and the
 entry joined again from the slices, so a 120 KB member nobody touched is copied, not
 decoded and encoded. Splitting scans the whole entry once (~30 µs for 120 KB here), so
-the split of the bytes an update produced is kept for the next update of that key.
+the split of the bytes an update produced is kept for the next update of that key, and
+a backend that stores large members apart may hand over the split it knows already
+(``members_of``, see ``backends/_base.py``).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import msgspec
@@ -25,7 +27,9 @@ split = _parts.members
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
-Split = dict[str, msgspec.Raw]
+Split = Mapping[str, msgspec.Raw]
+#: A backend's ``members_of(key, data)``: the split of ``data`` if it knows it without a scan.
+KnownSplit = Callable[[str, bytes], "Split | None"]
 
 
 class MemberSplits:
@@ -35,8 +39,9 @@ class MemberSplits:
     stale: any other write of the key makes other bytes.
     """
 
-    def __init__(self, max_keys: int = 64) -> None:
+    def __init__(self, max_keys: int = 64, known: KnownSplit | None = None) -> None:
         self._max_keys = max_keys
+        self._known = known
         self._splits: OrderedDict[str, tuple[bytes, Split]] = OrderedDict()
 
     def of(self, key: str, data: bytes) -> Split:
@@ -50,7 +55,8 @@ class MemberSplits:
         if known is not None and (known[0] is data or known[0] == data):
             self._splits.move_to_end(key)
             return known[1]
-        return split(data)
+        from_backend = None if self._known is None else self._known(key, data)
+        return split(data) if from_backend is None else from_backend
 
     def remember(self, key: str, data: bytes, split: Split) -> None:
         """``split`` is what ``data`` (the new bytes of ``key``) was joined from."""

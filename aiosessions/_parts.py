@@ -24,7 +24,17 @@ from collections.abc import Mapping
 
 import msgspec
 
-__all__ = ["BLOB_MIN", "ENTRY_MIN", "PARTS", "join", "members", "references", "split"]
+__all__ = [
+    "BLOB_MIN",
+    "ENTRY_MIN",
+    "PARTS",
+    "join",
+    "join_members",
+    "joined_members",
+    "members",
+    "references",
+    "split",
+]
 
 #: A member at least this large (its encoded JSON value) is stored apart ...
 BLOB_MIN = 8 * 1024
@@ -93,14 +103,28 @@ def join(meta: bytes, blobs: Mapping[str, bytes]) -> bytes:
     Raises ``KeyError`` naming the digest of a blob missing from ``blobs``, and
     ``msgspec.DecodeError`` for a ``meta.json`` whose ``$parts`` is not this module's.
     """
+    return join_members(meta, blobs)[0]
+
+
+def join_members(meta: bytes, blobs: Mapping[str, bytes]) -> tuple[bytes, dict[str, msgspec.Raw] | None]:
+    """:func:`join`, and the top-level members of the entry as slices in its order (None when
+    ``meta`` is whole): equal to ``members(join(meta, blobs))``, found by decoding ``meta``
+    (a kilobyte or two) instead of scanning the whole entry. Raises as :func:`join`."""
+    joined = joined_members(meta, blobs)
+    return (meta, None) if joined is None else (_encoder.encode(joined), joined)
+
+
+def joined_members(meta: bytes, blobs: Mapping[str, bytes]) -> dict[str, msgspec.Raw] | None:
+    """The top-level members of the entry ``meta`` and ``blobs`` make, without putting it
+    together (None when ``meta`` is whole). Raises as :func:`join`."""
     if _PARTS_BYTES not in meta:
-        return meta
+        return None
     slices = members(meta)
     raw = slices.pop(PARTS, None)
     if raw is None:
-        return meta
+        return None
     parts = _parts.decode(raw)
     ordered = list(slices.items())
     for name, position, digest in sorted(parts, key=lambda part: part[1]):
         ordered.insert(position, (name, msgspec.Raw(blobs[digest])))
-    return _encoder.encode(dict(ordered))
+    return dict(ordered)

@@ -113,7 +113,7 @@ class SessionStore(Generic[T]):
         #: The recency of pending changes, decoded once per value (for newest()).
         self._pending_recency = PendingRecency()
         #: The members of entries last changed by update_members (to skip splitting them again).
-        self._member_splits = members.MemberSplits()
+        self._member_splits = members.MemberSplits(known=getattr(backend, "members_of", None))
         self._closed = False
         # Reached its caller (who must close it): an unclosed store then warns.
         self._opened = False

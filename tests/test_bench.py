@@ -197,7 +197,7 @@ async def test_quick_run_measures_both_stores(tmp_path: Path) -> None:
     for run in results["runs"]:
         for name in ("legacy JSON", "aiosessions"):
             row = run["measures"][name]
-            for measure in ("update", "cold_read", "lag"):
+            for measure in ("update", "update_members", "update_through", "cold_read", "lag"):
                 assert row[measure].samples >= 3 and row[measure].p50 >= 0, (name, measure)
             assert row["mixed"].ops > 0 and row["mixed"].rate > 0
     text = report(results)
@@ -208,7 +208,7 @@ async def test_quick_run_measures_both_stores(tmp_path: Path) -> None:
     verdict = re.compile(rf"[\d,.]+{times} (better|worse)|about the same")
     rows = [line for line in text.splitlines() if line.startswith(("update ", "read ", "mixed ", "event-"))]
     ratios = [row.rsplit("  ", 1)[-1].strip() for row in rows]
-    assert len(ratios) == 12 and all(verdict.fullmatch(r) for r in ratios), ratios
+    assert len(ratios) == 2 * 9 and all(verdict.fullmatch(r) for r in ratios), ratios
     assert results["sessions"] == 24 and abs(results["bytes"] - 600_000) < 30_000
     # Opening, at two store sizes, beside the physical floor and the backend alone.
     assert [row["sessions"] for row in results["open"]] == [30, 300]
@@ -312,6 +312,9 @@ def test_a_row_where_aiosessions_is_behind_says_worse() -> None:
         timing = Summary.of([latency] * 5)
         return {
             "update": timing,
+            "update_members": timing,
+            "update_through": timing,
+            "update_members_through": timing,
             "cold_read": timing,
             "mixed": Summary.of([0.001] * 10, seconds=10 / rate),
             "lag": timing,

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aiosessions._bench import generate_sessions, sized_sessions
-from aiosessions._parts import BLOB_MIN, ENTRY_MIN, PARTS, join, references, split
+from aiosessions._parts import BLOB_MIN, ENTRY_MIN, PARTS, join, joined_members, references, split
+from aiosessions._parts import members as slices_of
 
 encode = msgspec.json.encode
 
@@ -74,5 +75,12 @@ def test_any_object_joins_back_to_the_same_bytes(members: dict[str, object], rng
     data = encode(members)
     meta, blobs = split(data)
     assert join(meta, blobs) == data
+    # The members found from meta.json and the blobs are the whole entry's, in its order.
+    joined = joined_members(meta, blobs)
+    if meta == data:
+        assert joined is None
+    else:
+        assert joined is not None
+        assert list(joined) == list(members) and joined == slices_of(data)
     if len(data) < ENTRY_MIN and PARTS not in members:
         assert meta == data

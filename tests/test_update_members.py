@@ -47,3 +47,85 @@ def test_current_members() -> None:
     members: Any = split(b'{"a":{"b":[1]},"c":null}')
     assert current(members, ["a", "c", "missing"]) == {"a": {"b": [1]}, "c": None}
     assert current(None, ["a"]) is None
+
+
+async def test_a_split_entry_is_changed_by_member_without_a_scan_of_the_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session stored split (format version 2) and read by a fresh store: update_members
+    starts from the members the backend knows (meta.json and blobs), not from a scan of the
+    121 KB entry, and changes it as a scan would."""
+    from aiosessions import _members
+    from aiosessions._bench import sized_sessions
+
+    path = tmp_path / "sessions.json"
+    sessions = sized_sessions(3, 121_000, seed=8)
+    async with aiosessions.open_store(path, entry_type=dict, fsync=False) as store:
+        for key, entry in sessions.items():
+            await store.set(key, entry)
+    scanned: list[int] = []
+
+    def counting_split(data: bytes) -> Any:
+        scanned.append(len(data))
+        return split(data)
+
+    monkeypatch.setattr(_members, "split", counting_split)
+    async with aiosessions.open_store(path, entry_type=dict, fsync=False, flush_interval=3600) as store:
+        for n, (key, entry) in enumerate(sessions.items()):
+            assert await store.get(key) == entry
+            new = {"updatedAt": n, "totalTokens": 7}
+            changed_to = await store.update_members(key, ["updatedAt", "totalTokens"], lambda m, new=new: new)
+            assert changed_to == new
+            entry.update(new)
+            assert await store.get(key) == entry
+            assert list(await store.get(key)) == list(entry)  # every member keeps its place
+        # Written by set() (not by member) and flushed: the backend found the members as it wrote.
+        for n, (key, entry) in enumerate(sessions.items()):
+            entry["label"] = f"set {n}"
+            await store.set(key, entry)
+        await store.flush()
+        for key, entry in sessions.items():
+            await store.update_members(key, ["totalTokens"], lambda m: {"totalTokens": 8})
+            entry["totalTokens"] = 8
+            assert await store.get(key) == entry
+    assert scanned == []
+    async with aiosessions.open_store(path, entry_type=dict, fsync=False) as store:
+        assert {key: await store.get(key) for key in sessions} == sessions
+
+
+async def test_the_backend_knows_the_members_only_of_the_entry_it_last_read_or_wrote(
+    tmp_path: Path,
+) -> None:
+    from aiosessions._bench import sized_sessions
+    from aiosessions.backends import DirectoryBackend
+    from aiosessions.backends._base import Write
+
+    [(key, entry)] = sized_sessions(1, 121_000, seed=9).items()
+    small_key, small = "small", {"a": 1}
+    backend = DirectoryBackend(tmp_path / "sessions.d")
+    await backend.open()
+    try:
+        data = msgspec.json.encode(entry)
+        small_data = msgspec.json.encode(small)
+        await backend.write_batch([Write(key, data), Write(small_key, small_data)], durable=False)
+        assert backend.members_of(key, data) == split(data)
+        assert list(backend.members_of(key, data) or ()) == list(entry)
+        assert backend.members_of(key, bytes(bytearray(data))) == split(data)  # an equal copy
+        assert backend.members_of(key, data.replace(b'"updatedAt":', b'"updatedAt": ')) is None
+        assert backend.members_of(small_key, small_data) is None  # stored whole
+        # Another writer (another backend on the same folder) changes the entry: once read
+        # here, the members are those of the new bytes.
+        other = DirectoryBackend(tmp_path / "sessions.d")
+        await other.open()
+        try:
+            changed_data = msgspec.json.encode({**entry, "updatedAt": 1})
+            await other.write_batch([Write(key, changed_data)], durable=False)
+        finally:
+            await other.aclose()
+        assert await backend.read(key) == changed_data
+        assert backend.members_of(key, data) is None
+        assert backend.members_of(key, changed_data) == split(changed_data)
+        await backend.write_batch([Write(key, None)], durable=False)
+        assert backend.members_of(key, changed_data) is None
+    finally:
+        await backend.aclose()

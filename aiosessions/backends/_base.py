@@ -36,6 +36,11 @@ What a backend guarantees:
   wrote a moment ago). They may be stale, because the update's write is a compare-and-swap that
   the backend checks against what is really stored: a stale base costs a retry, never an update.
   Without it (and for ``durable`` and write-through updates) the store calls :meth:`Backend.read`.
+* **Optional: known members.** A backend that stores large top-level members apart may offer
+  ``members_of(key, data)`` (not async): the top-level members of ``data`` as
+  ``msgspec.Raw`` slices in the entry's order, when ``data`` is the entry of ``key`` it last
+  read or wrote and it knows them without scanning ``data`` (else None). ``update_members()``
+  starts from them instead of splitting the whole entry again.
 * **Errors of the library.** Failures are :class:`~aiosessions.StoreIOError` (or
   another :class:`~aiosessions.SessionStoreError`) naming the key and where it
   lives; an entry that cannot be read back is

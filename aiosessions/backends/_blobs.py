@@ -26,6 +26,8 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import msgspec
+
 from .._fs import Signature
 
 __all__ = ["SYNCED_KEYS", "Blobs", "Known"]
@@ -42,6 +44,9 @@ class Known:
     meta: bytes
     #: ``(member, digest)`` of each part ``meta`` names.
     parts: tuple[tuple[str, str], ...]
+    #: The top-level members of ``whole`` as slices (of ``meta`` and the blobs), when it is
+    #: split: what ``update_members`` starts from without scanning ``whole``.
+    members: Mapping[str, msgspec.Raw] | None = None
 
 
 class Blobs:

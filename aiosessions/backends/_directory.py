@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
 
 import anyio
+import msgspec
 
 from .._barrier import BarrierMode, BarrierPolicy, syncfs_filesystem
 from .._defaults import (
@@ -62,7 +63,7 @@ from .._layout import (
     walk,
 )
 from .._locks import acquire_file_lock_sync, file_lock, release_file_lock
-from .._parts import join, references, split
+from .._parts import join_members, joined_members, references, split
 from .._recency import position_of
 from ._base import BatchResult, Write
 from ._blobs import Blobs, Known
@@ -448,8 +449,8 @@ class DirectoryBackend:
                     blob = cached[0]
                     self._blobs.put(digest, blob)
                 blobs[digest] = blob
-            whole = join(meta, blobs)
-            self._blobs.remember(key, Known(whole, meta, tuple((n, d) for n, _, d in parts)))
+            whole, joined = join_members(meta, blobs)
+            self._blobs.remember(key, Known(whole, meta, tuple((n, d) for n, _, d in parts), joined))
             return whole, signature
         except (OSError, ValueError, KeyError):
             return None  # the worker thread's read says what is wrong
@@ -559,10 +560,10 @@ class DirectoryBackend:
             if opened >= 0:
                 fs.close(opened)
         try:
-            whole = join(meta, blobs)
+            whole, joined = join_members(meta, blobs)
         except ValueError as exc:
             raise self._bad_parts(key, name, exc) from exc
-        self._blobs.remember(key, Known(whole, meta, tuple((n, d) for n, _, d in parts)))
+        self._blobs.remember(key, Known(whole, meta, tuple((n, d) for n, _, d in parts), joined))
         return whole
 
     def _bad_parts(self, key: str, name: str, exc: Exception) -> CorruptSessionError:
@@ -607,6 +608,15 @@ class DirectoryBackend:
                 f"session {key!r}: {path} names another key; run `aiosessions fsck`", where=path, key=key
             )
         return True
+
+    def members_of(self, key: str, data: bytes) -> Mapping[str, msgspec.Raw] | None:
+        """The top-level members of ``data``, when it is the entry of ``key`` this backend last
+        read or wrote and it is stored split (found from its ``meta.json`` when it was read or
+        written), so ``update_members`` need not scan the whole entry. None otherwise."""
+        known = self._blobs.known(key)
+        if known is None or known.members is None or (known.whole is not data and known.whole != data):
+            return None
+        return known.members
 
     async def exists(self, key: str) -> bool:
         """Whether the session has a ``meta.json``, whatever it is (a broken one too: it
@@ -1102,9 +1112,22 @@ class DirectoryBackend:
             return
         parts = references(meta) if meta is not data else None
         named = () if parts is None else tuple((n, d) for n, _, d in parts)
-        self._blobs.remember(key, Known(data, meta, named))
+        self._blobs.remember(key, Known(data, meta, named, self._members_written(meta, named)))
         if synced is not None:
             self._blobs.set_synced(key, synced)
+
+    def _members_written(
+        self, meta: bytes, named: tuple[tuple[str, str], ...]
+    ) -> dict[str, msgspec.Raw] | None:
+        """The members of an entry just written split as ``meta`` (its blobs are cached: the
+        write put them there), found in the writer thread so that ``members_of`` is a lookup."""
+        blobs = {}
+        for _, digest in named:
+            blob = self._blobs.get(digest)
+            if blob is None:
+                return None  # evicted already (a tiny cache): update_members scans instead
+            blobs[digest] = blob
+        return joined_members(meta, blobs) if blobs else None
 
     def _apply_sync(
         self, write: Write, result: BatchResult, signatures: dict[str, Signature], durable: bool
