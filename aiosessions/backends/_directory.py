@@ -81,10 +81,7 @@ BATCH_WRITERS = 4
 INLINE_READ_MAX = 256 * 1024
 #: How durable batches are made durable: "auto" picks per batch between one ``syncfs``
 #: barrier and per-file fsyncs (see ``_barrier``); "syncfs" and "fsync" force one (tests).
-#: "fsync" for now: the power-loss runs on the barrier's path found a meta.json without its
-#: ``key`` file (a delete removed the folder's files in any order: fixed, meta.json goes first);
-#: the barrier comes back on once longer runs than one session's stay clean.
-BARRIER: BarrierMode = "fsync"
+BARRIER: BarrierMode = "auto"
 
 _T = TypeVar("_T")
 Groups = list[tuple[int, list[Write]]]

@@ -312,13 +312,9 @@ class TrioStoreMachine(StoreMachine):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("machine", [StoreMachine, TrioStoreMachine], ids=["asyncio", "trio"])
-def test_state_machine(scale: Scale, machine: type[StoreMachine], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_state_machine(scale: Scale, machine: type[StoreMachine]) -> None:
     """Random operation sequences with crashes agree with the model, on asyncio and trio."""
     from hypothesis.stateful import run_state_machine_as_test
-
-    from aiosessions.backends import _directory
-
-    monkeypatch.setattr(_directory, "BARRIER", "fsync")  # the barrier is off by default for now
 
     examples = scale.examples if machine is StoreMachine else max(5, scale.examples // 3)
     TALLY.clear()
