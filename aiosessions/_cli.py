@@ -896,8 +896,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_bench,
         "compare with the legacy sessions.json on a generated store",
         "Generate an OpenClaw-shaped store in a temporary folder (or copy yours, --from PATH) and "
-        "compare the legacy sessions.json with the directory store: updating one session, a cold "
-        "read, a mixed workload and the event loop's lag, with fsync on (the library's default) "
+        "compare the legacy sessions.json with the directory store: updating one session (whole, by "
+        "member with update_members, and written through), a cold read, a mixed workload and the "
+        "event loop's lag, with fsync on (the library's default) "
         "unless told otherwise. Prints both figures and how many times better or worse "
         "aiosessions is.",
     )
