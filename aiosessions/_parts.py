@@ -34,6 +34,7 @@ __all__ = [
     "members",
     "references",
     "split",
+    "split_members",
 ]
 
 #: A member at least this large (its encoded JSON value) is stored apart ...
@@ -59,12 +60,21 @@ def split(
     member's name to ``(digest, bytes)`` of its last stored value: a member whose bytes are
     equal (a ``memcmp``) takes that digest without being hashed again.
     """
+    meta, blobs, _ = split_members(data, known)
+    return meta, blobs
+
+
+def split_members(
+    data: bytes, known: Mapping[str, tuple[str, bytes]] | None = None
+) -> tuple[bytes, dict[str, bytes], dict[str, msgspec.Raw] | None]:
+    """:func:`split`, and the top-level members of ``data`` as slices of it when it is split
+    (None otherwise): found by the same scan."""
     if len(data) < ENTRY_MIN and _PARTS_BYTES not in data:
-        return data, {}
+        return data, {}, None
     try:
         slices = members(data)
     except msgspec.DecodeError:
-        return data, {}  # not a JSON object (an array-like Struct): kept whole
+        return data, {}, None  # not a JSON object (an array-like Struct): kept whole
     small: dict[str, object] = {}
     parts: list[tuple[str, int, str]] = []
     blobs: dict[str, bytes] = {}
@@ -81,9 +91,9 @@ def split(
         else:
             small[name] = raw
     if not parts:
-        return data, {}
+        return data, {}, None
     small[PARTS] = parts
-    return _encoder.encode(small), blobs
+    return _encoder.encode(small), blobs, slices
 
 
 def references(meta: bytes) -> list[tuple[str, int, str]] | None:

@@ -165,6 +165,38 @@ async def test_a_missing_blob_names_its_file_and_the_session(tmp_path: Path) -> 
         assert await store.get(key) is None
 
 
+async def test_a_blob_cut_short_is_corrupt_for_its_session_alone_and_a_write_repairs_it(
+    tmp_path: Path,
+) -> None:
+    """A blob file cut short (a crash without fsync): the session that names it is corrupt,
+    naming the file; another session holding the same content in its own folder still reads
+    (blobs are cached by digest, for every session); a write of the session repairs it, and
+    update_members then starts from the repaired members, not from what was read."""
+    path = tmp_path / "sessions.json"
+    entry = {"a": 1, "big": "x" * 20_000, "updatedAt": 0}
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        await store.set("broken", entry)
+        await store.set("intact", entry)
+    [blob] = folder_of(path, "broken").glob("blob-*.json")
+    whole = blob.read_bytes()
+    blob.write_bytes(whole[:5_000])
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        for _ in range(2):  # the second read must not take the cut file from a cache either
+            with pytest.raises(CorruptSessionError, match="SHA-256") as caught:
+                await store.get("broken")
+            assert caught.value.where == str(blob) and caught.value.key == "broken"
+        assert await store.get("intact") == entry
+        await store.set("broken", entry)  # the write puts the blob file back whole
+        await store.flush()
+        assert blob.read_bytes() == whole
+        await store.update_members("broken", ["updatedAt"], lambda m: {"updatedAt": 1})
+        await store.flush()
+        assert await store.get("broken") == {**entry, "updatedAt": 1}
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        assert await store.get("broken") == {**entry, "updatedAt": 1}
+        assert await store.get("intact") == entry
+
+
 async def test_a_meta_json_whose_parts_are_not_the_stores_is_corrupt(tmp_path: Path) -> None:
     path = tmp_path / "sessions.json"
     async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:

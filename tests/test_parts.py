@@ -48,6 +48,8 @@ def test_an_entrys_own_parts_member_is_always_stored_apart() -> None:
     assert list(blobs.values()) == [b'[["x",0,"' + b"0" * 64 + b'"]]']
     assert json.loads(meta)[PARTS] == [[PARTS, 1, next(iter(blobs))]]
     assert join(meta, blobs) == data
+    joined = joined_members(meta, blobs)
+    assert joined is not None and list(joined) == ["a", PARTS, "b"] and joined == slices_of(data)
 
 
 def test_a_missing_blob_is_an_error_naming_it() -> None:

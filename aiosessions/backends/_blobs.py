@@ -5,9 +5,10 @@
   bytes), so a cached blob needs no freshness check: reading a split entry whose
   ``meta.json`` changed costs a read of ``meta.json`` and a splice.
 - **Per key, the last entry read or written**: the whole bytes, the ``meta.json`` bytes
-  they were stored as, and the digests of their parts. Compare-and-swap then compares
-  ``meta.json`` (a kilobyte or two) instead of the whole entry, and a write hashes a
-  large member only when its bytes differ from the last ones of that name.
+  they were stored as, the digests of their parts and the entry's top-level members.
+  Compare-and-swap then compares ``meta.json`` (a kilobyte or two) instead of the whole
+  entry, a write hashes a large member only when its bytes differ from the last ones of
+  that name, and ``update_members`` starts from the members without a scan.
 - **Per key, the blob files this process made durable** in the session's folder, each by
   its digest and the file's signature (inode, size, mtime) when synced, kept apart from the
   entries (a few hundred bytes a key, :data:`SYNCED_KEYS` keys): a durable write naming
@@ -44,9 +45,16 @@ class Known:
     meta: bytes
     #: ``(member, digest)`` of each part ``meta`` names.
     parts: tuple[tuple[str, str], ...]
-    #: The top-level members of ``whole`` as slices (of ``meta`` and the blobs), when it is
-    #: split: what ``update_members`` starts from without scanning ``whole``.
+    #: The top-level members of ``whole`` as read-only slices, when it is split: what
+    #: ``update_members`` starts from without scanning ``whole``.
     members: Mapping[str, msgspec.Raw] | None = None
+    #: Bytes ``members`` keeps alive beyond ``whole`` and ``meta`` (the blobs it was joined
+    #: from, on a read), counted against the cache's bound.
+    held: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.whole) + len(self.meta) + self.held
 
 
 class Blobs:
@@ -70,13 +78,17 @@ class Blobs:
                 self._blobs.move_to_end(digest)
             return data
 
-    def put(self, digest: str, data: bytes) -> None:
+    def put(self, digest: str, data: bytes, *, replace: bool = False) -> None:
+        """Cache ``data`` as the blob ``digest``; with ``replace``, over other cached bytes."""
         if len(data) > self._max_bytes // 4:
             return
         with self._lock:
-            if digest in self._blobs:
+            cached = self._blobs.get(digest)
+            if cached is not None and (not replace or cached is data or cached == data):
                 self._blobs.move_to_end(digest)
                 return
+            if cached is not None:
+                self._blob_bytes -= len(self._blobs.pop(digest))
             self._blobs[digest] = data
             self._blob_bytes += len(data)
             while self._blob_bytes > self._max_bytes:
@@ -87,7 +99,10 @@ class Blobs:
 
     def known(self, key: str) -> Known | None:
         with self._lock:
-            return self._known.get(key)
+            known = self._known.get(key)
+            if known is not None:
+                self._known.move_to_end(key)  # in step with the read cache, touched by every read
+            return known
 
     def meta_of(self, key: str, whole: bytes) -> bytes | None:
         """The ``meta.json`` bytes ``whole`` was stored as, when this key's last entry was it."""
@@ -109,25 +124,25 @@ class Blobs:
         return hints
 
     def remember(self, key: str, known: Known) -> None:
-        size = len(known.whole) + len(known.meta)
+        size = known.size
         with self._lock:
             old = self._known.pop(key, None)
             if old is not None:
-                self._known_bytes -= len(old.whole) + len(old.meta)
+                self._known_bytes -= old.size
             if size > self._max_bytes // 4:
                 return
             self._known[key] = known
             self._known_bytes += size
             while self._known_bytes > self._max_bytes:
                 _, evicted = self._known.popitem(last=False)
-                self._known_bytes -= len(evicted.whole) + len(evicted.meta)
+                self._known_bytes -= evicted.size
 
     def forget(self, key: str) -> None:
         """The key's session is gone (deleted): nothing of it is remembered."""
         with self._lock:
             old = self._known.pop(key, None)
             if old is not None:
-                self._known_bytes -= len(old.whole) + len(old.meta)
+                self._known_bytes -= old.size
             self._synced.pop(key, None)
 
     # -- what this process made durable ---------------------------------------------------

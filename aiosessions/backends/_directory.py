@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import math
 import os
 import secrets
@@ -19,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Final, Literal, TypeVar
 
 import anyio
@@ -63,7 +65,7 @@ from .._layout import (
     walk,
 )
 from .._locks import acquire_file_lock_sync, file_lock, release_file_lock
-from .._parts import join_members, joined_members, references, split
+from .._parts import join_members, references, split_members
 from .._recency import position_of
 from ._base import BatchResult, Write
 from ._blobs import Blobs, Known
@@ -97,6 +99,14 @@ class _Staged:
     signature: Signature | None = None
     #: What the tmp file holds: ``write.data``'s ``meta.json`` (its blobs are written already).
     meta: bytes = b""
+    #: ``write.data``'s top-level members, as slices of it, when it is stored split.
+    members: Mapping[str, msgspec.Raw] | None = None
+
+
+def _holds(blob: bytes, digest: str) -> bool:
+    """Whether a blob file's bytes are those its name (their SHA-256) says: one read cut
+    short must not stand, in the cache shared by every session, for all of that content."""
+    return hashlib.sha256(blob).hexdigest() == digest
 
 
 class _ReadCache:
@@ -441,14 +451,12 @@ class DirectoryBackend:
                     if blob_digest(blob_name(digest)) != digest:
                         return None
                     cached = fs.read_file_cached(blob_name(digest), dir_fd=folder, max_bytes=limit)
-                    if cached is None:
+                    if cached is None or not _holds(cached[0], digest):
                         return None  # the worker thread reads it, or says what is wrong
                     blob = cached[0]
                     self._blobs.put(digest, blob)
                 blobs[digest] = blob
-            whole, joined = join_members(meta, blobs)
-            self._blobs.remember(key, Known(whole, meta, tuple((n, d) for n, _, d in parts), joined))
-            return whole, signature
+            return self._joined(key, meta, parts, blobs), signature
         except (OSError, ValueError, KeyError):
             return None  # the worker thread's read says what is wrong
         finally:
@@ -551,16 +559,36 @@ class DirectoryBackend:
                             key=key,
                         )
                     blob = found[0]
+                    if not _holds(blob, digest):
+                        raise CorruptSessionError(
+                            f"session {key!r}: {path} (a part its meta.json names) does not hold "
+                            "what its name says (its SHA-256 differs: cut short or changed); "
+                            "run `aiosessions fsck`",
+                            where=path,
+                            key=key,
+                        )
                     self._blobs.put(digest, blob)
                 blobs[digest] = blob
         finally:
             if opened >= 0:
                 fs.close(opened)
         try:
-            whole, joined = join_members(meta, blobs)
+            return self._joined(key, meta, parts, blobs)
         except ValueError as exc:
             raise self._bad_parts(key, name, exc) from exc
-        self._blobs.remember(key, Known(whole, meta, tuple((n, d) for n, _, d in parts), joined))
+
+    def _joined(
+        self, key: str, meta: bytes, parts: list[tuple[str, int, str]], blobs: dict[str, bytes]
+    ) -> bytes:
+        """The whole entry ``meta`` and its ``blobs`` make, remembered as the key's last, with
+        its members (slices of ``meta`` and the blobs, which they keep alive: counted).
+
+        :raises ValueError: ``meta``'s ``$parts`` is not the store's.
+        """
+        whole, members = join_members(meta, blobs)
+        named = tuple((n, d) for n, _, d in parts)
+        frozen = None if members is None else MappingProxyType(members)
+        self._blobs.remember(key, Known(whole, meta, named, frozen, sum(map(len, blobs.values()))))
         return whole
 
     def _bad_parts(self, key: str, name: str, exc: Exception) -> CorruptSessionError:
@@ -844,11 +872,13 @@ class DirectoryBackend:
                 self._remove_tmp_files(name, folder)
             if is_shortened(name):
                 self._write_key_file(write.key, name, folder, False)  # made durable by the barrier
-            meta, _ = self._write_parts_sync(write.key, write.data, folder, durable=False, barrier=True)
+            meta, _, members = self._write_parts_sync(
+                write.key, write.data, folder, durable=False, barrier=True
+            )
             tmp, signature = fs.write_tmp(META, meta, dir_fd=folder)
         finally:
             fs.close(folder)
-        return _Staged(write, name, tmp, signature, meta)
+        return _Staged(write, name, tmp, signature, meta, members)
 
     def _barrier_sync(self, what: str) -> tuple[BaseException | None, float]:
         started = time.perf_counter()
@@ -916,7 +946,7 @@ class DirectoryBackend:
                             fs.close(folder)
                         assert item.signature is not None and item.write.data is not None
                         signatures[key] = item.signature
-                        self._remember_written(key, item.write.data, item.meta, synced=None)
+                        self._remember_written(key, item.write.data, item.meta, item.members, synced=None)
                 except OSError as exc:
                     if item.tmp is not None:
                         self._discard_tmp(item)
@@ -1049,9 +1079,10 @@ class DirectoryBackend:
 
     def _write_parts_sync(
         self, key: str, data: bytes, folder: int, *, durable: bool, barrier: bool = False
-    ) -> tuple[bytes, dict[str, Signature]]:
-        """Write the blobs of ``data`` that the session folder lacks; return its ``meta.json``
-        and, when ``durable``, ``{digest: signature}`` of the blob files it names (all durable).
+    ) -> tuple[bytes, dict[str, Signature], dict[str, msgspec.Raw] | None]:
+        """Write the blobs of ``data`` that the session folder lacks; return its ``meta.json``,
+        when ``durable`` ``{digest: signature}`` of the blob files it names (all durable), and
+        the top-level members of ``data`` as slices of it when it is split (``members_of``).
 
         A large member is hashed only when its bytes differ from its last stored value
         (``_parts.split``'s hints). With ``durable``, every blob the new ``meta.json`` names
@@ -1067,10 +1098,10 @@ class DirectoryBackend:
         one could name a blob that came back empty. One fsync per new content, ~0.4 ms.
         """
         if self._version < 2:
-            return data, {}
-        meta, blobs = split(data, self._blobs.hints(key))
+            return data, {}, None
+        meta, blobs, members = split_members(data, self._blobs.hints(key))
         if not blobs:
-            return meta, {}
+            return meta, {}, None
         fs = self._fs
         synced = self._blobs.synced(key) if durable else {}
         files: dict[str, Signature] = {}
@@ -1091,16 +1122,25 @@ class DirectoryBackend:
                 if durable and synced.get(digest) != files[digest]:
                     fs.fsync_file(file, dir_fd=folder)
                     sync_folder = True
-            self._blobs.put(digest, blob)
+            # These bytes are the member's (hashed, or equal to what was cached): they replace
+            # cached bytes of that digest that are not (a blob file read cut short).
+            self._blobs.put(digest, blob, replace=True)
         if sync_folder:
             fs.fsync(folder)
-        return meta, files if durable else {}
+        return meta, files if durable else {}, members
 
     def _remember_written(
-        self, key: str, data: bytes, meta: bytes, *, synced: dict[str, Signature] | None
+        self,
+        key: str,
+        data: bytes,
+        meta: bytes,
+        members: Mapping[str, msgspec.Raw] | None,
+        *,
+        synced: dict[str, Signature] | None,
     ) -> None:
-        """Remember what ``key`` now holds; ``synced``: the blob files a durable write made
-        durable (None: the write was not durable).
+        """Remember what ``key`` now holds (``members``: its top-level members, as slices of
+        ``data``); ``synced``: the blob files a durable write made durable (None: the write
+        was not durable).
 
         A write that was not durable leaves the synced files as they were: a blob file this
         process synced stays synced until it is replaced (then its signature differs).
@@ -1109,22 +1149,10 @@ class DirectoryBackend:
             return
         parts = references(meta) if meta is not data else None
         named = () if parts is None else tuple((n, d) for n, _, d in parts)
-        self._blobs.remember(key, Known(data, meta, named, self._members_written(meta, named)))
+        frozen = MappingProxyType(members) if named and members is not None else None
+        self._blobs.remember(key, Known(data, meta, named, frozen))
         if synced is not None:
             self._blobs.set_synced(key, synced)
-
-    def _members_written(
-        self, meta: bytes, named: tuple[tuple[str, str], ...]
-    ) -> dict[str, msgspec.Raw] | None:
-        """The members of an entry just written split as ``meta`` (its blobs are cached: the
-        write put them there), found in the writer thread so that ``members_of`` is a lookup."""
-        blobs = {}
-        for _, digest in named:
-            blob = self._blobs.get(digest)
-            if blob is None:
-                return None  # evicted already (a tiny cache): update_members scans instead
-            blobs[digest] = blob
-        return joined_members(meta, blobs) if blobs else None
 
     def _apply_sync(
         self, write: Write, result: BatchResult, signatures: dict[str, Signature], durable: bool
@@ -1167,10 +1195,12 @@ class DirectoryBackend:
                 self._remove_tmp_files(name, folder)
             if is_shortened(name):
                 self._write_key_file(write.key, name, folder, durable)
-            meta, files = self._write_parts_sync(write.key, write.data, folder, durable=durable)
+            meta, files, members = self._write_parts_sync(write.key, write.data, folder, durable=durable)
             try:
                 signatures[write.key] = fs.write_atomic(META, meta, dir_fd=folder, durable=durable)
-                self._remember_written(write.key, write.data, meta, synced=files if durable else None)
+                self._remember_written(
+                    write.key, write.data, meta, members, synced=files if durable else None
+                )
             except UnsyncedError as exc:
                 result.unsynced[write.key] = io_error(
                     exc, "syncing", key=write.key, path=self.location(write.key)
