@@ -30,7 +30,6 @@ __all__ = [
     "PARTS",
     "join",
     "join_members",
-    "joined_members",
     "members",
     "references",
     "split",
@@ -120,21 +119,15 @@ def join_members(meta: bytes, blobs: Mapping[str, bytes]) -> tuple[bytes, dict[s
     """:func:`join`, and the top-level members of the entry as slices in its order (None when
     ``meta`` is whole): equal to ``members(join(meta, blobs))``, found by decoding ``meta``
     (a kilobyte or two) instead of scanning the whole entry. Raises as :func:`join`."""
-    joined = joined_members(meta, blobs)
-    return (meta, None) if joined is None else (_encoder.encode(joined), joined)
-
-
-def joined_members(meta: bytes, blobs: Mapping[str, bytes]) -> dict[str, msgspec.Raw] | None:
-    """The top-level members of the entry ``meta`` and ``blobs`` make, without putting it
-    together (None when ``meta`` is whole). Raises as :func:`join`."""
     if _PARTS_BYTES not in meta:
-        return None
+        return meta, None
     slices = members(meta)
     raw = slices.pop(PARTS, None)
     if raw is None:
-        return None
+        return meta, None
     parts = _parts.decode(raw)
     ordered = list(slices.items())
     for name, position, digest in sorted(parts, key=lambda part: part[1]):
         ordered.insert(position, (name, msgspec.Raw(blobs[digest])))
-    return dict(ordered)
+    joined = dict(ordered)
+    return _encoder.encode(joined), joined

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aiosessions._bench import generate_sessions, sized_sessions
-from aiosessions._parts import BLOB_MIN, ENTRY_MIN, PARTS, join, joined_members, references, split
+from aiosessions._parts import BLOB_MIN, ENTRY_MIN, PARTS, join, join_members, references, split
 from aiosessions._parts import members as slices_of
 
 encode = msgspec.json.encode
@@ -48,7 +48,7 @@ def test_an_entrys_own_parts_member_is_always_stored_apart() -> None:
     assert list(blobs.values()) == [b'[["x",0,"' + b"0" * 64 + b'"]]']
     assert json.loads(meta)[PARTS] == [[PARTS, 1, next(iter(blobs))]]
     assert join(meta, blobs) == data
-    joined = joined_members(meta, blobs)
+    joined = join_members(meta, blobs)[1]
     assert joined is not None and list(joined) == ["a", PARTS, "b"] and joined == slices_of(data)
 
 
@@ -78,7 +78,7 @@ def test_any_object_joins_back_to_the_same_bytes(members: dict[str, object], rng
     meta, blobs = split(data)
     assert join(meta, blobs) == data
     # The members found from meta.json and the blobs are the whole entry's, in its order.
-    joined = joined_members(meta, blobs)
+    joined = join_members(meta, blobs)[1]
     if meta == data:
         assert joined is None
     else:

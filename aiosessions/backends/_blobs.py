@@ -78,17 +78,14 @@ class Blobs:
                 self._blobs.move_to_end(digest)
             return data
 
-    def put(self, digest: str, data: bytes, *, replace: bool = False) -> None:
-        """Cache ``data`` as the blob ``digest``; with ``replace``, over other cached bytes."""
+    def put(self, digest: str, data: bytes) -> None:
+        """Cache ``data`` as the blob ``digest`` (its SHA-256: checked by the caller)."""
         if len(data) > self._max_bytes // 4:
             return
         with self._lock:
-            cached = self._blobs.get(digest)
-            if cached is not None and (not replace or cached is data or cached == data):
+            if digest in self._blobs:
                 self._blobs.move_to_end(digest)
                 return
-            if cached is not None:
-                self._blob_bytes -= len(self._blobs.pop(digest))
             self._blobs[digest] = data
             self._blob_bytes += len(data)
             while self._blob_bytes > self._max_bytes:

@@ -636,8 +636,8 @@ class DirectoryBackend:
 
     def members_of(self, key: str, data: bytes) -> Mapping[str, msgspec.Raw] | None:
         """The top-level members of ``data``, when it is the entry of ``key`` this backend last
-        read or wrote and it is stored split (found from its ``meta.json`` when it was read or
-        written), so ``update_members`` need not scan the whole entry. None otherwise."""
+        read or wrote and it is stored split (kept from that read or write), so
+        ``update_members`` need not scan the whole entry. None otherwise."""
         known = self._blobs.known(key)
         if known is None or known.members is None or (known.whole is not data and known.whole != data):
             return None
@@ -1122,9 +1122,7 @@ class DirectoryBackend:
                 if durable and synced.get(digest) != files[digest]:
                     fs.fsync_file(file, dir_fd=folder)
                     sync_folder = True
-            # These bytes are the member's (hashed, or equal to what was cached): they replace
-            # cached bytes of that digest that are not (a blob file read cut short).
-            self._blobs.put(digest, blob, replace=True)
+            self._blobs.put(digest, blob)
         if sync_folder:
             fs.fsync(folder)
         return meta, files if durable else {}, members
