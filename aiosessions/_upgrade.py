@@ -262,7 +262,6 @@ class _Leftovers:
 
     def __init__(self, fs: FileSystem, new: int, name: str) -> None:
         self.fs, self.new, self.name = fs, new, name
-        self.taken = 0
         self._folders: dict[str, int] = {}
 
     def _folder(self, session: str) -> int:
@@ -292,7 +291,6 @@ class _Leftovers:
     def take(self, source: int, name: str, session: str = "") -> None:
         """Copy ``name`` of the folder ``source`` (the old store, or its session folder ``session``)."""
         _copy_aside(self.fs, source, name, self._folder(session))
-        self.taken += 1
 
     def close(self) -> None:
         """fsync the folders made (before the seal)."""
@@ -334,7 +332,7 @@ def _copy_aside(fs: FileSystem, source: int, name: str, dest: int) -> None:
 
 
 def _copy_session(fs: FileSystem, old: int, new: int, name: str, leftovers: _Leftovers) -> None:
-    """Copy one session folder into the staging store, its entry split (files fsynced); move
+    """Copy one session folder into the staging store, its entry split (files fsynced); copy
     its other files (not tmp files: writes in flight of a dead process) into ``leftovers``."""
     source = fs.open_dir(name, dir_fd=old)
     try:
