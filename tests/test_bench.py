@@ -7,6 +7,7 @@ says, on stores of the right shape, and reports it.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import importlib.util
 import json
@@ -15,6 +16,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from aiosessions._bench import (
     QuickSettings,
     encode_legacy,
     generate_sessions,
+    lag_probe,
     percentile,
     render_table,
     report,
@@ -133,6 +136,24 @@ def test_render_table_aligns() -> None:
     lines = text.splitlines()
     assert len({len(line) for line in lines[:2]}) == 1
     assert lines[2].startswith("row ") and lines[3].endswith(" 4")
+
+
+@pytest.mark.asyncio
+async def test_the_lag_probe_counts_the_ticks_a_stall_swallowed() -> None:
+    """A loop blocked for 50 ms is one late tick, and the ticks due while it was blocked: a
+    store that stalls rarely but long must not look better than one that never does."""
+    async with lag_probe(0.001) as probe:
+        await asyncio.sleep(0.005)
+        time.sleep(0.05)  # the loop blocked
+        await asyncio.sleep(0.005)
+    at = max(range(len(probe.lateness)), key=probe.lateness.__getitem__)
+    longest = probe.lateness[at]
+    assert longest >= 0.045
+    swallowed = int(longest / 0.001 - 1e-9)
+    expected = [longest - n * 0.001 for n in range(1, swallowed + 1)]
+    assert probe.lateness[at + 1 : at + 1 + swallowed] == pytest.approx(expected)
+    assert len(probe.lateness) >= probe.ticks + swallowed
+    assert probe.summary().extra["ticks"] == probe.ticks
 
 
 # -- the contenders of the built-in benchmark --------------------------------------------------
