@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import contextlib
+import functools
 import gc
 import itertools
 import json
@@ -1023,7 +1024,7 @@ def _plain_loop(folder: Path, entries: Sequence[bytes], fsync: bool, samples: in
     each replacing a file already on disk, as an update replaces a session's ``meta.json``.
 
     Renaming onto a file whose blocks are on disk costs more than creating a name (ext4
-    frees the old blocks and, without fsync, starts writing the new file back: 2-3× on
+    frees the old blocks and, without fsync, starts writing the new file back: 2-3x on
     this machine's disk), so each file is written and fsynced first, untimed.
     """
     paths = [folder / f"s{i}" / "meta.json" for i in range(min(samples, len(entries)))]
@@ -1060,6 +1061,62 @@ async def _distinct_writes(
     return Summary(samples=len(keys), seconds=time.perf_counter() - started, ops=len(keys))
 
 
+def _chosen(keys: Sequence[str], settings: WriteCostSettings) -> tuple[list[str], list[str]]:
+    """The sessions the update rows change, the same for every contender: ``samples`` drawn at
+    random (a session may come again), and each session once (a first change by member)."""
+    rng = random.Random(settings.seed)
+    picks = [rng.choice(keys) for _ in range(settings.samples)]
+    return picks, rng.sample(keys, min(len(keys), settings.samples))
+
+
+async def _update_costs(
+    store: Any,
+    keys: Sequence[str],
+    into: dict[str, Any],
+    name: str,
+    label: str,
+    settings: WriteCostSettings,
+    *,
+    by_member: bool,
+) -> None:
+    """Time one-field updates of ``keys`` in ``store`` into ``into[name][label]``, each after an
+    untimed read; with ``by_member``, the same change by ``update_members()`` too: a session's
+    first change (each session once) and again (a session its previous message changed)."""
+    picks, firsts = _chosen(keys, settings)
+    now_ms = _EPOCH_MS + 10
+
+    async def read(i: int, keys: list[str] = picks) -> None:
+        await store.get(keys[i])
+
+    async def update(i: int) -> None:
+        await store.update(picks[i], touch(now_ms + i, 5))
+
+    async def by_members(i: int, keys: list[str] = picks) -> None:
+        await store.update_members(keys[i], TOUCHED, touch(now_ms + i, 5))
+
+    async def read_and_update(i: int) -> None:
+        await read(i)
+        await by_members(i)
+
+    samples, budget = settings.samples, settings.budget
+    into.setdefault(name, {})[label] = await timed(update, samples, budget=budget, before=read)
+    if not by_member:
+        return
+    # Like the update above, the first change starts from sessions written, not from the
+    # changes update() left pending (a session whose last change came from update() is
+    # split by a scan: its bytes were encoded whole).
+    await store.flush()
+    into.setdefault(f"{name}, update_members", {})[label] = await timed(
+        functools.partial(by_members, keys=firsts),
+        len(firsts),
+        budget=settings.budget,
+        before=functools.partial(read, keys=firsts),
+    )
+    into.setdefault(f"{name}, update_members again", {})[label] = await timed(
+        by_members, settings.samples, budget=settings.budget, before=read_and_update
+    )
+
+
 async def measure_write_cost(settings: WriteCostSettings, progress: Progress, folder: Path) -> dict[str, Any]:
     """One-field updates of small vs large entries at every durability, the plain loop that
     writes the same bytes, durable distinct-key writes and one update against SQLite."""
@@ -1082,52 +1139,13 @@ async def measure_write_cost(settings: WriteCostSettings, progress: Progress, fo
         async with open_store(path, entry_type=dict, fsync=False) as store:
             for key, value in sessions.items():
                 await store.set(key, value)
-        rng = random.Random(settings.seed)
-        picks = [rng.choice(keys) for _ in range(settings.samples)]
-        # The first change of a session by member: each session once (a second is "again").
-        firsts = rng.sample(keys, min(len(keys), settings.samples))
         for name, interval, fsync in durabilities:
             progress.step(f"{name}: update one field of a {format_bytes(size)} entry")
             async with open_store(path, entry_type=dict, fsync=fsync, flush_interval=interval) as store:
-
-                async def update(i: int, store: Any = store, picks: list[str] = picks) -> None:
-                    await store.update(picks[i], touch(now_ms + i, 5))
-
-                async def read(i: int, store: Any = store, picks: list[str] = picks) -> None:
-                    await store.get(picks[i])
-
-                results["update"].setdefault(name, {})[label] = await timed(
-                    update, settings.samples, budget=settings.budget, before=read
+                by_member = name == "write-behind"  # with files, it writes as update() does
+                await _update_costs(
+                    store, keys, results["update"], name, label, settings, by_member=by_member
                 )
-                if name == "write-behind":
-                    # The same change naming the members it touches: the rest is not decoded.
-                    # Like the update above, it starts from sessions on disk, not from the
-                    # changes that update left pending (a session whose last change came from
-                    # update() is split by a scan: its bytes were encoded whole).
-                    await store.flush()
-
-                    async def first_change(i: int, store: Any = store, firsts: list[str] = firsts) -> None:
-                        await store.update_members(firsts[i], TOUCHED, touch(now_ms + i, 5))
-
-                    async def read_first(i: int, store: Any = store, firsts: list[str] = firsts) -> None:
-                        await store.get(firsts[i])
-
-                    results["update"].setdefault("write-behind, update_members", {})[label] = await timed(
-                        first_change, len(firsts), budget=settings.budget, before=read_first
-                    )
-
-                    async def update_members(i: int, store: Any = store, picks: list[str] = picks) -> None:
-                        await store.update_members(picks[i], TOUCHED, touch(now_ms + i, 5))
-
-                    # A conversation: the session was changed by its previous message already.
-                    async def read_and_update(i: int, store: Any = store, picks: list[str] = picks) -> None:
-                        await read(i, store, picks)
-                        await store.update_members(picks[i], TOUCHED, touch(now_ms + i, 5))
-
-                    again = await timed(
-                        update_members, settings.samples, budget=settings.budget, before=read_and_update
-                    )
-                    results["update"].setdefault("write-behind, update_members again", {})[label] = again
         for fsync in (False, True):
             plain = folder / f"plain-{label}-{fsync}"
             plain.mkdir()
@@ -1135,6 +1153,7 @@ async def measure_write_cost(settings: WriteCostSettings, progress: Progress, fo
                 label
             ] = await anyio.to_thread.run_sync(_plain_loop, plain, encoded, fsync, min(settings.samples, 100))
         if label == "small":
+            picks = _chosen(keys, settings)[0]
             for fsync in (False, True):
                 progress.step(f"SQLite {'FULL' if fsync else 'NORMAL'}: update one field")
                 db = _Sqlite(folder / f"sqlite-{fsync}.db", fsync=fsync)
@@ -1307,6 +1326,83 @@ async def run_write_cost(
     finally:
         progress.close()
     return results
+
+
+async def run_redis_write_cost(
+    settings: WriteCostSettings, url: str, *, quiet: bool = False
+) -> dict[str, Any]:
+    """The same one-field updates on the Redis backend at ``url``: small vs large entries,
+    write-behind and write-through (Redis keeps an entry whole, in one value).
+
+    The sessions live under a fresh prefix of their own, removed afterwards with every key
+    it named; nothing else on the server is touched. A standalone server (not a cluster).
+    """
+    from . import open_store
+    from .backends._redis import RedisBackend, _hide_password
+
+    results: dict[str, Any] = {"settings": asdict(settings), "update": {}, "server": _hide_password(url)}
+    progress = Progress(6, quiet=quiet)
+    try:
+        for label, size in (("small", settings.small), ("large", settings.large)):
+            sessions = sized_sessions(settings.sessions, size, seed=settings.seed)
+            keys = list(sessions)
+            sizes = [len(_encoder.encode(value)) for value in sessions.values()]
+            results[f"{label}_bytes"] = int(statistics.fmean(sizes))
+            prefix = f"aiosessions-bench-{uuid.uuid4().hex[:12]}"
+            try:
+                progress.step(f"Redis: writing {len(keys)} sessions of {format_bytes(size)}")
+                async with open_store(RedisBackend.from_url(url, prefix=prefix), entry_type=dict) as store:
+                    for key, value in sessions.items():
+                        await store.set(key, value)
+                for name, interval in (("write-behind", 0.05), ("write-through", 0.0)):
+                    progress.step(f"Redis, {name}: update one field of a {format_bytes(size)} entry")
+                    backend = RedisBackend.from_url(url, prefix=prefix)
+                    async with open_store(backend, entry_type=dict, flush_interval=interval) as store:
+                        into = results["update"]
+                        await _update_costs(store, keys, into, name, label, settings, by_member=True)
+            finally:
+                await _drop_redis_store(url, prefix)
+    finally:
+        progress.close()
+    return results
+
+
+async def _drop_redis_store(url: str, prefix: str) -> None:
+    """Remove every key of the store named ``prefix`` (``{prefix}:format`` and ``{prefix/N}:…``)."""
+    from redis import asyncio as aioredis
+
+    from .backends._redis import _split_url
+
+    client = aioredis.from_url(_split_url(url)[0])
+    try:
+        for pattern in (f"{{{prefix}}}*", f"{{{prefix}/*"):
+            names = [name async for name in client.scan_iter(match=pattern, count=1000)]
+            if names:
+                await client.unlink(*names)
+    finally:
+        await client.aclose()
+
+
+def redis_write_cost_report(results: dict[str, Any]) -> str:
+    rows = [
+        [
+            f"update one field, {name}",
+            format_seconds(row["small"].p50),
+            format_seconds(row["large"].p50),
+            format_ratio(row["large"].p50 / row["small"].p50),
+        ]
+        for name, row in results["update"].items()
+    ]
+    s = results["settings"]
+    return "\n".join(
+        [
+            f"write cost on Redis ({results['server']}): {s['sessions']} sessions of "
+            f"~{format_bytes(results['small_bytes'])} and ~{format_bytes(results['large_bytes'])}, "
+            f"p50 of one call (seed {s['seed']})",
+            "",
+            render_table(["", "small", "large", "large / small"], rows),
+        ]
+    )
 
 
 # -- the built-in benchmark -----------------------------------------------------------------------
@@ -1768,6 +1864,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="instead: what one update costs on 2 KB vs 120 KB entries at each durability, "
         "against a plain tmp + rename loop and SQLite (about a minute; --quick for a tiny run)",
     )
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        default=None,
+        help="with --writes: measure the Redis backend on this server instead of files (the "
+        "sessions go under a fresh prefix, removed afterwards; a standalone server)",
+    )
 
 
 def settings_from(args: argparse.Namespace) -> QuickSettings:
@@ -1879,8 +1982,14 @@ async def run_command(args: argparse.Namespace) -> int:
         costs = WriteCostSettings(seed=args.seed)
         if args.quick:
             costs.sessions, costs.samples, costs.distinct, costs.budget = 20, 20, 100, 1.0
-        results = await run_write_cost(costs, folder=args.dir, quiet=args.quiet)
-        print(write_cost_report(results))
+        if args.redis is not None:
+            results = await run_redis_write_cost(costs, args.redis, quiet=args.quiet)
+            print(redis_write_cost_report(results))
+        else:
+            results = await run_write_cost(costs, folder=args.dir, quiet=args.quiet)
+            print(write_cost_report(results))
+    elif getattr(args, "redis", None) is not None:
+        raise ValueError("--redis goes with --writes: the comparison with the legacy file is about files")
     else:
         results = await run_quick(settings_from(args), quiet=args.quiet)
         print(report(results))

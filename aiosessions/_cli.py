@@ -921,6 +921,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.parser.error("give --older-than, --max-entries or both")
     if args.command == "bench" and args.source is not None and (args.sessions or args.megabytes):
         args.parser.error("--from measures your store as it is: it takes no --sessions or --megabytes")
+    if args.command == "bench" and args.redis is not None and not args.writes:
+        args.parser.error("--redis goes with --writes: the comparison with the legacy file is about files")
     run: Command = args.run
     try:
         return anyio.run(run, args)

@@ -10,7 +10,8 @@ Stages (each printed as it starts):
    first read, and memory (in a fresh process) for the main contenders;
 4. migration time;
 5. write cost: a one-field update of 2 KB vs 120 KB entries at every durability,
-   the plain loop, and SQLite (the same measure as ``aiosessions bench --writes``).
+   the plain loop, and SQLite (the same measure as ``aiosessions bench --writes``), and
+   on the Redis backend (``--writes --redis``; needs redis-server).
 6. several processes on one Redis (``benchmarks/several_hosts.py``): the Redis backend against
    aiogram's GET/SET and the directory store, 1 to 8 processes (needs redis-server).
 7. listings at scale: newest 50, keys, prefixes, counts, ``ls`` and the index's upkeep
@@ -49,6 +50,8 @@ from aiosessions._bench import (
     _versions,
     describe_machine,
     measure_open,
+    redis_write_cost_report,
+    run_redis_write_cost,
     run_write_cost,
     touch,
     write_cost_report,
@@ -263,6 +266,18 @@ async def stage_migration(work: Workload, folder: Path, progress: Progress) -> d
     return out
 
 
+async def _redis_write_cost(settings: WriteCostSettings, folder: Path) -> dict[str, Any]:
+    """``aiosessions bench --writes --redis`` on a redis-server started for it."""
+    from .several_hosts import start_server
+
+    server, port = start_server(folder)
+    try:
+        return await run_redis_write_cost(settings, f"redis://127.0.0.1:{port}/0", quiet=True)
+    finally:
+        server.kill()
+        server.wait(10)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tiny run of every stage (seconds)")
@@ -353,6 +368,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 settings.sessions, settings.samples, settings.distinct, settings.budget = 20, 20, 100, 1.0
             writes = await run_write_cost(settings, folder=work_root, quiet=True)
             writes["table"] = write_cost_report(writes)
+            progress.step("write cost on Redis (a redis-server of its own)")
+            writes["redis"] = await _redis_write_cost(settings, work_root / "writes-redis")
+            writes["table"] += "\n\n" + redis_write_cost_report(writes["redis"])
             results["writes"] = writes
         if "redis" in stages:
             from . import several_hosts

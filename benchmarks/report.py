@@ -230,9 +230,9 @@ def tables(results: dict[str, Any]) -> str:
             "",
         ]
     if "writes" in results:
-        # Rendered by aiosessions._bench.write_cost_report in the run (the same table `aiosessions
-        # bench --writes` prints), kept verbatim in a code block.
-        out += ["### Write cost: one-field update of 2 KB vs 120 KB entries; SQLite", "", "```"]
+        # Rendered by aiosessions._bench in the run (the tables `aiosessions bench --writes` and
+        # `--writes --redis` print), kept verbatim in a code block.
+        out += ["### Write cost: one-field update of 2 KB vs 120 KB entries; SQLite; Redis", "", "```"]
         out += [results["writes"]["table"], "```", ""]
     if "redis" in results:
         out += [_several_hosts(results), ""]

@@ -41,3 +41,56 @@ def test_a_short_run_of_the_redis_section(tmp_path: Path) -> None:
     assert "| aiogram-style GET/SET |" in table and "lost updates (2)" in table
     (chart,) = several_hosts.charts(results, tmp_path)
     assert chart.stat().st_size > 1_000
+
+
+def test_bench_writes_on_redis_command_line(shared_redis: str, tmp_path: Path) -> None:
+    """`aiosessions bench --writes --redis URL`: the update rows on the Redis backend, small vs
+    large entries, under a prefix of its own that is gone afterwards with every key it named."""
+    import json
+    import subprocess
+    import sys
+
+    from .conftest import redis
+
+    def bench_keys() -> set[bytes]:
+        with redis.Redis.from_url(shared_redis) as client:
+            return set(client.scan_iter(match="{aiosessions-bench-*", count=1000))
+
+    before = bench_keys()
+    out = tmp_path / "writes.json"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "aiosessions", "bench", "--writes", "--quick"),
+            *("--redis", shared_redis, "--json", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "write cost on Redis" in done.stdout
+    assert "update one field, write-through, update_members" in done.stdout
+    figures = json.loads(out.read_text("utf-8"))
+    for name in ("write-behind", "write-through"):
+        for way in (name, f"{name}, update_members", f"{name}, update_members again"):
+            for size in ("small", "large"):
+                assert figures["update"][way][size]["p50"] > 0, (way, size)
+    assert 100_000 < figures["large_bytes"] < 140_000
+    assert bench_keys() == before
+
+
+def test_redis_goes_with_writes() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "aiosessions", "bench", "--redis", "redis://127.0.0.1:1/0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 2 and "--redis goes with --writes" in done.stderr, done.stderr
