@@ -19,7 +19,8 @@ Stages (each printed as it starts):
 8. open + get one session + close at 100 to 100,000 sessions, against the
    physical floor (``aiosessions._bench.measure_open``, as in ``aiosessions bench``).
 
-Results go to ``benchmarks/results/`` (``results.json``, ``tables.md``) and the PNG charts
+Results go to ``benchmarks/results/`` (``results.json``, ``tables.md``; the listing and Redis
+stages also ``listing.md``/``.json`` and ``redis.md``/``.json``) and the PNG charts
 to ``docs/assets/benchmarks/``, where the documentation site shows them.
 """
 
@@ -419,6 +420,13 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / f"{stem}.md").write_text(table(data["listing"], header=False), encoding="utf-8")
         listing = json.dumps(data["listing"], indent=2, ensure_ascii=False) + "\n"
         (args.out / f"{stem}.json").write_text(listing, encoding="utf-8")
+    if "redis" in data:
+        from .several_hosts import tables as redis_tables
+
+        stem = "redis-quick" if args.quick else "redis"
+        (args.out / f"{stem}.md").write_text(redis_tables(data["redis"]), encoding="utf-8")
+        redis = json.dumps(data["redis"], indent=2, ensure_ascii=False) + "\n"
+        (args.out / f"{stem}.json").write_text(redis, encoding="utf-8")
     print(tables)
     if not args.no_charts:
         # The documentation site shows the charts of the last full run, so a full run

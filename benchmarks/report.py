@@ -91,12 +91,6 @@ def _rate_table(section: dict[str, Any], measure: str, *, lag: str | None = None
     return _markdown(header, rows)
 
 
-def _several_hosts(results: dict[str, Any]) -> str:
-    from . import several_hosts
-
-    return "### Several processes on one Redis\n\n" + several_hosts.tables(results["redis"])
-
-
 def tables(results: dict[str, Any]) -> str:
     """Every table of the run, as Markdown (what docs/benchmarks.md includes)."""
     machine = results["machine"]
@@ -234,12 +228,8 @@ def tables(results: dict[str, Any]) -> str:
         # `--writes --redis` print), kept verbatim in a code block.
         out += ["### Write cost: one-field update of 2 KB vs 120 KB entries; SQLite; Redis", "", "```"]
         out += [results["writes"]["table"], "```", ""]
-    if "redis" in results:
-        out += [_several_hosts(results), ""]
-    if "listing" in results:
-        from .listing import table
-
-        out += [table(results["listing"])]
+    # The Redis and listing stages write files of their own (redis.md, listing.md), shown in
+    # sections of their own in docs/benchmarks.md.
     return "\n".join(out)
 
 

@@ -94,3 +94,35 @@ def test_redis_goes_with_writes() -> None:
         check=False,
     )
     assert done.returncode == 2 and "--redis goes with --writes" in done.stderr, done.stderr
+
+
+def test_the_writes_stage_measures_redis_on_a_server_of_its_own(tmp_path: Path) -> None:
+    """`python -m benchmarks --stages writes`: the directory store's rows and the Redis ones,
+    the latter on a redis-server the stage starts and stops."""
+    import json
+    import subprocess
+    import sys
+
+    from ._servers import REDIS_SERVER
+
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("the bench extra is not installed (matplotlib is missing): pip install -e '.[bench]'")
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks", "--quick", "--stages", "writes", "--no-charts"),
+            *("--out", str(tmp_path), "--work", str(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    writes = json.loads((tmp_path / "results-quick.json").read_text("utf-8"))["writes"]
+    assert writes["update"]["write-through +fsync"]["large"]["p50"] > 0
+    assert writes["redis"]["update"]["write-through, update_members"]["large"]["p50"] > 0
+    tables = (tmp_path / "tables-quick.md").read_text("utf-8")
+    assert "write cost on Redis (redis://127.0.0.1:" in tables and "SQLite FULL" in tables
