@@ -516,13 +516,26 @@ class RedisBackend:
     async def _read(self, key: str) -> bytes | None:
         bucket = self._bucket(key)
         field = key.encode()
+        # The token of the bytes held: the server sends them again only if they changed.
+        known = self._versions.get(key)
+        held = b"" if known is None else known[1]
         try:
-            reply = await self._evalsha("read", self._entry(bucket, key), self._tag(bucket) + b":v", field)
+            keys = (self._entry(bucket, key), self._tag(bucket) + b":v")
+            reply = await self._evalsha("read", keys, (field, held))
         except (redis_errors.RedisError, OSError) as exc:
             raise self._io_error(exc, "reading", key) from exc
         if reply is None:
             return None
-        token, _, data = bytes(reply).partition(b" ")
+        token, space, data = bytes(reply).partition(b" ")
+        if not space:
+            # Unchanged: the stored version is the one held. What is held now may differ from
+            # what was held when the read was sent (bounded, the cache may have dropped it, or a
+            # write of this process replaced it); then ask again for the bytes themselves.
+            known = self._versions.get(key)
+            if known is None or known[1] != token:
+                self._forget(key)
+                return await self._read(key)
+            data = known[0]
         if token:
             self._remember(key, data, token)
         return data
@@ -854,9 +867,8 @@ class RedisBackend:
 
     # -- helpers --------------------------------------------------------------------------
 
-    async def _evalsha(self, name: str, *keys_then_args: bytes) -> Any:
-        """Run one read script (``keys_then_args``: the keys, then the last one field)."""
-        keys, args = keys_then_args[:-1], keys_then_args[-1:]
+    async def _evalsha(self, name: str, keys: Sequence[bytes], args: Sequence[bytes]) -> Any:
+        """Run one read script."""
         try:
             return await self._script(name, keys, args)
         except redis_errors.NoScriptError:

@@ -21,14 +21,19 @@ from __future__ import annotations
 
 __all__ = ["READ", "RESOLVE", "WRITE"]
 
-#: KEYS: 1 the entry, 2 the bucket's version hash. ARGV: 1 the key.
-#: Returns "<version token> <bytes>" (one bulk reply: as cheap to parse as a GET), or false.
+#: KEYS: 1 the entry, 2 the bucket's version hash. ARGV: 1 the key, 2 the version token of the
+#: bytes the reader holds ('' for none).
+#: Returns "<version token> <bytes>" (one bulk reply: as cheap to parse as a GET), the token
+#: alone when it is the reader's (the entry is unchanged: its bytes are not sent again), or false.
 READ = """
-local data = redis.call('GET', KEYS[1])
-if not data then return false end
 local version = redis.call('HGET', KEYS[2], ARGV[1]) or ''
 local sp = string.find(version, ' ', 1, true)
 if sp then version = string.sub(version, 1, sp - 1) end
+if version ~= '' and version == ARGV[2] and redis.call('EXISTS', KEYS[1]) == 1 then
+  return version
+end
+local data = redis.call('GET', KEYS[1])
+if not data then return false end
 return version .. ' ' .. data
 """
 

@@ -281,6 +281,57 @@ async def test_a_large_entry_is_compared_by_its_token(redis_url: str) -> None:
         await backend.aclose()
 
 
+async def test_a_read_of_an_entry_held_unchanged_does_not_send_it_again(redis_url: str) -> None:
+    """The read names the version token of the bytes it holds; the server answers with the token
+    alone while it is current, with the bytes as soon as anyone wrote (even the same bytes)."""
+    big = msgspec.json.encode({"updatedAt": 1, "blob": "x" * 200_000})
+    backend, other = backend_for(redis_url), backend_for(redis_url)
+    await backend.open()
+    await other.open()
+    try:
+        await backend.write_batch([Write("big", big)], durable=True)
+        # What it wrote is what it holds: the very bytes come back, none sent by the server.
+        assert await backend.read("big") is big
+        first = await other.read("big")
+        assert first == big and first is not big
+        assert await other.read("big") is first
+        newer = big.replace(b'"updatedAt":1', b'"updatedAt":2')
+        assert (await other.write_batch([Write("big", newer, first, blind=False)], durable=True)).landed
+        assert await backend.read("big") == newer
+        # The same bytes written again are a new version: sent again, compared by token after.
+        assert (await other.write_batch([Write("big", newer)], durable=True)).landed
+        again = await backend.read("big")
+        assert again == newer and await backend.read("big") is again
+        assert (await other.write_batch([Write("big", None)], durable=True)).landed
+        assert await backend.read("big") is None
+    finally:
+        await backend.aclose()
+        await other.aclose()
+
+
+async def test_bytes_forgotten_while_the_server_said_unchanged_are_read_whole(redis_url: str) -> None:
+    """What the read held can leave the cache (it is bounded) before the reply comes: the
+    reply "unchanged" then has nothing to stand for, and the entry is read again, whole."""
+    entry = msgspec.json.encode({"updatedAt": 1, "n": 1})
+    backend = backend_for(redis_url)
+    await backend.open()
+    try:
+        await backend.write_batch([Write("k", entry)], durable=True)
+        script = backend._script
+
+        async def forget_while_waiting(name: str, keys: Any, args: Any) -> Any:
+            reply = await script(name, keys, args)
+            backend._forget("k")
+            return reply
+
+        backend._script = forget_while_waiting  # type: ignore[method-assign]
+        trips = backend.counters()["round_trips"]
+        assert await backend.read("k") == entry
+        assert backend.counters()["round_trips"] == trips + 2
+    finally:
+        await backend.aclose()
+
+
 def lose_replies(backend: RedisBackend) -> Callable[[], None]:
     """From now on the backend's batches run in the server but their replies are lost;
     the function returned puts the real sending back."""
