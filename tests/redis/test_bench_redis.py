@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,10 +15,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python *args`` in the source tree, its output captured."""
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False
+    )
+
+
 def test_a_short_run_of_the_redis_section(tmp_path: Path) -> None:
     if importlib.util.find_spec("matplotlib") is None:
         pytest.skip("the bench extra is not installed (matplotlib is missing): pip install -e '.[bench]'")
-    import sys
 
     import anyio
 
@@ -46,10 +55,6 @@ def test_a_short_run_of_the_redis_section(tmp_path: Path) -> None:
 def test_bench_writes_on_redis_command_line(shared_redis: str, tmp_path: Path) -> None:
     """`aiosessions bench --writes --redis URL`: the update rows on the Redis backend, small vs
     large entries, under a prefix of its own that is gone afterwards with every key it named."""
-    import json
-    import subprocess
-    import sys
-
     from .conftest import redis
 
     def bench_keys() -> set[bytes]:
@@ -58,16 +63,9 @@ def test_bench_writes_on_redis_command_line(shared_redis: str, tmp_path: Path) -
 
     before = bench_keys()
     out = tmp_path / "writes.json"
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "aiosessions", "bench", "--writes", "--quick"),
-            *("--redis", shared_redis, "--json", str(out)),
-        ],
-        capture_output=True,
-        text=True,
+    done = run(
+        *("-m", "aiosessions", "bench", "--writes", "--quick", "--redis", shared_redis, "--json", str(out)),
         timeout=120,
-        cwd=ROOT,
-        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert "write cost on Redis" in done.stdout
@@ -82,43 +80,23 @@ def test_bench_writes_on_redis_command_line(shared_redis: str, tmp_path: Path) -
 
 
 def test_redis_goes_with_writes() -> None:
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-m", "aiosessions", "bench", "--redis", "redis://127.0.0.1:1/0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
+    done = run("-m", "aiosessions", "bench", "--redis", "redis://127.0.0.1:1/0", timeout=60)
     assert done.returncode == 2 and "--redis goes with --writes" in done.stderr, done.stderr
 
 
 def test_the_writes_stage_measures_redis_on_a_server_of_its_own(tmp_path: Path) -> None:
     """`python -m benchmarks --stages writes`: the directory store's rows and the Redis ones,
     the latter on a redis-server the stage starts and stops."""
-    import json
-    import subprocess
-    import sys
-
     from ._servers import REDIS_SERVER
 
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed")
     if importlib.util.find_spec("matplotlib") is None:
         pytest.skip("the bench extra is not installed (matplotlib is missing): pip install -e '.[bench]'")
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "benchmarks", "--quick", "--stages", "writes", "--no-charts"),
-            *("--out", str(tmp_path), "--work", str(tmp_path)),
-        ],
-        capture_output=True,
-        text=True,
+    done = run(
+        *("-m", "benchmarks", "--quick", "--stages", "writes", "--no-charts"),
+        *("--out", str(tmp_path), "--work", str(tmp_path)),
         timeout=170,
-        cwd=ROOT,
-        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     writes = json.loads((tmp_path / "results-quick.json").read_text("utf-8"))["writes"]
