@@ -226,7 +226,8 @@ def tables(results: dict[str, Any]) -> str:
     if "writes" in results:
         # Rendered by aiosessions._bench in the run (the tables `aiosessions bench --writes` and
         # `--writes --redis` print), kept verbatim in a code block.
-        out += ["### Write cost: one-field update of 2 KB vs 120 KB entries; SQLite; Redis", "", "```"]
+        redis = "; Redis" if "redis" in results["writes"] else ""
+        out += [f"### Write cost: one-field update of 2 KB vs 120 KB entries; SQLite{redis}", "", "```"]
         out += [results["writes"]["table"], "```", ""]
     # The Redis and listing stages write files of their own (redis.md, listing.md), shown in
     # sections of their own in docs/benchmarks.md.
