@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import msgspec
 
@@ -28,6 +29,7 @@ __all__ = [
     "BLOB_MIN",
     "ENTRY_MIN",
     "PARTS",
+    "Pieces",
     "join",
     "join_members",
     "members",
@@ -50,6 +52,16 @@ _parts = msgspec.json.Decoder(list[tuple[str, int, str]])
 _encoder = msgspec.json.Encoder()
 
 
+class Pieces(NamedTuple):
+    """What :func:`split_members` found of an entry it split, so that nobody decodes its
+    ``meta.json`` again to learn it."""
+
+    #: ``(member, digest)`` of each member stored apart, in the order of ``$parts``.
+    named: tuple[tuple[str, str], ...]
+    #: The entry's top-level members, as slices of it.
+    members: dict[str, msgspec.Raw]
+
+
 def split(
     data: bytes, known: Mapping[str, tuple[str, bytes]] | None = None
 ) -> tuple[bytes, dict[str, bytes]]:
@@ -65,9 +77,9 @@ def split(
 
 def split_members(
     data: bytes, known: Mapping[str, tuple[str, bytes]] | None = None
-) -> tuple[bytes, dict[str, bytes], dict[str, msgspec.Raw] | None]:
-    """:func:`split`, and the top-level members of ``data`` as slices of it when it is split
-    (None otherwise): found by the same scan."""
+) -> tuple[bytes, dict[str, bytes], Pieces | None]:
+    """:func:`split`, and what it found of ``data`` when it is split (None otherwise): its
+    parts and its top-level members, from the same scan."""
     if len(data) < ENTRY_MIN and _PARTS_BYTES not in data:
         return data, {}, None
     try:
@@ -92,7 +104,7 @@ def split_members(
     if not parts:
         return data, {}, None
     small[PARTS] = parts
-    return _encoder.encode(small), blobs, slices
+    return _encoder.encode(small), blobs, Pieces(tuple((n, d) for n, _, d in parts), slices)
 
 
 def references(meta: bytes) -> list[tuple[str, int, str]] | None:

@@ -65,7 +65,7 @@ from .._layout import (
     walk,
 )
 from .._locks import acquire_file_lock_sync, file_lock, release_file_lock
-from .._parts import join_members, references, split_members
+from .._parts import Pieces, join_members, references, split_members
 from .._recency import position_of
 from ._base import BatchResult, Write
 from ._blobs import Blobs, Known
@@ -99,8 +99,8 @@ class _Staged:
     signature: Signature | None = None
     #: What the tmp file holds: ``write.data``'s ``meta.json`` (its blobs are written already).
     meta: bytes = b""
-    #: ``write.data``'s top-level members, as slices of it, when it is stored split.
-    members: Mapping[str, msgspec.Raw] | None = None
+    #: What splitting ``write.data`` found, when it is stored split.
+    pieces: Pieces | None = None
 
 
 def _holds(blob: bytes, digest: str) -> bool:
@@ -872,13 +872,13 @@ class DirectoryBackend:
                 self._remove_tmp_files(name, folder)
             if is_shortened(name):
                 self._write_key_file(write.key, name, folder, False)  # made durable by the barrier
-            meta, _, members = self._write_parts_sync(
+            meta, _, pieces = self._write_parts_sync(
                 write.key, write.data, folder, durable=False, barrier=True
             )
             tmp, signature = fs.write_tmp(META, meta, dir_fd=folder)
         finally:
             fs.close(folder)
-        return _Staged(write, name, tmp, signature, meta, members)
+        return _Staged(write, name, tmp, signature, meta, pieces)
 
     def _barrier_sync(self, what: str) -> tuple[BaseException | None, float]:
         started = time.perf_counter()
@@ -946,7 +946,7 @@ class DirectoryBackend:
                             fs.close(folder)
                         assert item.signature is not None and item.write.data is not None
                         signatures[key] = item.signature
-                        self._remember_written(key, item.write.data, item.meta, item.members, synced=None)
+                        self._remember_written(key, item.write.data, item.meta, item.pieces, synced=None)
                 except OSError as exc:
                     if item.tmp is not None:
                         self._discard_tmp(item)
@@ -1079,10 +1079,10 @@ class DirectoryBackend:
 
     def _write_parts_sync(
         self, key: str, data: bytes, folder: int, *, durable: bool, barrier: bool = False
-    ) -> tuple[bytes, dict[str, Signature], dict[str, msgspec.Raw] | None]:
+    ) -> tuple[bytes, dict[str, Signature], Pieces | None]:
         """Write the blobs of ``data`` that the session folder lacks; return its ``meta.json``,
         when ``durable`` ``{digest: signature}`` of the blob files it names (all durable), and
-        the top-level members of ``data`` as slices of it when it is split (``members_of``).
+        what splitting it found when it is split (its parts, and its members for ``members_of``).
 
         A large member is hashed only when its bytes differ from its last stored value
         (``_parts.split``'s hints). With ``durable``, every blob the new ``meta.json`` names
@@ -1099,7 +1099,7 @@ class DirectoryBackend:
         """
         if self._version < 2:
             return data, {}, None
-        meta, blobs, members = split_members(data, self._blobs.hints(key))
+        meta, blobs, pieces = split_members(data, self._blobs.hints(key))
         if not blobs:
             return meta, {}, None
         fs = self._fs
@@ -1125,30 +1125,30 @@ class DirectoryBackend:
             self._blobs.put(digest, blob)
         if sync_folder:
             fs.fsync(folder)
-        return meta, files if durable else {}, members
+        return meta, files if durable else {}, pieces
 
     def _remember_written(
         self,
         key: str,
         data: bytes,
         meta: bytes,
-        members: Mapping[str, msgspec.Raw] | None,
+        pieces: Pieces | None,
         *,
         synced: dict[str, Signature] | None,
     ) -> None:
-        """Remember what ``key`` now holds (``members``: its top-level members, as slices of
-        ``data``); ``synced``: the blob files a durable write made durable (None: the write
-        was not durable).
+        """Remember what ``key`` now holds (``pieces``: what splitting ``data`` into ``meta``
+        found, None when it is whole); ``synced``: the blob files a durable write made durable
+        (None: the write was not durable).
 
         A write that was not durable leaves the synced files as they were: a blob file this
         process synced stays synced until it is replaced (then its signature differs).
         """
         if self._version < 2:
             return
-        parts = references(meta) if meta is not data else None
-        named = () if parts is None else tuple((n, d) for n, _, d in parts)
-        frozen = MappingProxyType(members) if named and members is not None else None
-        self._blobs.remember(key, Known(data, meta, named, frozen))
+        if pieces is None:
+            self._blobs.remember(key, Known(data, meta, ()))
+        else:
+            self._blobs.remember(key, Known(data, meta, pieces.named, MappingProxyType(pieces.members)))
         if synced is not None:
             self._blobs.set_synced(key, synced)
 
@@ -1193,12 +1193,10 @@ class DirectoryBackend:
                 self._remove_tmp_files(name, folder)
             if is_shortened(name):
                 self._write_key_file(write.key, name, folder, durable)
-            meta, files, members = self._write_parts_sync(write.key, write.data, folder, durable=durable)
+            meta, files, pieces = self._write_parts_sync(write.key, write.data, folder, durable=durable)
             try:
                 signatures[write.key] = fs.write_atomic(META, meta, dir_fd=folder, durable=durable)
-                self._remember_written(
-                    write.key, write.data, meta, members, synced=files if durable else None
-                )
+                self._remember_written(write.key, write.data, meta, pieces, synced=files if durable else None)
             except UnsyncedError as exc:
                 result.unsynced[write.key] = io_error(
                     exc, "syncing", key=write.key, path=self.location(write.key)
