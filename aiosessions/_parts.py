@@ -29,6 +29,7 @@ __all__ = [
     "BLOB_MIN",
     "ENTRY_MIN",
     "PARTS",
+    "Last",
     "Pieces",
     "join",
     "join_members",
@@ -58,45 +59,59 @@ class Pieces(NamedTuple):
 
     #: ``(member, digest)`` of each member stored apart, in the order of ``$parts``.
     named: tuple[tuple[str, str], ...]
-    #: The entry's top-level members, as slices of it.
-    members: dict[str, msgspec.Raw]
+    #: The entry's top-level members, as slices of it (read-only: a caller's may be shared).
+    members: Mapping[str, msgspec.Raw]
 
 
-def split(
-    data: bytes, known: Mapping[str, tuple[str, bytes]] | None = None
-) -> tuple[bytes, dict[str, bytes]]:
+#: What a store knows of a member's last stored value, by the member's name: its digest, its
+#: bytes if still cached, and the very slice it was stored from or read as (or None).
+Last = tuple[str, "bytes | None", "msgspec.Raw | None"]
+
+
+def split(data: bytes, known: Mapping[str, Last] | None = None) -> tuple[bytes, dict[str, bytes]]:
     """``(meta, blobs)``: the bytes for ``meta.json`` and ``{digest: bytes}`` of each blob.
 
-    ``meta`` is ``data`` itself (and ``blobs`` empty) when nothing is split. ``known`` maps a
-    member's name to ``(digest, bytes)`` of its last stored value: a member whose bytes are
-    equal (a ``memcmp``) takes that digest without being hashed again.
+    ``meta`` is ``data`` itself (and ``blobs`` empty) when nothing is split. ``known`` tells
+    a member's last stored value by its name: a member that is that very slice, or whose
+    bytes are equal (a ``memcmp``), takes that digest without being hashed again.
     """
     meta, blobs, _ = split_members(data, known)
     return meta, blobs
 
 
 def split_members(
-    data: bytes, known: Mapping[str, tuple[str, bytes]] | None = None
+    data: bytes, known: Mapping[str, Last] | None = None, slices: Mapping[str, msgspec.Raw] | None = None
 ) -> tuple[bytes, dict[str, bytes], Pieces | None]:
     """:func:`split`, and what it found of ``data`` when it is split (None otherwise): its
-    parts and its top-level members, from the same scan."""
-    if len(data) < ENTRY_MIN and _PARTS_BYTES not in data:
+    parts and its top-level members, from the same scan.
+
+    ``slices``: the top-level members of ``data`` when the caller has them (the store does
+    after ``update_members()``): then ``data`` is not scanned, and a large member that is
+    the very slice ``known`` names is neither copied nor compared.
+    """
+    if slices is None:
+        if len(data) < ENTRY_MIN and _PARTS_BYTES not in data:
+            return data, {}, None
+        try:
+            slices = members(data)
+        except msgspec.DecodeError:
+            return data, {}, None  # not a JSON object (an array-like Struct): kept whole
+    elif len(data) < ENTRY_MIN and PARTS not in slices:
         return data, {}, None
-    try:
-        slices = members(data)
-    except msgspec.DecodeError:
-        return data, {}, None  # not a JSON object (an array-like Struct): kept whole
     small: dict[str, object] = {}
     parts: list[tuple[str, int, str]] = []
     blobs: dict[str, bytes] = {}
     for position, (name, raw) in enumerate(slices.items()):
         if name == PARTS or (len(data) >= ENTRY_MIN and len(raw) >= BLOB_MIN):
-            blob = bytes(raw)
             last = None if known is None else known.get(name)
-            if last is not None and last[1] == blob:
-                digest, blob = last  # the very bytes already cached: no second copy kept
+            if last is not None and last[2] is raw and last[1] is not None:
+                digest, blob = last[0], last[1]  # the slice stored last time: the same bytes
             else:
-                digest = hashlib.sha256(blob).hexdigest()
+                blob = bytes(raw)
+                if last is not None and last[1] == blob:
+                    digest, blob = last[0], last[1]  # the very bytes already cached: no second copy kept
+                else:
+                    digest = hashlib.sha256(blob).hexdigest()
             blobs[digest] = blob
             parts.append((name, position, digest))
         else:

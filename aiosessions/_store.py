@@ -470,7 +470,8 @@ class SessionStore(Generic[T]):
             split = None if stored is None else self._members_of(key, stored)
             result = fn(members.current(split, names))
             data, joined = self._join_members(key, names, split, result)
-            seq = self._queue.put(key, data, fn=self._whole_entry_update(key, names, fn), base=base)
+            update = self._whole_entry_update(key, names, fn)
+            seq = self._queue.put(key, data, fn=update, base=base, members=joined)
             if data is not None and joined is not None:
                 self._member_splits.remember(key, data, joined)
         await self._settle(key, seq, durable)

@@ -88,6 +88,7 @@ class _Pending:
         "fns",
         "inflight_seq",
         "landed_seq",
+        "members",
         "seq",
         "since",
         "unknown",
@@ -96,6 +97,8 @@ class _Pending:
 
     def __init__(self, data: bytes | None, seq: int, since: float) -> None:
         self.data = data
+        #: The top-level members of ``data`` as slices, when the change that made it had them.
+        self.members: Mapping[str, Any] | None = None
         self.seq = seq
         self.landed_seq = seq - 1  # every change before this key became pending is on disk
         self.visible_seq = seq - 1  # >= landed_seq: in the file, perhaps not durable
@@ -217,13 +220,21 @@ class WriteBehind:
             self._leave()
 
     def put(
-        self, key: str, data: bytes | None, *, fn: UpdateFn | None = None, base: bytes | None = None
+        self,
+        key: str,
+        data: bytes | None,
+        *,
+        fn: UpdateFn | None = None,
+        base: bytes | None = None,
+        members: Mapping[str, Any] | None = None,
     ) -> int:
         """Make ``data`` the state of ``key`` and queue it; return the change's sequence number.
 
         ``fn`` is the update function that produced ``data`` from the stored state
         ``base`` (when ``key`` was not pending; None: absent); without ``fn`` the
-        change is a blind set or delete. Never awaits, so it is atomic on the loop.
+        change is a blind set or delete. ``members``: the top-level members of ``data``
+        as ``msgspec.Raw`` slices, when known (handed to the backend with the write).
+        Never awaits, so it is atomic on the loop.
         """
         self._seq += 1
         seq = self._seq
@@ -240,6 +251,7 @@ class WriteBehind:
             self._pending_bytes += _size(data) - _size(p.data)
             p.data = data
             p.seq = seq
+        p.members = members
         if fn is None:
             p.blind_seq = seq
             p.fns.clear()
@@ -472,7 +484,10 @@ class WriteBehind:
         self._retry_now = self._kicked = False
         snapshot: list[tuple[_Pending, Write, int]] = []
         for key, p in self._pending.items():
-            write, seq = p.doubt if p.doubt is not None else (Write(key, p.data, p.base, p.blind), p.seq)
+            if p.doubt is not None:
+                write, seq = p.doubt
+            else:
+                write, seq = Write(key, p.data, p.base, p.blind, p.members), p.seq
             p.inflight_seq = seq
             snapshot.append((p, write, seq))
             if len(snapshot) >= self._batch_size:
@@ -599,6 +614,7 @@ class WriteBehind:
             return False
         self._pending_bytes += _size(data) - _size(p.data)
         p.data = data
+        p.members = None
         p.base = current
         self._seq += 1
         p.seq = self._seq  # a new state: the previous one was never written

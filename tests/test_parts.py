@@ -13,7 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aiosessions._bench import generate_sessions, sized_sessions
-from aiosessions._parts import BLOB_MIN, ENTRY_MIN, PARTS, join, join_members, references, split
+from aiosessions._parts import (
+    BLOB_MIN,
+    ENTRY_MIN,
+    PARTS,
+    join,
+    join_members,
+    references,
+    split,
+    split_members,
+)
 from aiosessions._parts import members as slices_of
 
 encode = msgspec.json.encode
@@ -86,3 +95,30 @@ def test_any_object_joins_back_to_the_same_bytes(members: dict[str, object], rng
         assert list(joined) == list(members) and joined == slices_of(data)
     if len(data) < ENTRY_MIN and PARTS not in members:
         assert meta == data
+    # Given the members (as update_members() hands them over), the split is the same.
+    assert split_members(data, slices=slices_of(data))[:2] == (meta, blobs)
+
+
+def test_a_member_that_is_the_slice_stored_last_is_taken_without_a_copy_or_a_hash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = encode({"a": 1, "big": "x" * BLOB_MIN, "other": "y" * BLOB_MIN})
+    _, blobs, pieces = split_members(data)
+    assert pieces is not None
+    digests = dict(pieces.named)
+    last = {name: (digests[name], blobs[digests[name]], pieces.members[name]) for name in digests}
+    changed = dict(pieces.members)
+    changed["a"] = msgspec.Raw(b"2")
+    new = msgspec.json.encode(changed)
+    hashed: list[int] = []
+    monkeypatch.setattr(hashlib, "sha256", lambda b: hashed.append(len(b)) or hashlib.new("sha256", b))
+    new_meta, new_blobs, _ = split_members(new, last, changed)
+    assert hashed == []
+    assert all(new_blobs[digest] is blobs[digest] for digest in digests.values())
+    assert (new_meta, new_blobs) == split(new)
+    hashed.clear()
+    # Equal bytes in another slice are compared, not hashed; other bytes are hashed.
+    changed["big"] = msgspec.Raw(b'"' + b"x" * BLOB_MIN + b'"')
+    changed["other"] = msgspec.Raw(b'"' + b"z" * BLOB_MIN + b'"')
+    assert digests["big"] in split_members(msgspec.json.encode(changed), last, changed)[1]
+    assert hashed == [BLOB_MIN + 2]

@@ -129,3 +129,45 @@ async def test_the_backend_knows_the_members_only_of_the_entry_it_last_read_or_w
         assert backend.members_of(key, changed_data) is None
     finally:
         await backend.aclose()
+
+
+@pytest.mark.parametrize("fsync", [False, True])
+async def test_the_writer_takes_the_members_it_is_handed_instead_of_scanning_and_hashing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool
+) -> None:
+    """A change by member of a session stored split reaches the writer with its members: the
+    121 KB entry is not scanned again there, and the large members it left alone are neither
+    compared nor hashed (they are the very slices last stored). What lands is the same."""
+    import hashlib
+
+    from aiosessions import _parts
+    from aiosessions._bench import sized_sessions
+
+    path = tmp_path / "sessions.json"
+    sessions = sized_sessions(4, 121_000, seed=10)
+    async with aiosessions.open_store(path, entry_type=dict, fsync=False) as store:
+        for key, entry in sessions.items():
+            await store.set(key, entry)
+    scanned: list[int] = []
+    hashed: list[int] = []
+    scan = _parts.members
+
+    def counting_scan(data: bytes) -> Any:
+        scanned.append(len(data))
+        return scan(data)
+
+    monkeypatch.setattr(_parts, "members", counting_scan)
+    monkeypatch.setattr(hashlib, "sha256", lambda b: hashed.append(len(b)) or hashlib.new("sha256", b))
+    async with aiosessions.open_store(path, entry_type=dict, fsync=fsync) as store:
+        for n, (key, entry) in enumerate(sessions.items()):
+            await store.get(key)  # reading hashes the blobs read from disk: not counted below
+            scanned.clear()
+            hashed.clear()
+            for turn in range(3):
+                await store.update_members(key, ["updatedAt"], lambda m, t=turn: {"updatedAt": t})
+                await store.flush()
+            entry["updatedAt"] = 2
+            assert hashed == []
+            assert [size for size in scanned if size >= _parts.ENTRY_MIN] == [], n
+    async with aiosessions.open_store(path, entry_type=dict) as store:
+        assert {key: await store.get(key) for key in sessions} == sessions

@@ -53,6 +53,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import msgspec
+
 __all__ = ["Backend", "BatchResult", "Write"]
 
 
@@ -68,12 +70,16 @@ class Write:
         data: The entry's new bytes (compact JSON), or None to delete the entry.
         expected: The stored bytes the write requires (None: the entry must be absent).
         blind: Write whatever is stored (no compare-and-swap).
+        members: The top-level members of ``data`` as slices, when the store has them
+            (a change by ``update_members()``): a backend that splits entries may take
+            them instead of scanning ``data``. Read-only; None when not known.
     """
 
     key: str
     data: bytes | None
     expected: bytes | None = None
     blind: bool = True
+    members: Mapping[str, msgspec.Raw] | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)

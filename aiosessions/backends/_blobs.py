@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import msgspec
 
 from .._fs import Signature
+from .._parts import Last
 
 __all__ = ["SYNCED_KEYS", "Blobs", "Known"]
 
@@ -108,17 +109,14 @@ class Blobs:
             return None
         return known.meta
 
-    def hints(self, key: str) -> dict[str, tuple[str, bytes]]:
-        """``{member: (digest, bytes)}`` of the key's last parts still cached (for ``split``)."""
+    def hints(self, key: str) -> dict[str, Last]:
+        """What the key's last entry held of each member stored apart (for ``split``): its
+        digest, its bytes while cached, and the slice it was stored from or read as."""
         known = self.known(key)
         if known is None or not known.parts:
             return {}
-        hints = {}
-        for name, digest in known.parts:
-            data = self.get(digest)
-            if data is not None:
-                hints[name] = (digest, data)
-        return hints
+        slices = known.members or {}
+        return {name: (digest, self.get(digest), slices.get(name)) for name, digest in known.parts}
 
     def remember(self, key: str, known: Known) -> None:
         size = known.size

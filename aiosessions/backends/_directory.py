@@ -873,7 +873,7 @@ class DirectoryBackend:
             if is_shortened(name):
                 self._write_key_file(write.key, name, folder, False)  # made durable by the barrier
             meta, _, pieces = self._write_parts_sync(
-                write.key, write.data, folder, durable=False, barrier=True
+                write.key, write.data, folder, durable=False, barrier=True, slices=write.members
             )
             tmp, signature = fs.write_tmp(META, meta, dir_fd=folder)
         finally:
@@ -1078,18 +1078,27 @@ class DirectoryBackend:
         return False
 
     def _write_parts_sync(
-        self, key: str, data: bytes, folder: int, *, durable: bool, barrier: bool = False
+        self,
+        key: str,
+        data: bytes,
+        folder: int,
+        *,
+        durable: bool,
+        barrier: bool = False,
+        slices: Mapping[str, msgspec.Raw] | None = None,
     ) -> tuple[bytes, dict[str, Signature], Pieces | None]:
         """Write the blobs of ``data`` that the session folder lacks; return its ``meta.json``,
         when ``durable`` ``{digest: signature}`` of the blob files it names (all durable), and
         what splitting it found when it is split (its parts, and its members for ``members_of``).
 
+        ``data`` is not scanned when its members are given (``slices``: a write's ``members``).
         A large member is hashed only when its bytes differ from its last stored value
-        (``_parts.split``'s hints). With ``durable``, every blob the new ``meta.json`` names
-        is durable, its folder entry included, before this returns: new ones are fsynced
-        before their rename, existing ones this process has not synced (that file: same
-        signature) are fsynced, then the folder once. A blob file whose size is wrong (cut
-        short by a crash without fsync) is written again.
+        (``_parts.split``'s hints), and not even compared when it is the very slice last
+        stored (``update_members()`` passes on the slices it left alone). With ``durable``,
+        every blob the new ``meta.json`` names is durable, its folder entry included, before
+        this returns: new ones are fsynced before their rename, existing ones this process
+        has not synced (that file: same signature) are fsynced, then the folder once. A blob
+        file whose size is wrong (cut short by a crash without fsync) is written again.
 
         A new blob file is fsynced before its rename even when not ``durable`` (not on the
         ``barrier`` path, whose ``syncfs`` comes before any ``meta.json`` is renamed): it
@@ -1099,7 +1108,7 @@ class DirectoryBackend:
         """
         if self._version < 2:
             return data, {}, None
-        meta, blobs, pieces = split_members(data, self._blobs.hints(key))
+        meta, blobs, pieces = split_members(data, self._blobs.hints(key), slices)
         if not blobs:
             return meta, {}, None
         fs = self._fs
@@ -1193,7 +1202,9 @@ class DirectoryBackend:
                 self._remove_tmp_files(name, folder)
             if is_shortened(name):
                 self._write_key_file(write.key, name, folder, durable)
-            meta, files, pieces = self._write_parts_sync(write.key, write.data, folder, durable=durable)
+            meta, files, pieces = self._write_parts_sync(
+                write.key, write.data, folder, durable=durable, slices=write.members
+            )
             try:
                 signatures[write.key] = fs.write_atomic(META, meta, dir_fd=folder, durable=durable)
                 self._remember_written(write.key, write.data, meta, pieces, synced=files if durable else None)
