@@ -1142,11 +1142,7 @@ async def measure_write_cost(settings: WriteCostSettings, progress: Progress, fo
         for name, interval, fsync in durabilities:
             progress.step(f"{name}: update one field of a {format_bytes(size)} entry")
             async with open_store(path, entry_type=dict, fsync=fsync, flush_interval=interval) as store:
-                # By member at write-behind only: written through, the disk's cost is the same.
-                by_member = name == "write-behind"
-                await _update_costs(
-                    store, keys, results["update"], name, label, settings, by_member=by_member
-                )
+                await _update_costs(store, keys, results["update"], name, label, settings, by_member=True)
         for fsync in (False, True):
             plain = folder / f"plain-{label}-{fsync}"
             plain.mkdir()
@@ -1222,7 +1218,7 @@ def write_cost_rows(results: dict[str, Any]) -> list[list[str]]:
     plain = results["plain"]
     for name, row in results["update"].items():
         small, large = row["small"].p50, row["large"].p50
-        floor = plain["+fsync" if name.endswith("+fsync") else ""]
+        floor = plain["+fsync" if "+fsync" in name else ""]
         vs_plain = (
             ""
             if name.startswith("write-behind")
