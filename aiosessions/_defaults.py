@@ -12,6 +12,8 @@ DEFAULT_MAX_PENDING_KEYS = 10_000
 DEFAULT_MAX_PENDING_BYTES = 64 * 1024 * 1024
 #: The largest entry the store accepts (and reads back).
 DEFAULT_MAX_ENTRY_BYTES = 16 * 1024 * 1024
-DEFAULT_CACHE_BYTES = 16 * 1024 * 1024
+#: Bytes of recently used entries a directory store keeps: ~500 OpenClaw sessions of 123 KB.
+#: (16 MiB held ~130, and a gateway's active sessions did not fit: docs/benchmarks.md.)
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 #: Seconds after which a tmp file is an orphan.
 DEFAULT_TMP_MAX_AGE = 15 * 60.0

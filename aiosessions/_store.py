@@ -1032,7 +1032,10 @@ def open_store(
     :param lock_timeout: file stores only: seconds to wait for another process's
         lock before :class:`LockTimeoutError`.
     :param cache_bytes: file stores only: bytes of recently used entries kept to
-        answer reads after one ``stat`` (their freshness is checked on every read).
+        answer reads after one ``stat`` (their freshness is checked on every read);
+        default 64 MiB. A directory store's large members and what it last knew of
+        each session have bounds of their own of this size, mostly over the same bytes:
+        expect up to about twice this held, never more than three times.
     :param tmp_max_age: file stores only: tmp files (and deleted sessions) older
         than this (seconds) are orphans, swept in the background; a directory store
         is swept when its last sweep is this old, not at every open.
