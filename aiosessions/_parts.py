@@ -37,6 +37,7 @@ __all__ = [
     "references",
     "split",
     "split_members",
+    "views",
 ]
 
 #: A member at least this large (its encoded JSON value) is stored apart ...
@@ -87,8 +88,10 @@ def split_members(
 
     ``slices``: the top-level members of ``data`` when the caller has them (the store does
     after ``update_members()``): then ``data`` is not scanned, and a large member that is
-    the very slice ``known`` names is neither copied nor compared.
+    the very slice ``known`` names is neither copied nor compared. The members returned are
+    views into ``data`` either way.
     """
+    given = slices is not None
     if slices is None:
         if len(data) < ENTRY_MIN and _PARTS_BYTES not in data:
             return data, {}, None
@@ -119,7 +122,35 @@ def split_members(
     if not parts:
         return data, {}, None
     small[PARTS] = parts
+    if given:
+        slices = views(data, slices)
     return _encoder.encode(small), blobs, Pieces(tuple((n, d) for n, _, d in parts), slices)
+
+
+#: The encoded length of member names seen, plus one for the colon (names recur across entries).
+_name_sizes: dict[str, int] = {}
+
+
+def views(data: bytes, slices: Mapping[str, msgspec.Raw]) -> dict[str, msgspec.Raw]:
+    """``slices`` again, each a view into ``data`` itself, which must be their compact encoding
+    in order (``data = encode(slices)``): found from their lengths, not by a scan.
+
+    A slice keeps the bytes it views alive; views of ``data`` keep nothing else (a slice of
+    the entry a change started from would keep that whole entry)."""
+    buffer = memoryview(data)
+    out = {}
+    position = 1  # after "{"
+    for name, raw in slices.items():
+        size = _name_sizes.get(name)
+        if size is None:
+            size = len(_encoder.encode(name)) + 1
+            if len(_name_sizes) < 4096:
+                _name_sizes[name] = size
+        position += size
+        end = position + len(raw)
+        out[name] = msgspec.Raw(buffer[position:end])
+        position = end + 1  # after "," (or the closing "}")
+    return out
 
 
 def references(meta: bytes) -> list[tuple[str, int, str]] | None:
@@ -143,8 +174,8 @@ def join(meta: bytes, blobs: Mapping[str, bytes]) -> bytes:
 
 
 def join_members(meta: bytes, blobs: Mapping[str, bytes]) -> tuple[bytes, dict[str, msgspec.Raw] | None]:
-    """:func:`join`, and the top-level members of the entry as slices in its order (None when
-    ``meta`` is whole): equal to ``members(join(meta, blobs))``, found by decoding ``meta``
+    """:func:`join`, and the top-level members of the entry as slices of it, in its order (None
+    when ``meta`` is whole): equal to ``members(join(meta, blobs))``, found by decoding ``meta``
     (a kilobyte or two) instead of scanning the whole entry. Raises as :func:`join`."""
     if _PARTS_BYTES not in meta:
         return meta, None
@@ -157,4 +188,5 @@ def join_members(meta: bytes, blobs: Mapping[str, bytes]) -> tuple[bytes, dict[s
     for name, position, digest in sorted(parts, key=lambda part: part[1]):
         ordered.insert(position, (name, msgspec.Raw(blobs[digest])))
     joined = dict(ordered)
-    return _encoder.encode(joined), joined
+    whole = _encoder.encode(joined)
+    return whole, views(whole, joined)

@@ -22,6 +22,7 @@ from aiosessions._parts import (
     references,
     split,
     split_members,
+    views,
 )
 from aiosessions._parts import members as slices_of
 
@@ -96,7 +97,12 @@ def test_any_object_joins_back_to_the_same_bytes(members: dict[str, object], rng
     if len(data) < ENTRY_MIN and PARTS not in members:
         assert meta == data
     # Given the members (as update_members() hands them over), the split is the same.
-    assert split_members(data, slices=slices_of(data))[:2] == (meta, blobs)
+    given = split_members(data, slices=slices_of(data))
+    assert given[:2] == (meta, blobs)
+    # The members found are slices of the entry itself, whoever's slices it was given.
+    assert views(data, dict(slices_of(data))) == slices_of(data)
+    if given[2] is not None:
+        assert given[2].members == slices_of(data)
 
 
 def test_a_member_that_is_the_slice_stored_last_is_taken_without_a_copy_or_a_hash(

@@ -46,16 +46,14 @@ class Known:
     meta: bytes
     #: ``(member, digest)`` of each part ``meta`` names.
     parts: tuple[tuple[str, str], ...]
-    #: The top-level members of ``whole`` as read-only slices, when it is split: what
-    #: ``update_members`` starts from without scanning ``whole``.
+    #: The top-level members of ``whole`` as read-only slices of it (views: they keep
+    #: nothing else alive), when it is split: what ``update_members`` starts from without
+    #: scanning ``whole``.
     members: Mapping[str, msgspec.Raw] | None = None
-    #: Bytes ``members`` keeps alive beyond ``whole`` and ``meta`` (the blobs it was joined
-    #: from, on a read), counted against the cache's bound.
-    held: int = 0
 
     @property
     def size(self) -> int:
-        return len(self.whole) + len(self.meta) + self.held
+        return len(self.whole) + len(self.meta)
 
 
 class Blobs:

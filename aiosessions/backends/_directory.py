@@ -581,14 +581,14 @@ class DirectoryBackend:
         self, key: str, meta: bytes, parts: list[tuple[str, int, str]], blobs: dict[str, bytes]
     ) -> bytes:
         """The whole entry ``meta`` and its ``blobs`` make, remembered as the key's last, with
-        its members (slices of ``meta`` and the blobs, which they keep alive: counted).
+        its members (slices of it).
 
         :raises ValueError: ``meta``'s ``$parts`` is not the store's.
         """
         whole, members = join_members(meta, blobs)
         named = tuple((n, d) for n, _, d in parts)
         frozen = None if members is None else MappingProxyType(members)
-        self._blobs.remember(key, Known(whole, meta, named, frozen, sum(map(len, blobs.values()))))
+        self._blobs.remember(key, Known(whole, meta, named, frozen))
         return whole
 
     def _bad_parts(self, key: str, name: str, exc: Exception) -> CorruptSessionError:
