@@ -60,12 +60,12 @@ class Pieces(NamedTuple):
 
     #: ``(member, digest)`` of each member stored apart, in the order of ``$parts``.
     named: tuple[tuple[str, str], ...]
-    #: The entry's top-level members, as slices of it (read-only: a caller's may be shared).
+    #: The entry's top-level members, as slices of it.
     members: Mapping[str, msgspec.Raw]
 
 
 #: What a store knows of a member's last stored value, by the member's name: its digest, its
-#: bytes if still cached, and the very slice it was stored from or read as (or None).
+#: bytes if still cached, and the slice of the entry it was in (or None).
 Last = tuple[str, "bytes | None", "msgspec.Raw | None"]
 
 
