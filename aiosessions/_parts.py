@@ -84,23 +84,26 @@ def split_members(
     data: bytes, known: Mapping[str, Last] | None = None, slices: Mapping[str, msgspec.Raw] | None = None
 ) -> tuple[bytes, dict[str, bytes], Pieces | None]:
     """:func:`split`, and what it found of ``data`` when it is split (None otherwise): its
-    parts and its top-level members, from the same scan.
+    parts and its top-level members (slices of ``data``), from the same scan.
 
     ``slices``: the top-level members of ``data`` when the caller has them (the store does
     after ``update_members()``): then ``data`` is not scanned, and a large member that is
-    the very slice ``known`` names is neither copied nor compared. The members returned are
-    views into ``data`` either way.
+    the very slice ``known`` names is neither copied nor compared. Slices whose lengths do
+    not add up to ``data`` are not its members: ``data`` is scanned.
     """
-    given = slices is not None
-    if slices is None:
-        if len(data) < ENTRY_MIN and _PARTS_BYTES not in data:
-            return data, {}, None
+    if len(data) < ENTRY_MIN and _PARTS_BYTES not in data:
+        return data, {}, None
+    own = None
+    if slices is not None:
         try:
-            slices = members(data)
+            own = views(data, slices)
+        except ValueError:
+            slices = None
+    if slices is None or own is None:
+        try:
+            slices = own = members(data)
         except msgspec.DecodeError:
             return data, {}, None  # not a JSON object (an array-like Struct): kept whole
-    elif len(data) < ENTRY_MIN and PARTS not in slices:
-        return data, {}, None
     small: dict[str, object] = {}
     parts: list[tuple[str, int, str]] = []
     blobs: dict[str, bytes] = {}
@@ -118,13 +121,11 @@ def split_members(
             blobs[digest] = blob
             parts.append((name, position, digest))
         else:
-            small[name] = raw
+            small[name] = own[name]
     if not parts:
         return data, {}, None
     small[PARTS] = parts
-    if given:
-        slices = views(data, slices)
-    return _encoder.encode(small), blobs, Pieces(tuple((n, d) for n, _, d in parts), slices)
+    return _encoder.encode(small), blobs, Pieces(tuple((n, d) for n, _, d in parts), own)
 
 
 #: The encoded length of member names seen, plus one for the colon (names recur across entries).
@@ -136,7 +137,10 @@ def views(data: bytes, slices: Mapping[str, msgspec.Raw]) -> dict[str, msgspec.R
     in order (``data = encode(slices)``): found from their lengths, not by a scan.
 
     A slice keeps the bytes it views alive; views of ``data`` keep nothing else (a slice of
-    the entry a change started from would keep that whole entry)."""
+    the entry a change started from would keep that whole entry).
+
+    :raises ValueError: the lengths do not add up to ``data``'s (it is not their encoding).
+    """
     buffer = memoryview(data)
     out = {}
     position = 1  # after "{"
@@ -150,6 +154,9 @@ def views(data: bytes, slices: Mapping[str, msgspec.Raw]) -> dict[str, msgspec.R
         end = position + len(raw)
         out[name] = msgspec.Raw(buffer[position:end])
         position = end + 1  # after "," (or the closing "}")
+    # Past the closing "}" (or, with no member, at it).
+    if position != (len(data) if slices else len(data) - 1) or data[:1] != b"{":
+        raise ValueError("the bytes given are not the encoding of the members given")
     return out
 
 

@@ -128,3 +128,16 @@ def test_a_member_that_is_the_slice_stored_last_is_taken_without_a_copy_or_a_has
     changed["other"] = msgspec.Raw(b'"' + b"z" * BLOB_MIN + b'"')
     assert digests["big"] in split_members(msgspec.json.encode(changed), last, changed)[1]
     assert hashed == [BLOB_MIN + 2]
+
+
+def test_members_whose_lengths_are_not_the_entrys_are_not_trusted() -> None:
+    data = encode({"a": 1, "big": "x" * BLOB_MIN, "other": "y" * ENTRY_MIN})
+    wrong = slices_of(encode({"a": 22, "big": "x" * BLOB_MIN, "other": "y" * ENTRY_MIN}))
+    with pytest.raises(ValueError, match="not the encoding"):
+        views(data, wrong)
+    with pytest.raises(ValueError, match="not the encoding"):
+        views(b"[" + data[1:], slices_of(data))
+    assert views(b"{}", {}) == {}
+    meta, blobs, pieces = split_members(data, slices=wrong)
+    assert (meta, blobs) == split(data) and pieces is not None
+    assert pieces.members == slices_of(data)  # data was scanned
