@@ -43,6 +43,17 @@ def test_a_split_is_reused_only_for_equal_bytes() -> None:
     assert splits.of("k", data) is not joined
 
 
+async def _large_sessions_stored(path: Path, count: int, *, seed: int) -> dict[str, Any]:
+    """``count`` sessions of 121 KB, written to a new store at ``path`` (stored split)."""
+    from aiosessions._bench import sized_sessions
+
+    sessions = sized_sessions(count, 121_000, seed=seed)
+    async with aiosessions.open_store(path, entry_type=dict, fsync=False) as store:
+        for key, entry in sessions.items():
+            await store.set(key, entry)
+    return sessions
+
+
 def test_current_members() -> None:
     members: Any = split(b'{"a":{"b":[1]},"c":null}')
     assert current(members, ["a", "c", "missing"]) == {"a": {"b": [1]}, "c": None}
@@ -56,13 +67,9 @@ async def test_a_split_entry_is_changed_by_member_without_a_scan_of_the_whole(
     starts from the members the backend knows (meta.json and blobs), not from a scan of the
     121 KB entry, and changes it as a scan would."""
     from aiosessions import _members
-    from aiosessions._bench import sized_sessions
 
     path = tmp_path / "sessions.json"
-    sessions = sized_sessions(3, 121_000, seed=8)
-    async with aiosessions.open_store(path, entry_type=dict, fsync=False) as store:
-        for key, entry in sessions.items():
-            await store.set(key, entry)
+    sessions = await _large_sessions_stored(path, 3, seed=8)
     scanned: list[int] = []
 
     def counting_split(data: bytes) -> Any:
@@ -141,13 +148,9 @@ async def test_the_writer_takes_the_members_it_is_handed_instead_of_scanning_and
     import hashlib
 
     from aiosessions import _parts
-    from aiosessions._bench import sized_sessions
 
     path = tmp_path / "sessions.json"
-    sessions = sized_sessions(4, 121_000, seed=10)
-    async with aiosessions.open_store(path, entry_type=dict, fsync=False) as store:
-        for key, entry in sessions.items():
-            await store.set(key, entry)
+    sessions = await _large_sessions_stored(path, 4, seed=10)
     scanned: list[int] = []
     hashed: list[int] = []
     scan = _parts.members
