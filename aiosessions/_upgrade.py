@@ -20,8 +20,10 @@ crash at any instant leaves one authoritative store:
 
 Between the two renames of step 4 there is no ``<stem>.d``; a sealed staging folder (its
 FORMAT marker is version 2) is then the store, and the next upgrade or open finishes the
-rename. A staging folder that is not sealed is removed and built again (after handing a
-``.quarantine`` it took back to the old store, without the copies it made).
+rename. A sealed staging folder beside the old store (a power cut lost both renames) is the
+store too: step 4 is made again (built again instead, it would keep a second copy of what it
+does not carry over). A staging folder that is not sealed is removed and built again (after
+handing a ``.quarantine`` it took back to the old store, without the copies it made).
 
 Processes of a release that only knows version 1 do not know about this: stop them first.
 (A write of theirs after the upgrade fails, since their store folder is gone.)
@@ -169,6 +171,16 @@ def _upgrade_locked(paths: StorePaths, fs: FileSystem, parent: int, held: list[i
         finally:
             fs.close(locks)
         if exists(fs, staging, dir_fd=parent):
+            if _sealed(fs, parent, staging, where):
+                # Sealed before the power went, its renames lost: it is the store, built
+                # under these locks from this old store, which nothing has written since.
+                new = fs.open_dir(staging, dir_fd=parent)
+                try:
+                    fs.discard(LEFTOVERS, dir_fd=new)  # if its removal was lost with the renames
+                    _put_in_place(fs, parent, directory, staging, new)
+                finally:
+                    fs.close(new)
+                return True
             _take_back_quarantine(fs, parent, staging, old)
             fs.remove_tree(staging, dir_fd=parent)
         fs.mkdir(staging, dir_fd=parent)
@@ -206,27 +218,33 @@ def _upgrade_locked(paths: StorePaths, fs: FileSystem, parent: int, held: list[i
             fs.fsync(new)
             fs.write_atomic(FORMAT_FILE, encode_format(), dir_fd=new, durable=True)
             fs.discard(LEFTOVERS, dir_fd=new)  # sealed: no take-back any more
-            trash = fs.open_dir(TRASH, dir_fd=new)
-            try:
-                doomed = f"{OLD_PREFIX}{secrets.token_hex(8)}"
-                fs.rename(directory, doomed, src_dir_fd=parent, dst_dir_fd=trash)
-                fs.fsync(parent)
-                fs.rename(staging, directory, src_dir_fd=parent, dst_dir_fd=parent)
-                fs.fsync(parent)
-                try:
-                    # Before the old stripes are let go: a writer of an older release
-                    # waiting on one then fails (its folder is gone) instead of writing
-                    # into the trash.
-                    fs.remove_tree(doomed, dir_fd=trash)
-                except OSError:
-                    pass  # the trash is swept
-            finally:
-                fs.close(trash)
+            _put_in_place(fs, parent, directory, staging, new)
         finally:
             fs.close(new)
     finally:
         fs.close(old)
     return True
+
+
+def _put_in_place(fs: FileSystem, parent: int, directory: str, staging: str, new: int) -> None:
+    """Step 4: the old store into the sealed staging folder's (``new``) trash, the staging
+    folder to the store's name, the parent folder fsynced after each; then the old store
+    removed. Called with the old store's lock stripes held."""
+    trash = fs.open_dir(TRASH, dir_fd=new)
+    try:
+        doomed = f"{OLD_PREFIX}{secrets.token_hex(8)}"
+        fs.rename(directory, doomed, src_dir_fd=parent, dst_dir_fd=trash)
+        fs.fsync(parent)
+        fs.rename(staging, directory, src_dir_fd=parent, dst_dir_fd=parent)
+        fs.fsync(parent)
+        try:
+            # Before the old stripes are let go: a writer of an older release waiting on
+            # one then fails (its folder is gone) instead of writing into the trash.
+            fs.remove_tree(doomed, dir_fd=trash)
+        except OSError:
+            pass  # the trash is swept
+    finally:
+        fs.close(trash)
 
 
 def _take_back_quarantine(fs: FileSystem, parent: int, staging: str, old: int) -> None:

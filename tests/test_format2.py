@@ -344,6 +344,37 @@ async def test_an_upgrade_cut_between_its_two_renames_is_finished_by_the_next_op
     assert (directory / "FORMAT").read_bytes() == encode_format()
 
 
+async def test_a_sealed_staging_folder_beside_the_old_store_is_put_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The power went after the seal and both renames were lost: the old store is still at
+    sessions.d and the sealed new one in staging. The next open puts the sealed one in place
+    (its quarantine holds one copy of what was not carried over), not a second build."""
+    from aiosessions import _upgrade
+
+    path = tmp_path / "sessions.json"
+    entries = {"k": {"big": "b" * 20_000, "n": 1}, "bare": {"n": 2}}
+    directory = build_v1_store(path, entries)
+    (directory / "notes.txt").write_bytes(b"operator notes")
+
+    def power_cut(*args: object) -> None:
+        raise OSError("the power went")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_upgrade, "_put_in_place", power_cut)
+        with pytest.raises(aiosessions.SessionStoreError):
+            async with aiosessions.open_store(path, entry_type=dict, **OPTIONS):
+                pass
+    staging = tmp_path / ".sessions.d.staging"
+    assert (staging / "FORMAT").read_bytes() == encode_format()
+    (staging / ".leftovers").write_bytes(b"format-1-lost")  # its removal lost too
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
+        assert {key: await store.get(key) for key in entries} == entries
+    assert not staging.exists() and not (directory / ".leftovers").exists()
+    kept = list((directory / ".quarantine").glob("format-1-*/notes.txt"))
+    assert [file.read_bytes() for file in kept] == [b"operator notes"]
+
+
 async def test_an_unsealed_staging_folder_of_an_upgrade_is_built_again(tmp_path: Path) -> None:
     path = tmp_path / "sessions.json"
     directory = build_v1_store(path, {"k": {"big": "b" * 20_000, "n": 1}})
