@@ -109,7 +109,7 @@ class Blobs:
 
     def hints(self, key: str) -> dict[str, Last]:
         """What the key's last entry held of each member stored apart (for ``split``): its
-        digest, its bytes while cached, and the slice it was stored from or read as."""
+        digest, its bytes while cached, and its slice of that entry (``Known.members``)."""
         known = self.known(key)
         if known is None or not known.parts:
             return {}
