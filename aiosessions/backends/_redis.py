@@ -3,12 +3,14 @@
 Imported lazily (``open_store("redis://...")``, ``aiosessions.backends.RedisBackend``), so
 ``import aiosessions`` never imports redis-py. The layout (docs/format.md, "Redis"):
 
-- ``{P}:format``: the store's marker, ``{"format": "aiosessions.redis", "version": 1,
-  "buckets": B}``, written once when the store is created;
+- ``{P}:format``: the store's marker, ``{"format": "aiosessions.redis", "version": 2,
+  "buckets": B}``, written when the store is created (a version-1 marker is moved forward);
 - per bucket ``b`` (a key's bucket is CRC-32 of its UTF-8 bytes modulo B), all in the hash
-  slot of ``{P/b}``: ``{P/b}:s:<key>`` the entry (the same JSON bytes as ``meta.json``),
+  slot of ``{P/b}``: ``{P/b}:s:<key>`` the entry (the same JSON bytes as ``meta.json``, or
+  ``@`` and its split JSON when large members are stored apart as ``{P/b}:b:<digest>:<key>``),
   ``{P/b}:k`` the keys, ``{P/b}:r`` the recency index, ``{P/b}:v`` the version tokens,
-  ``{P/b}:x:<token>`` batch receipts (see ``_redis_lua``).
+  ``{P/b}:p`` the blobs each split entry names, ``{P/b}:x:<token>`` batch receipts (see
+  ``_redis_lua``).
 
 A session's keys share one slot with its bucket's indexes, so one script writes entries
 and indexes atomically (a listing is never wrong, even if a writer dies half-way) and a
@@ -21,6 +23,11 @@ Compare-and-swap is by version token: every write stores a fresh token beside th
 and the backend remembers the token of the bytes it last read or wrote of each key, so an
 ``update()`` sends the token it expects (a few bytes), not the entry it expects (which can
 be 100 KB). Without a remembered token it sends the expected bytes.
+
+Large members stored apart (format version 2, as in the directory store: ``_parts`` decides
+what is split): an update of a session whose entry carries 120 KB of rarely changing members
+sends the server the kilobyte that changed and the digests of the rest, not the 120 KB, and a
+read of a changed entry fetches only the blobs this process does not hold.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ import zlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from types import MappingProxyType
+from typing import Any, Final, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
@@ -44,7 +52,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from .._errors import StoreFormatError, StoreIOError
+from .._errors import CorruptSessionError, StoreFormatError, StoreIOError
+from .._parts import Last, Pieces, join_members, references, split_members
 from .._recency import recency_of_encoded
 from .._targets import is_redis_url
 from . import _redis_lua as lua
@@ -56,7 +65,9 @@ __all__ = ["RedisBackend", "decode_member", "recency_code"]
 T = TypeVar("T")
 
 FORMAT_NAME: Final = "aiosessions.redis"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+#: The first byte of an entry stored split (no JSON text starts with it).
+SPLIT: Final = b"@"
 DEFAULT_PREFIX: Final = "aiosessions"
 #: Buckets of a new store: one on a single server (newest() is one command), 16 on a cluster.
 SERVER_BUCKETS: Final = 1
@@ -184,6 +195,43 @@ def _describe_server(client: Any) -> str:
 # -- the backend --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """What this process last read or wrote of a key: the whole entry, the version token it
+    was stored under and when that was learnt, and when it is stored split, its parts."""
+
+    data: bytes
+    token: bytes
+    when: float
+    #: ``(member, digest)`` of each member stored apart (empty: stored whole).
+    parts: tuple[tuple[str, str], ...] = ()
+    #: The bytes of those members by digest: on the server while ``token`` is the stored version.
+    blobs: Mapping[str, bytes] = field(default_factory=dict)
+    #: The top-level members of ``data`` as slices of it, when split (``members_of``).
+    members: Mapping[str, msgspec.Raw] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.data) + sum(len(blob) for blob in self.blobs.values())
+
+    def hints(self) -> dict[str, Last]:
+        """What ``_parts.split`` needs to skip hashing a member that did not change."""
+        slices = self.members or {}
+        return {name: (digest, self.blobs[digest], slices.get(name)) for name, digest in self.parts}
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """One write of a script call: the write, its version token, and the value sent for it:
+    the parts of its entry when split, and those parts' bytes by digest."""
+
+    write: Write
+    token: bytes
+    parts: tuple[tuple[str, str], ...]
+    blobs: Mapping[str, bytes]
+    members: Mapping[str, msgspec.Raw] | None
+
+
 @dataclass(slots=True)
 class _Doubt:
     """A write sent in a batch whose reply never came: it may or may not have landed."""
@@ -202,7 +250,7 @@ class _Call:
     receipt: bytes
     keys: list[bytes]  # receipt, indexes, receipts to delete, then the entries
     argv: list[Any]
-    writes: list[tuple[Write, bytes]] = field(default_factory=list)  # the write, its version token
+    writes: list[_Sent] = field(default_factory=list)
 
 
 class RedisBackend:
@@ -276,9 +324,9 @@ class RedisBackend:
         self._shas: dict[str, str] = {}
         self._writer = secrets.token_hex(6).encode()
         self._tokens = itertools.count(1)
-        #: key -> (bytes, version token, when learnt) last read or written: compare-and-swap
-        #: by token, and the base of an update() within BASE_TTL (read_base).
-        self._versions: OrderedDict[str, tuple[bytes, bytes, float]] = OrderedDict()
+        #: What was last read or written of each key: compare-and-swap by token, the base of
+        #: an update() within BASE_TTL (read_base), the blobs a write need not send again.
+        self._versions: OrderedDict[str, _Held] = OrderedDict()
         self._versions_bytes = 0
         #: Writes whose outcome is unknown, by key, and what their resolution found.
         self._doubts: dict[str, _Doubt] = {}
@@ -438,6 +486,16 @@ class RedisBackend:
             raise StoreFormatError(f"{where} is not an aiosessions store marker: {raw!r}") from exc
         if name != FORMAT_NAME:
             raise StoreFormatError(f"{where} marks a store of format {name!r}, not {FORMAT_NAME!r}")
+        if version == 1 and isinstance(stored, int):
+            # Version 1 stored every entry whole, which version 2 reads as it is: only the
+            # marker moves, so that a version-1 release refuses the split entries to come.
+            forward = msgspec.json.encode(
+                {"format": FORMAT_NAME, "version": FORMAT_VERSION, "buckets": stored}
+            )
+            raw = await self._io(self._client.eval(lua.UPGRADE, 1, marker, raw, forward))
+            self._count()
+            found = msgspec.json.decode(raw or b"null")
+            version = found.get("version") if isinstance(found, dict) else None
         if version != FORMAT_VERSION:
             raise StoreFormatError(
                 f"{where} is a store of version {version!r}; this aiosessions reads version "
@@ -514,31 +572,76 @@ class RedisBackend:
         return await self._call(self._read(key))
 
     async def _read(self, key: str) -> bytes | None:
-        bucket = self._bucket(key)
-        field = key.encode()
-        # The token of the bytes held: the server sends them again only if they changed.
-        known = self._versions.get(key)
-        held = b"" if known is None else known[1]
         try:
-            keys = (self._entry(bucket, key), self._tag(bucket) + b":v")
-            reply = await self._evalsha("read", keys, (field, held))
+            reply = await self._evalsha("read", *self._read_call(key))
         except (redis_errors.RedisError, OSError) as exc:
             raise self._io_error(exc, "reading", key) from exc
+        data = self._take_read(key, reply)
+        # False: "unchanged", but what is held changed meanwhile: ask for the bytes themselves.
+        return await self._read(key) if data is False else data
+
+    def _read_call(self, key: str) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+        """The keys and arguments of the read script: what is held of ``key`` is named (its
+        version token, its blobs) and not sent again."""
+        bucket = self._bucket(key)
+        tag = self._tag(bucket)
+        held = self._versions.get(key)
+        token = b"" if held is None else held.token
+        digests = b"" if held is None else " ".join(held.blobs).encode()
+        return (self._entry(bucket, key), tag + b":v", tag + b":p"), (key.encode(), token, digests)
+
+    def _take_read(self, key: str, reply: Any) -> bytes | Literal[False] | None:
+        """The entry a read script answered (False: answered "unchanged" for a version no
+        longer held, so read again)."""
         if reply is None:
             return None
+        if isinstance(reply, list):  # stored split: the entry and the blobs not held
+            token, value, *pairs = reply
+            return self._assemble(key, bytes(value), bytes(token), pairs)
         token, space, data = bytes(reply).partition(b" ")
         if not space:
             # Unchanged: the stored version is the one held. What is held now may differ from
             # what was held when the read was sent (bounded, the cache may have dropped it, or a
-            # write of this process replaced it); then ask again for the bytes themselves.
-            known = self._versions.get(key)
-            if known is None or known[1] != token:
+            # write of this process replaced it).
+            held = self._versions.get(key)
+            if held is None or held.token != token:
                 self._forget(key)
-                return await self._read(key)
-            data = known[0]
+                return False
+            return held.data
         if token:
             self._remember(key, data, token)
         return data
+
+    def _assemble(self, key: str, value: bytes, token: bytes, pairs: Sequence[Any]) -> bytes:
+        """The whole entry of a value stored split: its blobs from ``pairs`` (digest, bytes,
+        ...) as the server sent them, else as held; remembered under ``token`` (when known)."""
+        held = self._versions.get(key)
+        blobs: dict[str, bytes] = {} if held is None else dict(held.blobs)
+        for at in range(0, len(pairs), 2):
+            digest = bytes(pairs[at]).decode()
+            if pairs[at + 1] is None:
+                raise CorruptSessionError(
+                    f"session {key!r}: the blob {digest} its entry names is missing from "
+                    f"{self._server} (evicted? a Redis store needs maxmemory-policy noeviction)",
+                    where=self.location(key),
+                    key=key,
+                )
+            blobs[digest] = bytes(pairs[at + 1])
+        meta = value[len(SPLIT) :]
+        try:
+            parts = references(meta) or []
+            whole, members = join_members(meta, blobs)
+        except (msgspec.DecodeError, KeyError, ValueError) as exc:
+            raise CorruptSessionError(
+                f"session {key!r}: its split entry at {self.location(key)} cannot be put together: {exc}",
+                where=self.location(key),
+                key=key,
+            ) from exc
+        named = tuple((name, digest) for name, _, digest in parts)
+        if token:
+            kept = {digest: blobs[digest] for _, digest in named}
+            self._remember(key, whole, token, named, kept, members)
+        return whole
 
     async def read_base(self, key: str) -> bytes | None:
         """The bytes an ``update()`` of ``key`` starts from: what this process read or wrote
@@ -556,10 +659,18 @@ class RedisBackend:
         return known if known is not None else await self._read(key)
 
     def _known(self, key: str) -> bytes | None:
-        known = self._versions.get(key)
-        if known is None or time.monotonic() - known[2] > BASE_TTL:
+        held = self._versions.get(key)
+        if held is None or time.monotonic() - held.when > BASE_TTL:
             return None
-        return known[0]
+        return held.data
+
+    def members_of(self, key: str, data: bytes) -> Mapping[str, msgspec.Raw] | None:
+        """The top-level members of ``data`` as slices, when it is the entry of ``key`` last
+        read or written and it is stored split (``update_members()`` starts from them)."""
+        held = self._versions.get(key)
+        if held is None or held.members is None or (held.data is not data and held.data != data):
+            return None
+        return held.members
 
     async def read_many(self, keys: Sequence[str]) -> list[bytes | BaseException | None]:
         if not keys:
@@ -580,13 +691,39 @@ class RedisBackend:
             return [self._io_error(exc, "reading", key) for key in keys]
         finally:
             self._count()
+        split: list[int] = []
         for (_, indexes), reply in zip(by_bucket.items(), replies, strict=True):
             for position, index in enumerate(indexes):
-                found[index] = (
-                    self._io_error(reply, "reading", keys[index])
-                    if isinstance(reply, Exception)
-                    else reply[position]
-                )
+                if isinstance(reply, Exception):
+                    found[index] = self._io_error(reply, "reading", keys[index])
+                elif reply[position] is not None and reply[position][:1] == SPLIT:
+                    split.append(index)
+                else:
+                    found[index] = reply[position]
+        if split:
+            # Entries stored split: read again with their blobs, in one more round trip.
+            pipe = self._client.pipeline(transaction=False)
+            for index in split:
+                names, args = self._read_call(keys[index])
+                pipe.execute_command("EVALSHA", self._shas["read"], len(names), *names, *args)
+            try:
+                replies = await self._io(pipe.execute(raise_on_error=False))
+            except (redis_errors.RedisError, OSError) as exc:
+                replies = [exc] * len(split)
+            finally:
+                self._count()
+            for index, reply in zip(split, replies, strict=True):
+                key = keys[index]
+                try:
+                    if isinstance(reply, redis_errors.NoScriptError):
+                        found[index] = await self._read(key)
+                    elif isinstance(reply, Exception):
+                        found[index] = self._io_error(reply, "reading", key)
+                    else:
+                        data = self._take_read(key, reply)
+                        found[index] = await self._read(key) if data is False else data
+                except (CorruptSessionError, StoreIOError) as exc:
+                    found[index] = exc
         return found
 
     async def exists(self, key: str) -> bool:
@@ -669,6 +806,19 @@ class RedisBackend:
 
     async def _write_batch(self, writes: Sequence[Write], durable: bool) -> BatchResult:
         result = BatchResult()
+        missing = await self._write_once(writes, durable, result, every_blob=False)
+        if missing:
+            # A blob they name, believed on the server, was dropped by another writer's
+            # write in between: these wrote nothing; sent again with every blob they name.
+            await self._write_once(missing, durable, result, every_blob=True)
+        return result
+
+    async def _write_once(
+        self, writes: Sequence[Write], durable: bool, result: BatchResult, *, every_blob: bool
+    ) -> list[Write]:
+        """Send ``writes`` once, into ``result``; return those that must be sent again with
+        every blob they name."""
+        landed = len(result.landed)
         if self._doubts:
             try:
                 await self._resolve_doubts()
@@ -676,10 +826,10 @@ class RedisBackend:
                 for write in writes:
                     error = self._io_error(exc, "writing", write.key, doubt=write.key in self._doubts)
                     (result.in_doubt if write.key in self._doubts else result.failed)[write.key] = error
-                return result
-        calls = self._plan(writes, result)
+                return []
+        calls = self._plan(writes, result, every_blob)
         if not calls:
-            return result
+            return []
         try:
             replies = await self._send(calls, durable)
         except (redis_errors.RedisError, OSError) as exc:
@@ -687,12 +837,14 @@ class RedisBackend:
             # and their receipts tell then whether they landed.
             self._doubt(calls)
             for call in calls:
-                for write, _ in call.writes:
-                    result.in_doubt[write.key] = self._io_error(exc, "writing", write.key, doubt=True)
-            return result
+                for sent in call.writes:
+                    key = sent.write.key
+                    result.in_doubt[key] = self._io_error(exc, "writing", key, doubt=True)
+            return []
         acked = replies.pop() if durable and self._replicas else None
+        missing: list[Write] = []
         for call, reply in zip(calls, replies, strict=True):
-            self._settle(call, reply, result)
+            missing.extend(self._settle(call, reply, result))
         if acked is not None and acked < self._replicas:
             error = StoreIOError(
                 None,
@@ -700,12 +852,12 @@ class RedisBackend:
                 f"batch within {self._replica_timeout:g}s; it is written again",
                 where=self._server,
             )
-            for key in result.landed:
+            for key in result.landed[landed:]:
                 result.unsynced[key] = error
-            result.landed = []
-        return result
+            del result.landed[landed:]
+        return missing
 
-    def _plan(self, writes: Sequence[Write], result: BatchResult) -> list[_Call]:
+    def _plan(self, writes: Sequence[Write], result: BatchResult, every_blob: bool = False) -> list[_Call]:
         """The script calls of a batch: its writes by bucket, cut at SCRIPT_WRITES/BYTES."""
         by_bucket: dict[int, list[Write]] = {}
         for write in writes:
@@ -714,7 +866,7 @@ class RedisBackend:
                 landed, doubt = resolved
                 if landed and _same(write, doubt.write):
                     result.landed.append(write.key)  # it had landed: nothing left to write
-                    self._remember_written(write.key, write.data, doubt.token)
+                    self._remember_written(write.key, write.data, doubt.token)  # its parts unknown
                     continue
                 if landed and not write.blind:
                     # Our earlier attempt is the stored state now: compare with what it wrote.
@@ -737,7 +889,7 @@ class RedisBackend:
                     calls.append(call)
                     size = 0
                 size += weight
-                self._add(call, write)
+                self._add(call, write, every_blob)
         for call in calls:
             call.argv[2] = len(call.writes)
         return calls
@@ -745,30 +897,53 @@ class RedisBackend:
     def _new_call(self, bucket: int, *, deletes: list[bytes]) -> _Call:
         tag = self._tag(bucket)
         receipt = tag + b":x:" + self._token()
-        keys = [receipt, tag + b":k", tag + b":r", tag + b":v", *deletes]
+        keys = [receipt, tag + b":k", tag + b":r", tag + b":v", tag + b":p", *deletes]
         return _Call(bucket, receipt, keys, [RECEIPT_TTL, len(deletes), 0])
 
-    def _add(self, call: _Call, write: Write) -> None:
+    def _add(self, call: _Call, write: Write, every_blob: bool) -> None:
         token = self._token()
+        held = self._versions.get(write.key)
+        parts: tuple[tuple[str, str], ...] = ()
+        blobs: dict[str, bytes] = {}
+        members = None
         if write.data is None:
-            code = b""
+            code = value = b""
             action = b"D"
         else:
             code = recency_code(_recency(write.data))
             action = b"S"
+            value, pieces, blobs = self._stored_form(write.key, write.data, write.members, held)
+            if pieces is not None:
+                parts, members = pieces.named, pieces.members
         if write.blind:
             guard, expected = b"B", b""
         elif write.expected is None:
             guard, expected = b"A", b""
+        elif held is not None and (held.data is write.expected or held.data == write.expected):
+            guard, expected = b"T", held.token
         else:
-            known = self._versions.get(write.key)
-            if known is not None and (known[0] is write.expected or known[0] == write.expected):
-                guard, expected = b"T", known[1]
-            else:
-                guard, expected = b"V", write.expected
+            guard, expected = b"V", self._stored_form(write.key, write.expected, None, held)[0]
+        # The blobs the server holds for the version held are not sent again; if that is no
+        # longer the stored version, the script answers 'M' and they are (every_blob).
+        on_server = () if held is None or every_blob else held.blobs
+        sent = [(digest.encode(), blob) for digest, blob in blobs.items() if digest not in on_server]
         call.keys.append(self._entry(call.bucket, write.key))
-        call.argv.extend((action, guard, write.key.encode(), token, expected, write.data or b"", code))
-        call.writes.append((write, token))
+        call.argv.extend((action, guard, write.key.encode(), token, expected, value, code))
+        call.argv.extend((" ".join(digest for _, digest in parts).encode(), len(sent)))
+        for pair in sent:
+            call.argv.extend(pair)
+        call.writes.append(_Sent(write, token, parts, blobs, members))
+
+    def _stored_form(
+        self, key: str, data: bytes, slices: Mapping[str, msgspec.Raw] | None, held: _Held | None
+    ) -> tuple[bytes, Pieces | None, dict[str, bytes]]:
+        """The value ``data`` is stored as (``@`` and its split JSON, or itself when whole),
+        what splitting it found, and its blobs by digest. A large member equal to one held
+        for the key is not hashed again (``_parts.split``)."""
+        meta, blobs, pieces = split_members(data, None if held is None else held.hints(), slices)
+        if pieces is None:
+            return data, None, {}
+        return SPLIT + meta, pieces, blobs
 
     async def _send(self, calls: list[_Call], durable: bool) -> list[Any]:
         """Run every call of a batch (and WAIT) in one pipeline; reload scripts once if needed."""
@@ -789,55 +964,73 @@ class RedisBackend:
                 raise reply
         return replies
 
-    def _settle(self, call: _Call, reply: Any, result: BatchResult) -> None:
+    def _settle(self, call: _Call, reply: Any, result: BatchResult) -> list[Write]:
+        """Record what became of each write of ``call``; return those to send again with
+        every blob they name (status 'M')."""
         if isinstance(reply, Exception):
             error = reply
-            for write, _ in call.writes:
-                result.failed[write.key] = self._io_error(error, "writing", write.key)
-            return
+            for sent in call.writes:
+                result.failed[sent.write.key] = self._io_error(error, "writing", sent.write.key)
+            return []
         statuses: bytes = reply[0]
         if statuses == b"aborted":  # cannot happen to a fresh receipt; never mark it landed
-            for write, _ in call.writes:
-                result.failed[write.key] = StoreIOError(
-                    None, f"the batch writing {write.key!r} was aborted", key=write.key, where=self._server
+            for sent in call.writes:
+                key = sent.write.key
+                result.failed[key] = StoreIOError(
+                    None, f"the batch writing {key!r} was aborted", key=key, where=self._server
                 )
-            return
+            return []
         self._acknowledged.setdefault(call.bucket, []).append(call.receipt)
-        conflict = 1
-        for (write, token), status in zip(call.writes, statuses.decode(), strict=True):
+        again: list[Write] = []
+        at = 1
+        for sent, status in zip(call.writes, statuses.decode(), strict=True):
+            write = sent.write
             if status == "L":
                 result.landed.append(write.key)
-                self._remember_written(write.key, write.data, token)
+                if write.data is None:
+                    self._forget(write.key)
+                else:
+                    members = None if sent.members is None else MappingProxyType(dict(sent.members))
+                    self._remember(write.key, write.data, sent.token, sent.parts, sent.blobs, members)
                 if write.key in self._reapplied_risk:
                     self._reapplied_risk.discard(write.key)
+            elif status == "M":
+                self._forget(write.key)
+                again.append(write)
             elif status == "E":
-                message = reply[conflict]
-                conflict += 2
+                message = reply[at]
+                at += 3
                 text = message.decode(errors="replace") if isinstance(message, bytes) else str(message)
                 result.failed[write.key] = self._io_error(
                     redis_errors.ResponseError(text), "writing", write.key
                 )
             else:
-                current, version = reply[conflict], reply[conflict + 1]
-                conflict += 2
+                current, version, pairs = reply[at], reply[at + 1], reply[at + 2]
+                at += 3
                 if write.key in self._reapplied_risk:
                     # Our earlier attempt landed and someone wrote over it before we could
                     # tell: its functions are re-applied on top (counted; see durability.md).
                     self._reapplied_risk.discard(write.key)
                     self._counters["in_doubt_reapplied"] += 1
-                if current is not None and version:
+                self._forget(write.key)
+                if current is not None and current[:1] == SPLIT:
+                    try:
+                        current = self._assemble(write.key, current, version or b"", pairs)
+                    except CorruptSessionError as exc:
+                        result.failed[write.key] = exc
+                        continue
+                elif current is not None and version:
                     self._remember(write.key, current, version)
-                else:
-                    self._forget(write.key)
                 result.conflicts[write.key] = current
+        return again
 
     def _doubt(self, calls: list[_Call]) -> None:
         """A batch's reply never came: each of its writes may or may not have landed."""
         for call in calls:
-            for position, (write, token) in enumerate(call.writes):
-                self._doubts[write.key] = _Doubt(call.receipt, position, write, token)
+            for position, sent in enumerate(call.writes):
+                self._doubts[sent.write.key] = _Doubt(call.receipt, position, sent.write, sent.token)
                 self._counters["in_doubt"] += 1
-                self._forget(write.key)
+                self._forget(sent.write.key)
 
     async def _resolve_doubts(self) -> None:
         """Ask the receipts of batches whose reply never came what became of them.
@@ -946,18 +1139,24 @@ class RedisBackend:
     def _count(self, n: int = 1) -> None:
         self._counters["round_trips"] += n
 
-    def _remember(self, key: str, data: bytes, token: bytes) -> None:
-        if len(data) > self._cache_limit // 4:
-            self._forget(key)
+    def _remember(
+        self,
+        key: str,
+        data: bytes,
+        token: bytes,
+        parts: tuple[tuple[str, str], ...] = (),
+        blobs: Mapping[str, bytes] | None = None,
+        members: Mapping[str, msgspec.Raw] | None = None,
+    ) -> None:
+        held = _Held(data, token, time.monotonic(), parts, blobs or {}, members)
+        self._forget(key)
+        if held.size > self._cache_limit // 4:
             return
-        old = self._versions.pop(key, None)
-        if old is not None:
-            self._versions_bytes -= len(old[0])
-        self._versions[key] = (data, token, time.monotonic())
-        self._versions_bytes += len(data)
+        self._versions[key] = held
+        self._versions_bytes += held.size
         while self._versions_bytes > self._cache_limit:
-            _, (dropped, _, _) = self._versions.popitem(last=False)
-            self._versions_bytes -= len(dropped)
+            _, dropped = self._versions.popitem(last=False)
+            self._versions_bytes -= dropped.size
 
     def _remember_written(self, key: str, data: bytes | None, token: bytes) -> None:
         if data is None:
@@ -968,7 +1167,7 @@ class RedisBackend:
     def _forget(self, key: str) -> None:
         old = self._versions.pop(key, None)
         if old is not None:
-            self._versions_bytes -= len(old[0])
+            self._versions_bytes -= old.size
 
     def _io_error(
         self, exc: BaseException, action: str, key: str | None = None, *, doubt: bool = False

@@ -48,7 +48,7 @@ async def test_open_store_by_url_round_trips_entries(
         raw = await client.get("{" + redis_prefix + "/0}:s:agent:main:telegram:direct:42")
         marker = json.loads(await client.get("{" + redis_prefix + "}:format"))
     assert raw == codec_for(SessionEntry).encode(entry)
-    assert marker == {"format": "aiosessions.redis", "version": 1, "buckets": 1}
+    assert marker == {"format": "aiosessions.redis", "version": 2, "buckets": 1}
 
 
 async def test_a_backend_from_a_client_or_a_pool_leaves_it_open(shared_redis: str, redis_prefix: str) -> None:
