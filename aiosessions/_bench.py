@@ -1329,7 +1329,7 @@ async def run_redis_write_cost(
     settings: WriteCostSettings, url: str, *, quiet: bool = False
 ) -> dict[str, Any]:
     """The same one-field updates on the Redis backend at ``url``: small vs large entries,
-    write-behind and write-through (Redis keeps an entry whole, in one value).
+    write-behind and write-through (large members stored apart, as in a directory store).
 
     The sessions live under a fresh prefix of their own, removed afterwards with every key
     it named; nothing else on the server is touched. A standalone server (not a cluster).
@@ -1357,11 +1357,35 @@ async def run_redis_write_cost(
                     async with open_store(backend, entry_type=dict, flush_interval=interval) as store:
                         into = results["update"]
                         await _update_costs(store, keys, into, name, label, settings, by_member=True)
+                        if interval == 0.0:
+                            sent = await _bytes_received_per_update(store, keys[0], url)
+                            results.setdefault("bytes_per_update", {})[label] = sent
             finally:
                 await _drop_redis_store(url, prefix)
     finally:
         progress.close()
     return results
+
+
+async def _bytes_received_per_update(store: Any, key: str, url: str, calls: int = 50) -> float:
+    """Bytes the server received per write-through ``update_members()`` of one field of ``key``
+    (its ``total_net_input_bytes``: on a shared server, other clients' traffic counts too)."""
+    from redis import asyncio as aioredis
+
+    from .backends._redis import _split_url
+
+    def touch(members: Any) -> dict[str, Any]:
+        return {"updatedAt": (members or {}).get("updatedAt", 0) + 1}
+
+    client = aioredis.from_url(_split_url(url)[0])
+    try:
+        before = (await client.info("stats"))["total_net_input_bytes"]
+        for _ in range(calls):
+            await store.update_members(key, ["updatedAt"], touch)
+        after = (await client.info("stats"))["total_net_input_bytes"]
+    finally:
+        await client.aclose()
+    return float(after - before) / calls
 
 
 async def _drop_redis_store(url: str, prefix: str) -> None:
@@ -1398,6 +1422,15 @@ def redis_write_cost_report(results: dict[str, Any]) -> str:
             f"p50 of one call (seed {s['seed']})",
             "",
             render_table(["", "small", "large", "large / small"], rows),
+            *(
+                [
+                    "",
+                    "bytes the server received per write-through update_members(): "
+                    f"{format_bytes(sent['small'])} (small), {format_bytes(sent['large'])} (large)",
+                ]
+                if (sent := results.get("bytes_per_update"))
+                else []
+            ),
         ]
     )
 

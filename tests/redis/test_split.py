@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -248,3 +250,33 @@ async def test_a_store_made_by_the_version_1_release_opens_and_moves_forward(
         assert large_entry is not None
         assert large_entry == {**expected[key], "updatedAt": expected[key]["updatedAt"] + 1}
         assert (key, large_entry["updatedAt"]) in await store.newest(len(expected))
+
+
+#: The recipe of docs/format.md ("Redis"), for the prefix P and the key KEY in bucket 0.
+RECIPE = (
+    "redis-cli GET '{P/0}:s:KEY' | cut -c2- > meta.json\n"
+    "for d in $(redis-cli HGET '{P/0}:p' KEY); do "
+    'redis-cli GET "{P/0}:b:$d:KEY" > "blob-$d.json"; done\n'
+)
+
+
+async def test_the_recipe_of_format_md_puts_a_split_session_together(
+    redis_url: str, redis_prefix: str, shared_redis: str, tmp_path: Path
+) -> None:
+    from ..test_format2 import JQ
+
+    docs = (Path(__file__).parents[2] / "docs" / "format.md").read_text("utf-8")
+    assert RECIPE in docs and JQ in docs
+    if shutil.which("jq") is None or shutil.which("redis-cli") is None:
+        pytest.skip("jq or redis-cli is not installed")
+    entry = {**large(), "label": "put together by hand"}
+    key = "agent:main:telegram:direct:7"
+    async with open_store(redis_url, entry_type=dict) as store:
+        await store.set(key, entry, durable=True)
+    recipe = RECIPE.replace("{P/0}", "{" + redis_prefix + "/0}").replace("KEY", key)
+    recipe = recipe.replace("redis-cli ", f"redis-cli -u {shared_redis} ")
+    subprocess.run(recipe, shell=True, cwd=tmp_path, check=True, capture_output=True)
+    assert len(list(tmp_path.glob("blob-*.json"))) == 2
+    out = subprocess.run(JQ, shell=True, cwd=tmp_path, capture_output=True, check=True)
+    assert json.loads(out.stdout) == entry
+    assert list(json.loads(out.stdout)) == list(entry)  # member order too
