@@ -42,7 +42,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
@@ -572,50 +572,47 @@ class RedisBackend:
         return await self._call(self._read(key))
 
     async def _read(self, key: str) -> bytes | None:
+        names, args, held = self._read_call(key)
         try:
-            reply = await self._evalsha("read", *self._read_call(key))
+            reply = await self._evalsha("read", names, args)
         except (redis_errors.RedisError, OSError) as exc:
             raise self._io_error(exc, "reading", key) from exc
-        data = self._take_read(key, reply)
-        # False: "unchanged", but what is held changed meanwhile: ask for the bytes themselves.
-        return await self._read(key) if data is False else data
+        return self._take_read(key, reply, held)
 
-    def _read_call(self, key: str) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
-        """The keys and arguments of the read script: what is held of ``key`` is named (its
-        version token, its blobs) and not sent again."""
+    def _read_call(self, key: str) -> tuple[tuple[bytes, ...], tuple[bytes, ...], _Held | None]:
+        """The keys and arguments of the read script, and what is held of ``key``: named (its
+        version token, its blobs), not sent again, and what the reply stands on even if the
+        cache drops it or a write of this process replaces it before the reply comes."""
         bucket = self._bucket(key)
         tag = self._tag(bucket)
         held = self._versions.get(key)
         token = b"" if held is None else held.token
         digests = b"" if held is None else " ".join(held.blobs).encode()
-        return (self._entry(bucket, key), tag + b":v", tag + b":p"), (key.encode(), token, digests)
+        names = (self._entry(bucket, key), tag + b":v", tag + b":p")
+        return names, (key.encode(), token, digests), held
 
-    def _take_read(self, key: str, reply: Any) -> bytes | Literal[False] | None:
-        """The entry a read script answered (False: answered "unchanged" for a version no
-        longer held, so read again)."""
+    def _take_read(self, key: str, reply: Any, held: _Held | None) -> bytes | None:
+        """The entry a read script answered, given what was ``held`` when it was sent."""
         if reply is None:
             return None
         if isinstance(reply, list):  # stored split: the entry and the blobs not held
             token, value, *pairs = reply
-            return self._assemble(key, bytes(value), bytes(token), pairs)
+            return self._assemble(key, bytes(value), bytes(token), pairs, held)
         token, space, data = bytes(reply).partition(b" ")
         if not space:
-            # Unchanged: the stored version is the one held. What is held now may differ from
-            # what was held when the read was sent (bounded, the cache may have dropped it, or a
-            # write of this process replaced it).
-            held = self._versions.get(key)
-            if held is None or held.token != token:
-                self._forget(key)
-                return False
+            # Unchanged: the stored version is the token sent, that of the bytes held then.
+            assert held is not None and held.token == token, "the server names a version not sent"
             return held.data
         if token:
             self._remember(key, data, token)
         return data
 
-    def _assemble(self, key: str, value: bytes, token: bytes, pairs: Sequence[Any]) -> bytes:
+    def _assemble(
+        self, key: str, value: bytes, token: bytes, pairs: Sequence[Any], held: _Held | None
+    ) -> bytes:
         """The whole entry of a value stored split: its blobs from ``pairs`` (digest, bytes,
-        ...) as the server sent them, else as held; remembered under ``token`` (when known)."""
-        held = self._versions.get(key)
+        ...) as the server sent them, else from what was ``held`` when the read was sent;
+        remembered under ``token`` (when known)."""
         blobs: dict[str, bytes] = {} if held is None else dict(held.blobs)
         for at in range(0, len(pairs), 2):
             digest = bytes(pairs[at]).decode()
@@ -703,8 +700,10 @@ class RedisBackend:
         if split:
             # Entries stored split: read again with their blobs, in one more round trip.
             pipe = self._client.pipeline(transaction=False)
+            held: list[_Held | None] = []
             for index in split:
-                names, args = self._read_call(keys[index])
+                names, args, known = self._read_call(keys[index])
+                held.append(known)
                 pipe.execute_command("EVALSHA", self._shas["read"], len(names), *names, *args)
             try:
                 replies = await self._io(pipe.execute(raise_on_error=False))
@@ -712,7 +711,7 @@ class RedisBackend:
                 replies = [exc] * len(split)
             finally:
                 self._count()
-            for index, reply in zip(split, replies, strict=True):
+            for index, reply, known in zip(split, replies, held, strict=True):
                 key = keys[index]
                 try:
                     if isinstance(reply, redis_errors.NoScriptError):
@@ -720,8 +719,7 @@ class RedisBackend:
                     elif isinstance(reply, Exception):
                         found[index] = self._io_error(reply, "reading", key)
                     else:
-                        data = self._take_read(key, reply)
-                        found[index] = await self._read(key) if data is False else data
+                        found[index] = self._take_read(key, reply, known)
                 except (CorruptSessionError, StoreIOError) as exc:
                     found[index] = exc
         return found
@@ -1015,7 +1013,7 @@ class RedisBackend:
                 self._forget(write.key)
                 if current is not None and current[:1] == SPLIT:
                     try:
-                        current = self._assemble(write.key, current, version or b"", pairs)
+                        current = self._assemble(write.key, current, version or b"", pairs, None)
                     except CorruptSessionError as exc:
                         result.failed[write.key] = exc
                         continue
