@@ -10,6 +10,7 @@ import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
@@ -108,3 +109,39 @@ async def test_a_replayed_batch_on_a_cluster_changes_nothing(cluster: RedisClust
         )
     finally:
         await backend.aclose()
+
+
+async def test_large_entries_on_a_cluster_keep_their_blobs_in_their_slot(cluster: RedisCluster) -> None:
+    """Large members stored apart are keys the scripts name themselves: in their entry's slot."""
+    blob = {"prompt": "p" * 40_000}
+    one = RedisBackend.from_url(f"{cluster.url}?prefix=split")
+    two = RedisBackend.from_url(f"{cluster.url}?prefix=split")
+    await one.open()
+    await two.open()
+    try:
+        entries = {
+            f"k{n}": {"updatedAt": n, "skillsSnapshot": blob, "report": {"n": n, "t": "r" * 20_000}}
+            for n in range(40)
+        }
+        encoded = {key: msgspec.json.encode(entry) for key, entry in entries.items()}
+        writes = [Write(key, data, None, blind=False) for key, data in encoded.items()]
+        assert len((await one.write_batch(writes, durable=True)).landed) == 40
+        assert await two.read_many(list(encoded)) == list(encoded.values())
+        newer = {key: data.replace(b'"updatedAt":', b'"updatedAt":1') for key, data in encoded.items()}
+        again = [Write(key, newer[key], encoded[key], blind=False) for key in encoded]
+        assert len((await two.write_batch(again, durable=True)).landed) == 40
+        stale = await one.write_batch([Write("k1", encoded["k1"], encoded["k1"], blind=False)], durable=True)
+        assert stale.conflicts == {"k1": newer["k1"]}
+        assert await one.read_many(list(encoded)) == list(newer.values())
+    finally:
+        await one.aclose()
+        await two.aclose()
+    # Each blob in its entry's slot; two blobs a session (no superseded one left).
+    blobs = 0
+    for server in cluster.servers:
+        with server.client() as client:
+            for key in client.scan_iter(match="{split/*}:b:*", count=1000):
+                entry = key[: key.index(b"}") + 1] + b":s:" + key.rsplit(b":", 1)[1]
+                assert client_keyslot(key) == client_keyslot(entry)
+                blobs += 1
+    assert blobs == 80

@@ -155,3 +155,22 @@ async def test_the_copy_command_shows_progress_on_a_terminal(tmp_path: Path, red
     assert (report["copied"], report["unchanged"]) == (0, 700)
     entry = (await read_all(redis_url))["agent:main:telegram:direct:5"]
     assert SessionEntry(session_id="s5").session_id == entry["sessionId"]
+
+
+async def test_large_sessions_stored_apart_on_both_sides_copy_whole(tmp_path: Path, redis_url: str) -> None:
+    """A directory store and a Redis store both keep large members apart, each its own way:
+    a copy moves whole sessions, equal on arrival, and back."""
+    data = {
+        f"agent:main:telegram:direct:{i}": {
+            "sessionId": f"s{i}",
+            "updatedAt": 1_700_000_000_000 + i,
+            "skillsSnapshot": {"prompt": "p" * 60_000, "i": i},
+            "systemPromptReport": {"text": "r" * 30_000},
+        }
+        for i in range(5)
+    }
+    await fill(tmp_path / "sessions.json", data)
+    assert (await copy_store(tmp_path / "sessions.json", redis_url)).copied == 5
+    assert await read_all(redis_url) == data
+    assert (await copy_store(redis_url, tmp_path / "back" / "sessions.json")).copied == 5
+    assert await read_all(tmp_path / "back" / "sessions.json") == data

@@ -308,3 +308,34 @@ async def test_the_recipe_of_format_md_puts_a_split_session_together(
     out = subprocess.run(JQ, shell=True, cwd=tmp_path, capture_output=True, check=True)
     assert json.loads(out.stdout) == entry
     assert list(json.loads(out.stdout)) == list(entry)  # member order too
+
+
+async def test_a_split_write_whose_reply_was_lost_lands_once_with_its_blobs(
+    redis_url: str, redis_prefix: str, client: aioredis.Redis
+) -> None:
+    from .test_backend import lose_replies
+
+    backend = RedisBackend.from_url(redis_url)
+    await backend.open()
+    try:
+        first = encode(large(1))
+        await backend.write_batch([Write("k", first)], durable=True)
+        restore = lose_replies(backend)
+        write = Write("k", encode(large(2, skills="t")), first, blind=False)
+        lost = await backend.write_batch([write], durable=True)
+        assert set(lost.in_doubt) == {"k"}
+        restore()
+        # Sent again: it had landed, so it is not applied twice, and nothing is left behind.
+        again = await backend.write_batch([write], durable=True)
+        assert again.landed == ["k"] and not again.conflicts
+        newer = encode(large(3, skills="t"))
+        assert (await backend.write_batch([Write("k", newer, write.data, blind=False)], durable=True)).landed
+    finally:
+        await backend.aclose()
+    other = RedisBackend.from_url(redis_url)
+    await other.open()
+    try:
+        assert await other.read("k") == newer
+    finally:
+        await other.aclose()
+    assert len(await stored_keys(client, redis_prefix, "b")) == 2
