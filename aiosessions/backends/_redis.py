@@ -248,7 +248,7 @@ class _Call:
 
     bucket: int
     receipt: bytes
-    keys: list[bytes]  # receipt, indexes, receipts to delete, then the entries
+    keys: list[bytes]  # receipt, indexes, parts hash, receipts to delete, then the entries
     argv: list[Any]
     writes: list[_Sent] = field(default_factory=list)
 
@@ -988,7 +988,7 @@ class RedisBackend:
                 if write.data is None:
                     self._forget(write.key)
                 else:
-                    members = None if sent.members is None else MappingProxyType(dict(sent.members))
+                    members = None if sent.members is None else MappingProxyType(sent.members)
                     self._remember(write.key, write.data, sent.token, sent.parts, sent.blobs, members)
                 if write.key in self._reapplied_risk:
                     self._reapplied_risk.discard(write.key)
