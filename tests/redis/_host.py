@@ -11,7 +11,9 @@ own key. A call that fails because the server is away (``StoreIOError``: a read 
 needed, or a full queue that cannot be written) changed nothing and is retried; a flush
 that fails is retried until it succeeds. After each successful flush it prints
 ``ack <i>``. At the end it prints one JSON line: what it did (``updates`` per shared key,
-the last state of each own key) and the store's statistics and backend counters.
+the last state of each own key) and the store's statistics and backend counters. With
+``large`` in the config, every entry carries members large enough to be stored apart: a
+shared key's stays the same, an own key's is new with each ``set()``.
 """
 
 from __future__ import annotations
@@ -46,9 +48,13 @@ async def main(config: dict[str, Any]) -> None:
     own: dict[str, Any] = dict.fromkeys(config["own"])
     deadline = time.monotonic() + 60
 
+    large = config.get("large", False)
+
     def bump(entry: dict[str, Any] | None) -> dict[str, Any]:
         counts = dict((entry or {}).get("counts", {}))
         counts[me] = counts.get(me, 0) + 1
+        if large and entry is None:
+            entry = {"skillsSnapshot": {"prompt": "s" * 20_000}}
         return {**(entry or {}), "counts": counts}
 
     async with open_store(
@@ -67,7 +73,9 @@ async def main(config: dict[str, Any]) -> None:
                 updates[key] += 1
             elif roll < 0.8:
                 key = rng.choice(config["own"])
-                value = {"owner": me, "op": i}
+                value: dict[str, Any] = {"owner": me, "op": i}
+                if large:
+                    value["report"] = {"text": f"{me} {i} " + "r" * 20_000}
                 await retrying(lambda key=key, value=value: store.set(key, value), deadline)  # type: ignore[misc]
                 own[key] = value
             else:
