@@ -53,7 +53,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from .._errors import CorruptSessionError, StoreFormatError, StoreIOError
-from .._parts import Last, Pieces, join_members, references, split_members
+from .._parts import ENTRY_MIN, Last, Pieces, join_members, references, split_members
 from .._recency import recency_of_encoded
 from .._targets import is_redis_url
 from . import _redis_lua as lua
@@ -78,6 +78,8 @@ RECEIPT_TTL: Final = 24 * 3600
 #: calls of one pipeline beyond that, so no single script blocks the server for long.
 SCRIPT_WRITES: Final = 128
 SCRIPT_BYTES: Final = 1 << 20
+#: Seconds of splitting entries on the event loop between two of its turns (see _split_entries).
+SPLIT_SLICE: Final = 0.002
 #: Keys per listing command.
 CHUNK: Final = 1000
 #: Seconds the bytes this process last read or wrote of a key serve as the base of its next
@@ -203,32 +205,40 @@ class _Held:
     data: bytes
     token: bytes
     when: float
-    #: ``(member, digest)`` of each member stored apart (empty: stored whole).
+    #: ``(member, digest)`` of each member stored apart (empty: stored whole); on the server
+    #: while ``token`` is the stored version.
     parts: tuple[tuple[str, str], ...] = ()
-    #: The bytes of those members by digest: on the server while ``token`` is the stored version.
-    blobs: Mapping[str, bytes] = field(default_factory=dict)
-    #: The top-level members of ``data`` as slices of it, when split (``members_of``).
+    #: The top-level members of ``data`` as slices of it (views: they keep nothing else
+    #: alive), when split: the bytes of its parts, and what ``update_members()`` starts from.
     members: Mapping[str, msgspec.Raw] | None = None
 
-    @property
-    def size(self) -> int:
-        return len(self.data) + sum(len(blob) for blob in self.blobs.values())
+    def blobs(self) -> dict[str, bytes]:
+        """The bytes of each part by digest (copies, made when asked: ~1 µs per 100 KB)."""
+        if self.members is None:
+            return {}
+        return {digest: bytes(memoryview(self.members[name])) for name, digest in self.parts}
 
     def hints(self) -> dict[str, Last]:
         """What ``_parts.split`` needs to skip hashing a member that did not change."""
-        slices = self.members or {}
-        return {name: (digest, self.blobs[digest], slices.get(name)) for name, digest in self.parts}
+        if self.members is None:
+            return {}
+        slices = self.members
+        return {name: (digest, bytes(memoryview(slices[name])), slices[name]) for name, digest in self.parts}
+
+
+#: How an entry is stored: the value (``@`` and its split JSON, or the entry itself), what
+#: splitting it found (None: whole), and its blobs by digest.
+_Form = tuple[bytes, Pieces | None, dict[str, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
 class _Sent:
-    """One write of a script call: the write, its version token, and the value sent for it:
-    the parts of its entry when split, and those parts' bytes by digest."""
+    """One write of a script call: the write, its version token, and when its entry is
+    stored split, its parts and its members (slices of ``write.data``)."""
 
     write: Write
     token: bytes
     parts: tuple[tuple[str, str], ...]
-    blobs: Mapping[str, bytes]
     members: Mapping[str, msgspec.Raw] | None
 
 
@@ -587,7 +597,7 @@ class RedisBackend:
         tag = self._tag(bucket)
         held = self._versions.get(key)
         token = b"" if held is None else held.token
-        digests = b"" if held is None else " ".join(held.blobs).encode()
+        digests = b"" if held is None else " ".join(digest for _, digest in held.parts).encode()
         names = (self._entry(bucket, key), tag + b":v", tag + b":p")
         return names, (key.encode(), token, digests), held
 
@@ -613,7 +623,7 @@ class RedisBackend:
         """The whole entry of a value stored split: its blobs from ``pairs`` (digest, bytes,
         ...) as the server sent them, else from what was ``held`` when the read was sent;
         remembered under ``token`` (when known)."""
-        blobs: dict[str, bytes] = {} if held is None else dict(held.blobs)
+        blobs = {} if held is None else held.blobs()
         for at in range(0, len(pairs), 2):
             digest = bytes(pairs[at]).decode()
             if pairs[at + 1] is None:
@@ -634,10 +644,9 @@ class RedisBackend:
                 where=self.location(key),
                 key=key,
             ) from exc
-        named = tuple((name, digest) for name, _, digest in parts)
         if token:
-            kept = {digest: blobs[digest] for _, digest in named}
-            self._remember(key, whole, token, named, kept, members)
+            named = tuple((name, digest) for name, _, digest in parts)
+            self._remember(key, whole, token, named, members)
         return whole
 
     async def read_base(self, key: str) -> bytes | None:
@@ -825,7 +834,8 @@ class RedisBackend:
                     error = self._io_error(exc, "writing", write.key, doubt=write.key in self._doubts)
                     (result.in_doubt if write.key in self._doubts else result.failed)[write.key] = error
                 return []
-        calls = self._plan(writes, result, every_blob)
+        forms = await self._split_entries(writes)
+        calls = self._plan(writes, result, every_blob, forms)
         if not calls:
             return []
         try:
@@ -855,8 +865,32 @@ class RedisBackend:
             del result.landed[landed:]
         return missing
 
-    def _plan(self, writes: Sequence[Write], result: BatchResult, every_blob: bool = False) -> list[_Call]:
-        """The script calls of a batch: its writes by bucket, cut at SCRIPT_WRITES/BYTES."""
+    async def _split_entries(self, writes: Sequence[Write]) -> dict[str, _Form]:
+        """The stored form of each large entry of ``writes``, by key, made on the event loop
+        (its split is ~35 µs for 121 KB, whose members are compared, not hashed, when they
+        did not change): with a turn of the loop every SPLIT_SLICE seconds, so that a batch
+        of hundreds of large entries does not hold the loop for tens of milliseconds."""
+        forms: dict[str, _Form] = {}
+        started = time.perf_counter()
+        for write in writes:
+            if write.data is not None and len(write.data) >= ENTRY_MIN:
+                forms[write.key] = self._stored_form(
+                    write.key, write.data, write.members, self._versions.get(write.key)
+                )
+                if time.perf_counter() - started > SPLIT_SLICE:
+                    await asyncio.sleep(0)
+                    started = time.perf_counter()
+        return forms
+
+    def _plan(
+        self,
+        writes: Sequence[Write],
+        result: BatchResult,
+        every_blob: bool = False,
+        forms: Mapping[str, _Form] | None = None,
+    ) -> list[_Call]:
+        """The script calls of a batch: its writes by bucket, cut at SCRIPT_WRITES/BYTES of
+        what is sent (``forms``: entries split already, by key)."""
         by_bucket: dict[int, list[Write]] = {}
         for write in writes:
             resolved = self._resolved.pop(write.key, None)
@@ -880,14 +914,13 @@ class RedisBackend:
             call: _Call | None = None
             size = 0
             for write in bucket_writes:
-                weight = 64 + len(write.key) + len(write.data or b"")
-                if call is None or len(call.writes) >= SCRIPT_WRITES or size + weight > SCRIPT_BYTES:
+                if call is None or len(call.writes) >= SCRIPT_WRITES or size >= SCRIPT_BYTES:
                     deletes = self._acknowledged.pop(bucket, []) if call is None else []
                     call = self._new_call(bucket, deletes=deletes)
                     calls.append(call)
                     size = 0
-                size += weight
-                self._add(call, write, every_blob)
+                form = None if forms is None else forms.get(write.key)
+                size += self._add(call, write, every_blob, form)
         for call in calls:
             call.argv[2] = len(call.writes)
         return calls
@@ -898,7 +931,9 @@ class RedisBackend:
         keys = [receipt, tag + b":k", tag + b":r", tag + b":v", tag + b":p", *deletes]
         return _Call(bucket, receipt, keys, [RECEIPT_TTL, len(deletes), 0])
 
-    def _add(self, call: _Call, write: Write, every_blob: bool) -> None:
+    def _add(self, call: _Call, write: Write, every_blob: bool, form: _Form | None = None) -> int:
+        """Add ``write`` to ``call`` (``form``: its entry's stored form, if made already);
+        return how many bytes it sends."""
         token = self._token()
         held = self._versions.get(write.key)
         parts: tuple[tuple[str, str], ...] = ()
@@ -910,7 +945,9 @@ class RedisBackend:
         else:
             code = recency_code(_recency(write.data))
             action = b"S"
-            value, pieces, blobs = self._stored_form(write.key, write.data, write.members, held)
+            if form is None:
+                form = self._stored_form(write.key, write.data, write.members, held)
+            value, pieces, blobs = form
             if pieces is not None:
                 parts, members = pieces.named, pieces.members
         if write.blind:
@@ -923,18 +960,19 @@ class RedisBackend:
             guard, expected = b"V", self._stored_form(write.key, write.expected, None, held)[0]
         # The blobs the server holds for the version held are not sent again; if that is no
         # longer the stored version, the script answers 'M' and they are (every_blob).
-        on_server = () if held is None or every_blob else held.blobs
+        on_server = set() if held is None or every_blob else {digest for _, digest in held.parts}
         sent = [(digest.encode(), blob) for digest, blob in blobs.items() if digest not in on_server]
         call.keys.append(self._entry(call.bucket, write.key))
         call.argv.extend((action, guard, write.key.encode(), token, expected, value, code))
         call.argv.extend((" ".join(digest for _, digest in parts).encode(), len(sent)))
         for pair in sent:
             call.argv.extend(pair)
-        call.writes.append(_Sent(write, token, parts, blobs, members))
+        call.writes.append(_Sent(write, token, parts, members))
+        return 64 + len(write.key) + len(value) + len(expected) + sum(len(blob) for _, blob in sent)
 
     def _stored_form(
         self, key: str, data: bytes, slices: Mapping[str, msgspec.Raw] | None, held: _Held | None
-    ) -> tuple[bytes, Pieces | None, dict[str, bytes]]:
+    ) -> _Form:
         """The value ``data`` is stored as (``@`` and its split JSON, or itself when whole),
         what splitting it found, and its blobs by digest. A large member equal to one held
         for the key is not hashed again (``_parts.split``)."""
@@ -989,7 +1027,7 @@ class RedisBackend:
                     self._forget(write.key)
                 else:
                     members = None if sent.members is None else MappingProxyType(sent.members)
-                    self._remember(write.key, write.data, sent.token, sent.parts, sent.blobs, members)
+                    self._remember(write.key, write.data, sent.token, sent.parts, members)
                 if write.key in self._reapplied_risk:
                     self._reapplied_risk.discard(write.key)
             elif status == "M":
@@ -1143,18 +1181,16 @@ class RedisBackend:
         data: bytes,
         token: bytes,
         parts: tuple[tuple[str, str], ...] = (),
-        blobs: Mapping[str, bytes] | None = None,
         members: Mapping[str, msgspec.Raw] | None = None,
     ) -> None:
-        held = _Held(data, token, time.monotonic(), parts, blobs or {}, members)
         self._forget(key)
-        if held.size > self._cache_limit // 4:
+        if len(data) > self._cache_limit // 4:
             return
-        self._versions[key] = held
-        self._versions_bytes += held.size
+        self._versions[key] = _Held(data, token, time.monotonic(), parts, members)
+        self._versions_bytes += len(data)
         while self._versions_bytes > self._cache_limit:
             _, dropped = self._versions.popitem(last=False)
-            self._versions_bytes -= dropped.size
+            self._versions_bytes -= len(dropped.data)
 
     def _remember_written(self, key: str, data: bytes | None, token: bytes) -> None:
         if data is None:
@@ -1165,7 +1201,7 @@ class RedisBackend:
     def _forget(self, key: str) -> None:
         old = self._versions.pop(key, None)
         if old is not None:
-            self._versions_bytes -= old.size
+            self._versions_bytes -= len(old.data)
 
     def _io_error(
         self, exc: BaseException, action: str, key: str | None = None, *, doubt: bool = False
