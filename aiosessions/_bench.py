@@ -44,7 +44,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import anyio
 import msgspec
@@ -1143,6 +1143,8 @@ async def measure_write_cost(settings: WriteCostSettings, progress: Progress, fo
             progress.step(f"{name}: update one field of a {format_bytes(size)} entry")
             async with open_store(path, entry_type=dict, fsync=fsync, flush_interval=interval) as store:
                 await _update_costs(store, keys, results["update"], name, label, settings, by_member=True)
+                journaling = getattr(store.backend, "_journal_wanted", None)
+                results["journal"] = bool(journaling is not None and journaling())
         for fsync in (False, True):
             plain = folder / f"plain-{label}-{fsync}"
             plain.mkdir()
@@ -1182,11 +1184,13 @@ async def _distinct_rounds(
     from ._barrier import BarrierMode
     from .backends import _directory
 
-    # The same writes with every durable batch fsynced per file: what the barrier saves.
-    ours: tuple[tuple[str, float, BarrierMode], ...] = (
-        ("write-behind +fsync", 0.05, _directory.BARRIER),
-        ("write-behind +fsync, per-file fsync", 0.05, "fsync"),
-        ("write-through +fsync", 0.0, _directory.BARRIER),
+    # The same writes as the store makes them durable here (through the journal, where it is
+    # taken), behind the syncfs barrier, and fsynced per file: what each way saves.
+    ours: tuple[tuple[str, float, BarrierMode, Literal["auto", "on", "off"]], ...] = (
+        ("write-behind +fsync", 0.05, _directory.BARRIER, _directory.JOURNAL_MODE),
+        ("write-behind +fsync, syncfs barrier", 0.05, "syncfs", "off"),
+        ("write-behind +fsync, per-file fsync", 0.05, "fsync", "off"),
+        ("write-through +fsync", 0.0, _directory.BARRIER, _directory.JOURNAL_MODE),
     )
     runs: dict[str, list[Summary]] = {}
     db = _Sqlite(database, fsync=True)
@@ -1196,8 +1200,9 @@ async def _distinct_rounds(
             runs.setdefault("SQLite FULL", []).append(
                 await _distinct_writes(db.set, keys, value, settings.tasks, anyio.lowlevel.checkpoint)
             )
-            for name, interval, barrier in ours:
-                default, _directory.BARRIER = _directory.BARRIER, barrier
+            for name, interval, barrier, journal in ours:
+                default = _directory.BARRIER, _directory.JOURNAL_MODE
+                _directory.BARRIER, _directory.JOURNAL_MODE = barrier, journal
                 try:
                     options: dict[str, Any] = {"fsync": True, "flush_interval": interval}
                     async with open_store(path, entry_type=dict, **options) as store:
@@ -1206,7 +1211,7 @@ async def _distinct_rounds(
                             await _distinct_writes(store.set, keys, value, settings.tasks, store.flush)
                         )
                 finally:
-                    _directory.BARRIER = default
+                    _directory.BARRIER, _directory.JOURNAL_MODE = default
     finally:
         db.close()
     return {name: sorted(done, key=lambda s: s.rate)[len(done) // 2] for name, done in runs.items()}
@@ -1301,7 +1306,8 @@ def write_cost_report(results: dict[str, Any]) -> str:
                 ["", "aiosessions", "SQLite", "aiosessions speed vs SQLite"], write_cost_sqlite_rows(results)
             ),
             f"distinct-key writes: {s['distinct']:,} keys by {s['tasks']} tasks, the median of "
-            f"{s['rounds']} rounds taking turns",
+            f"{s['rounds']} rounds taking turns; durable batches here "
+            + ("go through the batch journal" if results.get("journal") else "do not take the journal"),
         ]
     )
 

@@ -130,6 +130,9 @@ class FileSystem:
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
 
+    def truncate(self, fd: int, length: int) -> None:
+        os.ftruncate(fd, length)
+
     def fstat(self, fd: int) -> os.stat_result:
         return os.fstat(fd)
 
@@ -186,6 +189,7 @@ class FileSystem:
         "read",
         "write",
         "fsync",
+        "truncate",
         "fstat",
         "stat",
         "rename",

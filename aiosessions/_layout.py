@@ -60,10 +60,11 @@ Mode = Literal["directory", "json"]
 
 FORMAT_FILE = "FORMAT"
 FORMAT_NAME = "aiosessions.directory"
-FORMAT_VERSION = 2
-#: The versions this release opens. Version 1 (no blobs: a top-level ``$parts`` member is the
-#: entry's own) is read as it is and upgraded by ``_upgrade.upgrade_format``.
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+#: The versions this release opens, read as they are and upgraded by ``_upgrade.upgrade_format``.
+#: Version 1 has no blobs (a top-level ``$parts`` member is the entry's own); version 2 has no
+#: batch journal (``.journal``: a release of version 2 would not replay it after a power cut).
+READABLE_VERSIONS = (1, 2, 3)
 #: A FORMAT marker is a few dozen bytes; anything larger is not one.
 FORMAT_MAX_BYTES = 4096
 

@@ -135,10 +135,13 @@ def upgrade_format(paths: StorePaths, fs: FileSystem, *, lock_timeout: float) ->
 
 
 def _sealed(fs: FileSystem, parent: int, name: str, where: str) -> bool:
+    """Whether the staging folder ``name`` was sealed (its FORMAT written last), by this
+    release or by one of version 2, whose store is then moved on to version 3 in turn."""
     try:
-        return read_marker(fs, name, dir_fd=parent, where=where) == FORMAT_VERSION
+        version = read_marker(fs, name, dir_fd=parent, where=where)
     except (OSError, StoreFormatError):
         return False
+    return version is not None and version >= 2
 
 
 def _upgrade_locked(paths: StorePaths, fs: FileSystem, parent: int, held: list[int], timeout: float) -> bool:
@@ -170,6 +173,13 @@ def _upgrade_locked(paths: StorePaths, fs: FileSystem, parent: int, held: list[i
                 )
         finally:
             fs.close(locks)
+        if version >= 2:
+            # Version 3 adds the batch journal and stores sessions as version 2 did: only the
+            # marker moves, replaced atomically and durably under every stripe (no writer of
+            # the old store is between its writes), so a version-2 release refuses the store
+            # from then on. No staging folder: nothing else is rewritten.
+            fs.write_atomic(FORMAT_FILE, encode_format(), dir_fd=old, durable=True)
+            return True
         if exists(fs, staging, dir_fd=parent):
             if _sealed(fs, parent, staging, where):
                 # Sealed before the power went, its renames lost: it is the store, built

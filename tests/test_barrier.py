@@ -100,6 +100,7 @@ async def test_a_durable_batch_costs_two_barriers_whatever_its_size(
     tmp_path: Path, anyio_backend: str, keys: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_directory, "BARRIER", "syncfs")
+    monkeypatch.setattr(_directory, "JOURNAL_MODE", "off")
     path = tmp_path / "sessions.json"
     fs = CountingFS()
     names = [f"agent:main:k{i}" for i in range(keys - 1)] + ["long:" + "ж" * 150]
@@ -136,6 +137,7 @@ async def test_compare_and_swap_under_the_barrier(
     """An update whose stored bytes changed under it conflicts and is re-applied, as without
     the barrier; another process's write in between is kept."""
     monkeypatch.setattr(_directory, "BARRIER", "syncfs")
+    monkeypatch.setattr(_directory, "JOURNAL_MODE", "off")
     path = tmp_path / "sessions.json"
     async with aiosessions.open_store(path, entry_type=dict, flush_interval=3600, fsync=True) as a:
         await a.set("k", {"n": 0})

@@ -24,6 +24,7 @@ import msgspec
 import pytest
 
 from aiosessions import SessionEntry
+from aiosessions._barrier import syncfs_filesystem
 from aiosessions._bench import (
     DEFAULT_SEED,
     AiosessionsContender,
@@ -426,7 +427,12 @@ def test_bench_writes_command_line(tmp_path: Path) -> None:
     assert figures["sqlite"]["FULL"]["distinct"]["rate"] > 0
     assert set(figures["distinct"]) == {
         "write-behind +fsync",
+        "write-behind +fsync, syncfs barrier",
         "write-behind +fsync, per-file fsync",
         "write-through +fsync",
     }
+    # Durable batches take the journal where syncfs may checkpoint it (CI's ext4 does).
+    journaled = syncfs_filesystem(os.stat(tmp_path).st_dev) is not None
+    assert figures["journal"] is journaled
+    assert ("go through the batch journal" in done.stdout) is journaled
     assert [p.name for p in tmp_path.iterdir()] == ["writes.json"]  # the temporary stores are gone

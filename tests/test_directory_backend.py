@@ -179,7 +179,7 @@ async def test_format_marker(tmp_path: Path) -> None:
         pass
     marker = tmp_path / "sessions.d" / "FORMAT"
     assert marker.read_bytes() == encode_format()
-    assert json.loads(marker.read_bytes()) == {"format": "aiosessions.directory", "version": 2}
+    assert json.loads(marker.read_bytes()) == {"format": "aiosessions.directory", "version": 3}
 
 
 async def test_a_folder_without_marker_is_not_trusted(tmp_path: Path) -> None:
@@ -215,7 +215,7 @@ async def test_an_empty_folder_without_marker_becomes_the_store(tmp_path: Path) 
 @pytest.mark.parametrize(
     ("marker", "message"),
     [
-        (b'{"format": "aiosessions.directory", "version": 3}', "version 3"),
+        (b'{"format": "aiosessions.directory", "version": 4}', "version 4"),
         (b'{"format": "aiosessions.directory", "version": 0}', "version 0"),
         (b'{"format": "something.else", "version": 1}', "something.else"),
         (b"not json", "not a valid"),

@@ -29,7 +29,7 @@ from aiosessions._entry import codec_for
 from aiosessions._keys import encode_key
 from aiosessions._layout import encode_format
 from aiosessions._parts import PARTS
-from aiosessions.backends import DirectoryBackend
+from aiosessions.backends import DirectoryBackend, _directory
 from aiosessions.backends._base import Write
 
 from ._v1_store import build_v1_store
@@ -601,10 +601,12 @@ class _CountingFS(aiosessions.FileSystem):
 
 @pytest.mark.parametrize("cache_bytes", [16 * 2**20, 0], ids=["cached", "no-cache"])
 async def test_a_durable_update_of_a_split_entry_syncs_its_blobs_once(
-    tmp_path: Path, cache_bytes: int
+    tmp_path: Path, cache_bytes: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Blobs written without fsync are synced by the first durable write naming them, then never
-    again: what this process synced is remembered apart from the entry cache."""
+    again: what this process synced is remembered apart from the entry cache (fsync per file:
+    through the journal, see test_journal.py)."""
+    monkeypatch.setattr(_directory, "JOURNAL_MODE", "off")
     path = tmp_path / "sessions.json"
     key, entry = next(iter(sized_sessions(1, 121_000, seed=15).items()))
     async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as store:
@@ -622,9 +624,12 @@ async def test_a_durable_update_of_a_split_entry_syncs_its_blobs_once(
         assert fs.fsyncs - before == 5 * 2
 
 
-async def test_a_blob_file_made_again_by_another_process_is_synced_again(tmp_path: Path) -> None:
+async def test_a_blob_file_made_again_by_another_process_is_synced_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """What this process synced is a file (its signature), not a digest: a blob removed and
     made again without fsync by another process is fsynced by the next durable write."""
+    monkeypatch.setattr(_directory, "JOURNAL_MODE", "off")
     path = tmp_path / "sessions.json"
     key, entry = next(iter(sized_sessions(1, 121_000, seed=16).items()))
     fs = _CountingFS()
@@ -706,13 +711,13 @@ async def test_the_cli_reads_a_version_1_store_as_it_is_and_migrate_moves_it_for
     assert "2 sessions" in cli("ls", str(path))
     assert json.loads(cli("show", str(path), "own-parts")) == entries["own-parts"]
     assert "old-format" in cli("fsck", str(path))
-    assert "the real run moves it forward to format version 2" in cli("migrate", str(path), "--dry-run")
+    assert "the real run moves it forward to format version 3" in cli("migrate", str(path), "--dry-run")
     cli("prune", str(path), "--max-entries", "1", "--dry-run")
     cli("export", str(path), "-o", str(tmp_path / "out.json"))
     assert json.loads((tmp_path / "out.json").read_bytes()) == entries
     assert b'"version":1' in (directory / "FORMAT").read_bytes()  # reading changed nothing
-    assert "moved forward to format version 2" in cli("migrate", str(path))
-    assert json.loads((directory / "FORMAT").read_bytes())["version"] == 2
+    assert "moved forward to format version 3" in cli("migrate", str(path))
+    assert json.loads((directory / "FORMAT").read_bytes())["version"] == 3
     assert blobs_in(directory / "own-parts")
     assert json.loads(cli("show", str(path), "own-parts")) == entries["own-parts"]
     assert "0 problems" in cli("fsck", str(path))

@@ -391,17 +391,21 @@ async def test_the_index_failing_never_fails_a_write(tmp_path: Path) -> None:
         assert await listing(store) == truth(path)
 
 
-@pytest.mark.parametrize("barrier", ["syncfs", "fsync"])
+@pytest.mark.parametrize("barrier", ["syncfs", "fsync", "journal"])
 async def test_durable_batches_are_in_the_listing_whichever_barrier(
     tmp_path: Path, barrier: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A durable batch of many keys may be written behind one syncfs barrier (stage, sync,
-    rename, sync) instead of fsyncs per file: its intents and ends are logged the same way."""
-    monkeypatch.setattr(_directory, "BARRIER", barrier)
+    rename, sync) or through the journal (stage, append, rename) instead of fsyncs per file:
+    its intents and ends are logged the same way."""
+    monkeypatch.setattr(_directory, "BARRIER", "syncfs" if barrier == "journal" else barrier)
+    monkeypatch.setattr(_directory, "JOURNAL_MODE", "on" if barrier == "journal" else "off")
     staged: list[int] = []
     stage = DirectoryBackend._stage_sync
     monkeypatch.setattr(
-        DirectoryBackend, "_stage_sync", lambda self, groups: staged.append(1) or stage(self, groups)
+        DirectoryBackend,
+        "_stage_sync",
+        lambda self, groups, **options: staged.append(1) or stage(self, groups, **options),
     )
     path = tmp_path / "sessions.json"
     async with open_store(path, flush_interval=3600, fsync=True) as store:
@@ -422,4 +426,4 @@ async def test_durable_batches_are_in_the_listing_whichever_barrier(
         finally:
             await other.aclose()
         assert await listing(store) == truth(path)
-    assert bool(staged) == (barrier == "syncfs")
+    assert bool(staged) == (barrier != "fsync")

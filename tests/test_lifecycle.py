@@ -28,7 +28,7 @@ import aiosessions
 from aiosessions import FlushError, InvalidEntryError, SessionEntry, SessionStore, StoreClosedError
 from aiosessions._entry import MAX_NESTING, codec_for
 from aiosessions._fs import FileSystem
-from aiosessions.backends import BatchResult, DirectoryBackend, Write
+from aiosessions.backends import BatchResult, DirectoryBackend, Write, _directory
 
 pytestmark = pytest.mark.anyio
 
@@ -354,7 +354,11 @@ async def test_two_closes_at_once_both_wait_for_the_writes(store_path: Path, mod
     assert seen_at_return == [50, 50]
 
 
-async def test_every_close_reports_the_same_failure(store_path: Path, mode: str) -> None:
+async def test_every_close_reports_the_same_failure(
+    store_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_directory, "JOURNAL_MODE", "off")  # writes by write_atomic
+
     class Full(FileSystem):
         full = False
 

@@ -35,6 +35,7 @@ from aiosessions._entry import codec_for
 from aiosessions._fs import FileSystem
 from aiosessions._keys import encode_key, lock_stripe
 from aiosessions._layout import StorePaths
+from aiosessions.backends import _directory
 
 pytestmark = pytest.mark.asyncio
 
@@ -463,8 +464,9 @@ async def test_aclose_gives_up_after_its_timeout_and_wakes_waiters(
 
 
 async def test_failed_directory_fsync_rewrites_without_applying_updates_twice(
-    store_path: Path, mode: str, open_test_store: Opener
+    store_path: Path, mode: str, open_test_store: Opener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(_directory, "JOURNAL_MODE", "off")  # fsyncs per file: of the folder too
     disk = DirFsyncFails()
     async with open_test_store(filesystem=disk, fsync=True) as store:
         await store.set("k", entry(10))
@@ -488,8 +490,9 @@ async def test_failed_directory_fsync_rewrites_without_applying_updates_twice(
 
 
 async def test_failed_fsync_of_a_new_session_folder_is_redone(
-    store_path: Path, mode: str, open_test_store: Opener
+    store_path: Path, mode: str, open_test_store: Opener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(_directory, "JOURNAL_MODE", "off")  # fsyncs per file: of the folder too
     disk = DirFsyncFails()
     async with open_test_store(filesystem=disk, fsync=True) as store:
         await store.update("new", bump)

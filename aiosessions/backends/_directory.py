@@ -19,13 +19,14 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, Literal, TypeVar
 
 import anyio
 import msgspec
 
+from .. import _journal
 from .._barrier import BarrierMode, BarrierPolicy, syncfs_filesystem
 from .._defaults import (
     DEFAULT_CACHE_BYTES,
@@ -36,6 +37,7 @@ from .._defaults import (
 from .._entry import storable
 from .._errors import CorruptSessionError, LockTimeoutError, StoreFormatError, io_error
 from .._fs import FileSystem, NotRegularFileError, Signature, TooLargeError, UnsyncedError
+from .._journal import HEADER_SIZE, JOURNAL, Entry, Journal, parse
 from .._keys import encode_key, is_shortened
 from .._layout import (
     FORMAT_FILE,
@@ -84,6 +86,13 @@ INLINE_READ_MAX = 256 * 1024
 #: How durable batches are made durable: "auto" picks per batch between one ``syncfs``
 #: barrier and per-file fsyncs (see ``_barrier``); "syncfs" and "fsync" force one (tests).
 BARRIER: BarrierMode = "auto"
+#: Whether durable batches go through the batch journal (format version 3, ``_journal``):
+#: "auto" where ``syncfs`` may checkpoint it (the barrier's conditions) and the machine has a
+#: boot id; "on" and "off" force it (tests). Where it is taken, every durable batch takes it:
+#: one that did not would be undone by the replay of an older record after a power cut.
+JOURNAL_MODE: Literal["auto", "on", "off"] = "auto"
+#: The journal is checkpointed (``syncfs``, then cut back) once it holds this many bytes.
+JOURNAL_MAX = 4 * 1024 * 1024
 
 _T = TypeVar("_T")
 Groups = list[tuple[int, list[Write]]]
@@ -101,6 +110,10 @@ class _Staged:
     meta: bytes = b""
     #: What splitting ``write.data`` found, when it is stored split.
     pieces: Pieces | None = None
+    #: Journaled batches: the blob files the ``meta.json`` names (their signatures), and the
+    #: bytes of those this process does not know durable (they go into the record).
+    files: dict[str, Signature] = field(default_factory=dict)
+    blobs: dict[str, bytes] = field(default_factory=dict)
 
 
 def _holds(blob: bytes, digest: str) -> bool:
@@ -212,6 +225,10 @@ class DirectoryBackend:
         self.swept = 0
         #: Decided at the first durable batch (it needs the open store folder).
         self._policy: BarrierPolicy | None = None
+        #: The batch journal (format version 3), opened at open when it must be looked at, else
+        #: by the first durable batch that takes it (``_journal_wanted``, decided then).
+        self._journal: Journal | None = None
+        self._journaling: bool | None = None
         #: Newest first, prefixes and counts without reading sessions (backends/_index.py).
         self._index = RecencyIndex(
             paths.directory, fs, lock_timeout=lock_timeout, max_entry_bytes=max_entry_bytes
@@ -275,7 +292,7 @@ class DirectoryBackend:
             found = fs.read_file_cached(FORMAT_FILE, dir_fd=root, max_bytes=FORMAT_MAX_BYTES)
         except OSError:
             found = None
-        if found is None or format_version(found[0]) != FORMAT_VERSION:
+        if found is None or format_version(found[0]) != FORMAT_VERSION or not self._journal_settled(root):
             try:
                 fs.close(root)
             except OSError:
@@ -283,6 +300,23 @@ class DirectoryBackend:
             return False
         self._attach(root)
         return True
+
+    def _journal_settled(self, root: int) -> bool:
+        """Whether the journal needs nothing at open, told on the event loop: there is none,
+        or it is a cached header of this boot (else :meth:`_recover_sync` looks, in a thread)."""
+        try:
+            st = self._fs.stat(JOURNAL, dir_fd=root)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        if st.st_size != HEADER_SIZE:
+            return False
+        try:
+            found = self._fs.read_file_cached(JOURNAL, dir_fd=root, max_bytes=HEADER_SIZE)
+        except OSError:
+            return False
+        return found is not None and parse(found[0])[0] == _journal.current_boot()
 
     def _attach(self, root: int) -> None:
         """Use the open store folder; ``.locks`` too if it is there (the recency index reads
@@ -340,6 +374,11 @@ class DirectoryBackend:
                 fs.close(root)
             raise
         self._attach(root)
+        try:
+            self._recover_sync()
+        except BaseException:
+            self._close_fds()
+            raise
 
     def _open_writer_dirs(self) -> None:
         """Open ``.locks`` and ``.trash`` for the first write (creating them if missing)."""
@@ -357,6 +396,12 @@ class DirectoryBackend:
             await anyio.to_thread.run_sync(self._empty_trash_sync)
         self._writer.stop()
         self._index.close()
+        if self._journal is not None:
+            try:
+                self._journal.close()
+            except OSError:
+                pass
+            self._journal = None
         self._close_fds()
 
     def _close_fds(self) -> None:
@@ -683,7 +728,11 @@ class DirectoryBackend:
             stripes.setdefault(stripe_of(write.key), []).append(write)
         groups = sorted(stripes.items())
         started = time.perf_counter()
-        if durable and self._barrier_policy().use_barrier(len(writes)):
+        if durable and self._journal_wanted():
+            # As with the barrier: the phases run shielded, locks and journal let go in all cases.
+            with anyio.CancelScope(shield=True):
+                result, signatures = await self._write_journaled(groups, len(writes))
+        elif durable and self._barrier_policy().use_barrier(len(writes)):
             # Locks are held from staging to commit: the phases run shielded, so a
             # cancellation never leaves them taken or tmp files behind.
             with anyio.CancelScope(shield=True):
@@ -761,6 +810,203 @@ class DirectoryBackend:
             self._policy = BarrierPolicy(BARRIER, available)
         return self._policy
 
+    # -- a durable batch through the journal ----------------------------------------------
+
+    def _journal_wanted(self) -> bool:
+        """Whether durable batches take the journal (decided once, by the first durable batch)."""
+        if self._journaling is None:
+            wanted = self._version >= 3 and JOURNAL_MODE != "off" and bool(_journal.current_boot())
+            if wanted and JOURNAL_MODE == "auto":
+                wanted = BARRIER != "fsync" and self._barrier_policy().mode != "fsync"
+            self._journaling = wanted
+        return self._journaling
+
+    def _open_journal_sync(self) -> Journal:
+        if self._journal is None:
+            journal = Journal(
+                self._fs,
+                self._root,
+                where=f"{self.paths.directory}/{JOURNAL}",
+                lock_timeout=self._lock_timeout,
+            )
+            journal.open()
+            self._journal = journal
+        return self._journal
+
+    def _recover_sync(self) -> None:
+        """At open: replay the journal if the machine started again since it was written.
+
+        Records of this boot need nothing (every rename they stand for is in the page cache).
+        Records of another boot are replayed in order, made durable by ``syncfs``, and the
+        journal cut back, before any read. Another process opening meanwhile waits on the
+        journal's lock, then finds it cut back.
+        """
+        if self._version < 3:
+            return  # no journal before version 3
+        fs = self._fs
+        try:
+            st = fs.stat(JOURNAL, dir_fd=self._root)
+        except FileNotFoundError:
+            return  # no durable batch went through a journal here yet
+        if st.st_size == HEADER_SIZE:
+            found = fs.read_file(JOURNAL, dir_fd=self._root, max_bytes=HEADER_SIZE)
+            if found is not None and parse(found[0])[0] == _journal.current_boot():
+                return
+        try:
+            journal = self._open_journal_sync()
+        except OSError as exc:
+            found = fs.read_file(JOURNAL, dir_fd=self._root)
+            boot, records = parse(found[0] if found is not None else b"")
+            if records and boot != _journal.current_boot():
+                raise io_error(
+                    exc,
+                    "replaying the journal after a restart of the machine (open the store once "
+                    "where it can be written)",
+                    path=f"{self.paths.directory}/{JOURNAL}",
+                ) from exc
+            return  # read only: nothing of another boot to replay
+        with journal.locked():
+            boot, records = journal.read()
+            if boot == journal.boot:
+                return
+            if records:
+                self._replay_sync(records)
+                fs.syncfs(self._root)
+            journal.cut()
+
+    def _replay_sync(self, records: list[list[Entry]]) -> None:
+        """Write what the journal's records wrote, the last write of each key winning, as
+        blind writes through the ordinary path (folders, key files, blobs, the index)."""
+        latest: dict[str, tuple[str, bytes | None]] = {}
+        blobs: dict[str, dict[str, bytes]] = {}
+        for entries in records:
+            for name, key, meta, found in entries:
+                latest.pop(key, None)
+                latest[key] = (name, meta)
+                blobs.setdefault(key, {}).update(found)
+        writes: list[Write] = []
+        for key, (name, meta) in latest.items():
+            if meta is None:
+                writes.append(Write(key, None))
+                continue
+            have = blobs[key]
+            for _, _, digest in references(meta) or []:
+                if digest not in have:
+                    on_disk = self._fs.read_file(f"{name}/{blob_name(digest)}", dir_fd=self._root)
+                    if on_disk is None:
+                        raise CorruptSessionError(
+                            f"session {key!r}: the journal names the blob {digest}, which is neither "
+                            f"in it nor in {self.location(key)}'s folder",
+                            where=self.location(key),
+                            key=key,
+                        )
+                    have[digest] = on_disk[0]
+            writes.append(Write(key, join_members(meta, have)[0]))
+        stripes: dict[int, list[Write]] = {}
+        for write in writes:
+            stripes.setdefault(stripe_of(write.key), []).append(write)
+        result, _ = self._write_sync(sorted(stripes.items()), durable=False)
+        for error in result.failed.values():
+            raise error
+
+    async def _write_journaled(self, groups: Groups, count: int) -> tuple[BatchResult, dict[str, Signature]]:
+        """Stage every write as a tmp file under its stripe lock, append one record to the
+        journal and fsync it, rename them all: one fsync per batch, whatever its size.
+
+        The journal is held from the append to the last rename, so a checkpoint never falls
+        between them. A failed append is a failed fsync (outcome unknown): the tmp files are
+        removed and the writes fail (written again later; the record may come back after a
+        power cut, replaying what those writes were, as any write-ahead log's).
+        """
+        if len(groups) <= 1 or count < 2 * BATCH_WRITERS:
+            # One part (a write-through call's batch): every step in one hop to one thread.
+            return await self._hop(self._write_journaled_sync, groups)
+        result, signatures = BatchResult(), dict[str, Signature]()
+        staged: list[tuple[list[_Staged], list[int], list[Intent | None]]] = []
+        stage = functools.partial(self._stage_sync, journal=True)
+        for part_result, part_staged, held, intents in await self._in_parts(groups, count, stage):
+            self._merge(result, part_result)
+            staged.append((part_staged, held, intents))
+        error = await self._hop(self._journal_append_sync, staged)
+        if error is not None:
+            await self._hop(self._abandon_sync, staged)
+            for part_staged, _, _ in staged:
+                for item in part_staged:
+                    result.failed[item.write.key] = error
+            return result, signatures
+        try:
+            commits = await self._each_in_thread(
+                [functools.partial(self._commit_sync, *part, journaled=True) for part in staged]
+            )
+        finally:
+            await self._hop(self._journal_done_sync)
+        for part_result, part_signatures in commits:
+            self._merge(result, part_result)
+            signatures.update(part_signatures)
+        return result, signatures
+
+    def _write_journaled_sync(self, groups: Groups) -> tuple[BatchResult, dict[str, Signature]]:
+        """:meth:`_write_journaled` in one worker thread (a batch of one part)."""
+        result, part_staged, held, intents = self._stage_sync(groups, journal=True)
+        staged = [(part_staged, held, intents)]
+        error = self._journal_append_sync(staged)
+        if error is not None:
+            self._abandon_sync(staged)
+            for item in part_staged:
+                result.failed[item.write.key] = error
+            return result, {}
+        try:
+            committed, signatures = self._commit_sync(part_staged, held, intents, journaled=True)
+        finally:
+            self._journal_done_sync()
+        self._merge(result, committed)
+        return result, signatures
+
+    def _journal_append_sync(
+        self, staged: list[tuple[list[_Staged], list[int], list[Intent | None]]]
+    ) -> BaseException | None:
+        """Take the journal and append the batch's record; on an error, let it go and return it."""
+        entries: list[Entry] = [
+            (item.name, item.write.key, item.meta if item.tmp is not None else None, item.blobs)
+            for part_staged, _, _ in staged
+            for item in part_staged
+        ]
+        where = f"{self.paths.directory}/{JOURNAL}"
+        try:
+            journal = self._open_journal_sync()
+            journal.take()
+        except LockTimeoutError as exc:
+            return exc
+        except OSError as exc:
+            return io_error(exc, "opening the journal", path=where)
+        if not entries:
+            return None
+        try:
+            journal.append(entries)
+        except OSError as exc:
+            journal.let_go()
+            return io_error(exc, "appending the batch to the journal", path=where)
+        return None
+
+    def _journal_done_sync(self) -> None:
+        """The batch's renames are done: checkpoint if the journal is big, let it go."""
+        journal = self._journal
+        assert journal is not None
+        try:
+            if journal.size > JOURNAL_MAX:
+                self._checkpoint_sync(journal)
+        finally:
+            journal.let_go()
+
+    def _checkpoint_sync(self, journal: Journal) -> None:
+        """Make everything the journal's records wrote durable (``syncfs``), then cut it back;
+        under its lock. A failure leaves the records, still replayed after a power cut."""
+        try:
+            self._fs.syncfs(self._root)
+            journal.cut()
+        except OSError:
+            pass  # tried again at the next batch past JOURNAL_MAX
+
     # -- a durable batch behind one barrier -----------------------------------------------
 
     async def _write_barriered(
@@ -817,9 +1063,10 @@ class DirectoryBackend:
         return result, signatures
 
     def _stage_sync(
-        self, groups: Groups
+        self, groups: Groups, journal: bool = False
     ) -> tuple[BatchResult, list[_Staged], list[int], list[Intent | None]]:
-        """Take each stripe's lock (kept until :meth:`_commit_sync`), compare, write tmp files."""
+        """Take each stripe's lock (kept until :meth:`_commit_sync`), compare, write tmp files
+        (``journal``: and gather what the batch's journal record needs)."""
         staged: list[_Staged] = []
         held: list[int] = []
         intents: list[Intent | None] = []  # the recency index's, ended before the locks go
@@ -840,7 +1087,7 @@ class DirectoryBackend:
             intents.append(self._index.begin(stripe, writes, result, None))
             for write in writes:
                 try:
-                    item = self._stage_one(write, result)
+                    item = self._stage_one(write, result, journal)
                 except CorruptSessionError as exc:
                     result.failed[write.key] = exc
                 except OSError as exc:
@@ -856,7 +1103,7 @@ class DirectoryBackend:
         action = "deleting" if write.data is None else "writing"
         result.failed[write.key] = io_error(exc, action, key=write.key, path=self.location(write.key))
 
-    def _stage_one(self, write: Write, result: BatchResult) -> _Staged | None:
+    def _stage_one(self, write: Write, result: BatchResult, journal: bool = False) -> _Staged | None:
         fs, root, name = self._fs, self._root, encode_key(write.key)
         if not write.blind and not self._compare_sync(write, name, result):
             return None
@@ -871,14 +1118,21 @@ class DirectoryBackend:
             if name in self._unclean:
                 self._remove_tmp_files(name, folder)
             if is_shortened(name):
-                self._write_key_file(write.key, name, folder, False)  # made durable by the barrier
-            meta, _, pieces = self._write_parts_sync(
-                write.key, write.data, folder, durable=False, barrier=True, slices=write.members
+                self._write_key_file(write.key, name, folder, False)  # durable by the barrier or journal
+            blobs: dict[str, bytes] | None = {} if journal else None
+            meta, files, pieces = self._write_parts_sync(
+                write.key,
+                write.data,
+                folder,
+                durable=False,
+                barrier=True,
+                slices=write.members,
+                journal=blobs,
             )
             tmp, signature = fs.write_tmp(META, meta, dir_fd=folder)
         finally:
             fs.close(folder)
-        return _Staged(write, name, tmp, signature, meta, pieces)
+        return _Staged(write, name, tmp, signature, meta, pieces, files, blobs or {})
 
     def _barrier_sync(self, what: str) -> tuple[BaseException | None, float]:
         started = time.perf_counter()
@@ -926,9 +1180,10 @@ class DirectoryBackend:
                 pass  # closing the descriptor at aclose releases it in any case
 
     def _commit_sync(
-        self, staged: list[_Staged], held: list[int], intents: list[Intent | None]
+        self, staged: list[_Staged], held: list[int], intents: list[Intent | None], journaled: bool = False
     ) -> tuple[BatchResult, dict[str, Signature]]:
-        """Rename the staged tmp files onto their ``meta.json`` (and delete), then unlock."""
+        """Rename the staged tmp files onto their ``meta.json`` (and delete), then unlock
+        (``journaled``: the blob files named are durable through the journal's record)."""
         result = BatchResult()
         signatures: dict[str, Signature] = {}
         fs = self._fs
@@ -946,7 +1201,8 @@ class DirectoryBackend:
                             fs.close(folder)
                         assert item.signature is not None and item.write.data is not None
                         signatures[key] = item.signature
-                        self._remember_written(key, item.write.data, item.meta, item.pieces, synced=None)
+                        synced = item.files if journaled else None
+                        self._remember_written(key, item.write.data, item.meta, item.pieces, synced=synced)
                 except OSError as exc:
                     if item.tmp is not None:
                         self._discard_tmp(item)
@@ -1086,6 +1342,7 @@ class DirectoryBackend:
         durable: bool,
         barrier: bool = False,
         slices: Mapping[str, msgspec.Raw] | None = None,
+        journal: dict[str, bytes] | None = None,
     ) -> tuple[bytes, dict[str, Signature], Pieces | None]:
         """Write the blobs of ``data`` that the session folder lacks; return its ``meta.json``,
         when ``durable`` ``{digest: signature}`` of the blob files it names (all durable), and
@@ -1105,6 +1362,11 @@ class DirectoryBackend:
         gets a new name, which ext4's ``auto_da_alloc`` does not cover (only a rename over
         an existing file), so after a power cut the ``meta.json`` renamed later over its old
         one could name a blob that came back empty. One fsync per new content, ~0.4 ms.
+
+        ``journal`` (a journaled batch, with ``barrier``): nothing is fsynced; the bytes of
+        every blob this process does not know durable (new files, and existing ones it has
+        not synced or journaled) go into it, for the batch's record, and the signatures of
+        all are returned as for ``durable``.
         """
         if self._version < 2:
             return data, {}, None
@@ -1112,7 +1374,7 @@ class DirectoryBackend:
         if not blobs:
             return meta, {}, None
         fs = self._fs
-        synced = self._blobs.synced(key) if durable else {}
+        synced = self._blobs.synced(key) if durable or journal is not None else {}
         files: dict[str, Signature] = {}
         sync_folder = False
         for digest, blob in blobs.items():
@@ -1126,15 +1388,20 @@ class DirectoryBackend:
                     file, blob, dir_fd=folder, durable=durable or not barrier, sync_dir=False
                 )
                 sync_folder = durable
+                if journal is not None:
+                    journal[digest] = blob
             else:
                 files[digest] = Signature.of(st)
-                if durable and synced.get(digest) != files[digest]:
-                    fs.fsync_file(file, dir_fd=folder)
-                    sync_folder = True
+                if synced.get(digest) != files[digest]:
+                    if journal is not None:
+                        journal[digest] = blob
+                    elif durable:
+                        fs.fsync_file(file, dir_fd=folder)
+                        sync_folder = True
             self._blobs.put(digest, blob)
         if sync_folder:
             fs.fsync(folder)
-        return meta, files if durable else {}, pieces
+        return meta, files if durable or journal is not None else {}, pieces
 
     def _remember_written(
         self,

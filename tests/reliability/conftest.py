@@ -210,6 +210,10 @@ class FaultFS(FileSystem):
         self._point("fsync", None)
         super().fsync(fd)
 
+    def truncate(self, fd: int, length: int) -> None:
+        self._point("truncate", None)
+        super().truncate(fd, length)
+
     def fstat(self, fd: int) -> os.stat_result:
         self._point("fstat", None)
         return super().fstat(fd)
@@ -397,6 +401,10 @@ class PowerLossFS(FileSystem):
                     self.synced_data[inc] = os.pread(reader, st.st_size + 1, 0)
                 finally:
                     os.close(reader)
+
+    def truncate(self, fd: int, length: int) -> None:
+        self._point("truncate")
+        super().truncate(fd, length)
 
     def fstat(self, fd: int) -> os.stat_result:
         self._point("fstat")

@@ -412,7 +412,7 @@ def _check_upgraded(work: Path, mode: str, entries: dict[str, Any], finished: bo
     assert entries == OLD, f"{mode} store reads {sorted(entries)}"
     if finished:
         assert mode == "directory" and not (work / ".sessions.d.staging").exists()
-        assert json.loads((work / "sessions.d" / "FORMAT").read_bytes())["version"] == 2
+        assert json.loads((work / "sessions.d" / "FORMAT").read_bytes())["version"] == 3
         assert any((work / "sessions.d").rglob("blob-*.json"))
 
 
@@ -424,7 +424,7 @@ def _upgrade_state(work: Path, where: str) -> None:
         version = json.loads((store / "FORMAT").read_bytes())["version"]
         assert disk_state(work / "sessions.json", "directory") == OLD, f"{where}: version {version}"
     else:
-        assert json.loads((staging / "FORMAT").read_bytes())["version"] == 2, where
+        assert json.loads((staging / "FORMAT").read_bytes())["version"] == 3, where
         assert disk_state(work / ".sessions.d.staging" / "sessions.json", "directory") == {}, where
         staging.rename(work / "copy.d")  # read it as a store folder of its own
         try:
@@ -499,6 +499,35 @@ async def test_fault_loop(tmp_path: Path, mode: str, op_name: str, err_name: str
 BARRIER_CASES = _fault_params("syncfs", ops=["set", "create", "flush-batch"])
 
 
+@pytest.mark.parametrize(
+    ("op_name", "err_name", "persistent"), _fault_params("journal", ops=["set", "create", "flush-batch"])
+)
+async def test_fault_loop_journal(
+    tmp_path: Path, op_name: str, err_name: str, persistent: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same loop with every durable batch made durable by the batch journal (staged tmp
+    files, one record appended and fsynced, renames): a failed append loses and tears nothing."""
+    monkeypatch.setattr(_directory, "JOURNAL_MODE", "on")
+    tally = await fault_loop(tmp_path, "directory", OPS[op_name], ERRNOS[err_name], persistent)
+    assert "fsync" in tally.points, "the journal was never fsynced"
+    _record_tally(f"{op_name} (journal)", "directory", err_name, persistent, tally)
+
+
+@pytest.mark.parametrize(
+    ("op_name", "err_name", "persistent"), _fault_params("per-file", ops=["set", "create", "flush-batch"])
+)
+async def test_fault_loop_fsync_per_file(
+    tmp_path: Path, op_name: str, err_name: str, persistent: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same loop with every durable batch fsynced file by file (filesystems where neither
+    the journal nor the barrier is taken)."""
+    monkeypatch.setattr(_directory, "JOURNAL_MODE", "off")
+    monkeypatch.setattr(_directory, "BARRIER", "fsync")
+    tally = await fault_loop(tmp_path, "directory", OPS[op_name], ERRNOS[err_name], persistent)
+    assert "fsync" in tally.points
+    _record_tally(f"{op_name} (fsync per file)", "directory", err_name, persistent, tally)
+
+
 @pytest.mark.parametrize(("op_name", "err_name", "persistent"), BARRIER_CASES)
 async def test_fault_loop_syncfs_barrier(
     tmp_path: Path, op_name: str, err_name: str, persistent: bool, monkeypatch: pytest.MonkeyPatch
@@ -506,6 +535,7 @@ async def test_fault_loop_syncfs_barrier(
     """The same loop with every durable batch made durable by the syncfs barrier (staged tmp
     files, syncfs, renames, syncfs): a failed barrier loses and tears nothing either."""
     monkeypatch.setattr(_directory, "BARRIER", "syncfs")
+    monkeypatch.setattr(_directory, "JOURNAL_MODE", "off")
     tally = await fault_loop(tmp_path, "directory", OPS[op_name], ERRNOS[err_name], persistent)
     assert "syncfs" in tally.points, "the barrier was never reached"
     _record_tally(f"{op_name} (syncfs barrier)", "directory", err_name, persistent, tally)

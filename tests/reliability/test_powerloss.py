@@ -15,18 +15,20 @@ Half of the cuts also let the kernel have written back a random half of the fold
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import aiosessions
-from aiosessions import SessionStoreError
+from aiosessions import SessionStoreError, _journal
 from aiosessions._keys import encode_key
 from aiosessions.backends import _directory
 
@@ -119,7 +121,13 @@ async def _baseline(store_path: Path, mode: str) -> dict[str, Any]:
 
 
 async def one_cut(
-    base: Path, mode: str, fsync: bool, write_through: bool, rng: random.Random, fresh: bool
+    base: Path,
+    mode: str,
+    fsync: bool,
+    write_through: bool,
+    rng: random.Random,
+    fresh: bool,
+    restart: Callable[[], None] = lambda: None,
 ) -> tuple[Log, dict[str, Any], bool]:
     """Run the workload until the power goes; rebuild the disk; reopen; return what was seen."""
     base.mkdir()
@@ -147,8 +155,9 @@ async def one_cut(
         pass  # opening, or the final flush of the abandoned store, met the dead disk
     writeback = rng.random() < 0.5
     fs.power_cut(rng if writeback else None)
-    on_disk = disk_state(store_path, mode)  # every file parses with plain json, or is absent
+    restart()  # the machine starts again: a journal of the last start is replayed at open
     async with open_plain(store_path, mode=mode) as store:
+        on_disk = disk_state(store_path, mode)  # every file parses with plain json, or is absent
         seen = {key: await store.get(key) for key in KEYS}
         assert seen == {key: on_disk.get(key) for key in KEYS}
         # The store is usable again: a write lands and reads back.
@@ -158,18 +167,26 @@ async def one_cut(
     return log, seen, writeback
 
 
-CONFIGS = [
-    pytest.param(
-        mode, fsync, through, "fsync", id=f"{mode}-fsync{int(fsync)}-{'through' if through else 'behind'}"
-    )
-    for mode in ("directory", "json")
-    for fsync in (True, False)
-    for through in (True, False)
-] + [
-    # Durable directory batches made durable by the syncfs barrier (every batch, forced).
-    pytest.param("directory", True, through, "syncfs", id=f"directory-syncfs-{way}")
-    for through, way in ((True, "through"), (False, "behind"))
-]
+CONFIGS = (
+    [
+        pytest.param(
+            mode, fsync, through, "fsync", id=f"{mode}-fsync{int(fsync)}-{'through' if through else 'behind'}"
+        )
+        for mode in ("directory", "json")
+        for fsync in (True, False)
+        for through in (True, False)
+    ]
+    + [
+        # Durable directory batches made durable by the syncfs barrier (every batch, forced).
+        pytest.param("directory", True, through, "syncfs", id=f"directory-syncfs-{way}")
+        for through, way in ((True, "through"), (False, "behind"))
+    ]
+    + [
+        # Durable directory batches made durable by the batch journal (format version 3).
+        pytest.param("directory", True, through, "journal", id=f"directory-journal-{way}")
+        for through, way in ((True, "through"), (False, "behind"))
+    ]
+)
 
 
 @pytest.mark.parametrize(("mode", "fsync", "write_through", "barrier"), CONFIGS)
@@ -184,13 +201,25 @@ async def test_power_loss(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Random power cuts: with fsync every acknowledged change survives; without, files parse."""
-    monkeypatch.setattr(_directory, "BARRIER", barrier)
+    monkeypatch.setattr(_directory, "BARRIER", "syncfs" if barrier == "journal" else barrier)
+    monkeypatch.setattr(_directory, "JOURNAL_MODE", "on" if barrier == "journal" else "off")
+    starts = itertools.count()
+    boot = [f"boot-{next(starts)}"]
+    monkeypatch.setattr(_journal, "current_boot", lambda: boot[0])
     rng = random.Random(seed)
     started = time.monotonic()
     acks = survived_newer = writebacks = midway = 0
     for cut in range(scale.power_cuts):
         fresh = cut % 4 == 3  # now and then the store itself is made under the failing disk
-        log, seen, writeback = await one_cut(tmp_path / f"cut-{cut}", mode, fsync, write_through, rng, fresh)
+        log, seen, writeback = await one_cut(
+            tmp_path / f"cut-{cut}",
+            mode,
+            fsync,
+            write_through,
+            rng,
+            fresh,
+            restart=lambda: boot.__setitem__(0, f"boot-{next(starts)}"),
+        )
         writebacks += writeback
         midway += log.cut_midway
         acks += log.acks
@@ -260,7 +289,7 @@ async def test_power_loss_while_a_version_1_store_is_moved_forward(
         async with open_plain(work / "sessions.json") as store:
             assert {key: await store.get(key) for key in KEYS} == entries, where
         marker = json.loads((work / "sessions.d" / "FORMAT").read_bytes())
-        assert marker["version"] == 2, where
+        assert marker["version"] == 3, where
         assert disk_state(work / "sessions.json", "directory") == entries, where
         for name, data in strays.items():
             (kept,) = (work / "sessions.d" / ".quarantine").glob(f"format-1-*/**/{name}")
@@ -322,6 +351,7 @@ async def test_power_loss_model_is_strict_about_the_barrier(
     """A durable batch behind the syncfs barrier survives a power cut; with the barrier made a
     no-op in the model, the same batch is lost (so the barrier tests above can fail)."""
     monkeypatch.setattr(_directory, "BARRIER", "syncfs")
+    monkeypatch.setattr(_directory, "JOURNAL_MODE", "off")
     store_path = tmp_path / "sessions.json"
     keys = [f"agent:main:k{i}" for i in range(20)]
     async with open_plain(store_path, fsync=True) as store:
@@ -339,6 +369,51 @@ async def test_power_loss_model_is_strict_about_the_barrier(
         fs.crash()
     fs.power_cut()
     state = disk_state(store_path, "directory")
+    if honest:
+        assert state == {**{key: {"v": 2} for key in keys}, "agent:main:new": {"v": 1}}
+    else:
+        assert state != {**{key: {"v": 2} for key in keys}, "agent:main:new": {"v": 1}}
+
+
+class _JournalFsyncDoesNothing(PowerLossFS):
+    """A journal whose fsync makes nothing durable: the model must notice."""
+
+    def fsync(self, fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/.journal"):
+            self._point("fsync")
+            self.fsyncs += 1
+            return
+        super().fsync(fd)
+
+
+@pytest.mark.parametrize("honest", [True, False], ids=["journal", "journal-fsync-dropped"])
+async def test_power_loss_model_is_strict_about_the_journal(
+    tmp_path: Path, honest: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A durable batch through the journal survives a power cut (replayed at the next start);
+    with the journal's fsync made a no-op in the model, the same batch is lost."""
+    monkeypatch.setattr(_directory, "JOURNAL_MODE", "on")
+    boot = ["before"]
+    monkeypatch.setattr(_journal, "current_boot", lambda: boot[0])
+    store_path = tmp_path / "sessions.json"
+    keys = [f"agent:main:k{i}" for i in range(20)]
+    async with open_plain(store_path, fsync=True) as store:
+        for key in keys:
+            await store.set(key, {"v": 1})
+    fs = (PowerLossFS if honest else _JournalFsyncDoesNothing)(tmp_path)
+    async with aiosessions.open_store(
+        store_path, entry_type=dict, flush_interval=3600, fsync=True, filesystem=fs
+    ) as store:
+        for key in keys:
+            await store.set(key, {"v": 2})
+        await store.set("agent:main:new", {"v": 1})
+        await store.flush()  # acknowledged: durable, as far as the journal says
+        assert fs.fsyncs == 1, "one batch, one fsync: the journal's"
+        fs.crash()
+    fs.power_cut()
+    boot[0] = "after"
+    async with open_plain(store_path) as store:
+        state = {key: await store.get(key) for key in [*keys, "agent:main:new"]}
     if honest:
         assert state == {**{key: {"v": 2} for key in keys}, "agent:main:new": {"v": 1}}
     else:
