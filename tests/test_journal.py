@@ -25,6 +25,7 @@ from aiosessions._journal import HEADER_SIZE, JOURNAL, header, parse, record
 from aiosessions.backends import _directory
 
 from .reliability.conftest import PowerLossFS, disk_state
+from .test_barrier import CountingFS
 
 pytestmark = pytest.mark.anyio
 
@@ -56,20 +57,6 @@ class Boots:
 @pytest.fixture
 def boots(monkeypatch: pytest.MonkeyPatch) -> Boots:
     return Boots(monkeypatch)
-
-
-class CountingFS(FileSystem):
-    def __init__(self) -> None:
-        self.fsyncs = 0
-        self.syncfs_calls = 0
-
-    def fsync(self, fd: int) -> None:
-        self.fsyncs += 1
-        super().fsync(fd)
-
-    def syncfs(self, fd: int) -> None:
-        self.syncfs_calls += 1
-        super().syncfs(fd)
 
 
 def journal_of(path: Path) -> tuple[str | None, list[list[Any]]]:

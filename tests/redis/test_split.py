@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gzip
 import json
 import shutil
@@ -46,6 +47,19 @@ async def stored_keys(client: aioredis.Redis, prefix: str, kind: str) -> list[by
     return sorted([key async for key in client.scan_iter(match="{" + prefix + "/0}:" + kind + ":*")])
 
 
+@contextlib.asynccontextmanager
+async def opened(url: str, count: int = 1) -> AsyncIterator[list[RedisBackend]]:
+    """``count`` backends on the store at ``url``, each as another process's, closed after."""
+    backends = [RedisBackend.from_url(url) for _ in range(count)]
+    try:
+        for backend in backends:
+            await backend.open()
+        yield backends
+    finally:
+        for backend in backends:
+            await backend.aclose()
+
+
 def sent_bytes(backend: RedisBackend, writes: list[Write]) -> int:
     """How many bytes of arguments the write script would be sent for ``writes``."""
     from aiosessions.backends import BatchResult
@@ -81,9 +95,7 @@ async def test_a_large_entry_is_stored_apart_and_read_whole(
 
 
 async def test_an_update_of_a_small_field_sends_what_changed(redis_url: str) -> None:
-    backend = RedisBackend.from_url(redis_url)
-    await backend.open()
-    try:
+    async with opened(redis_url) as (backend,):
         first = encode(large(1))
         await backend.write_batch([Write("k", first)], durable=True)
         newer = encode(large(2))
@@ -94,8 +106,6 @@ async def test_an_update_of_a_small_field_sends_what_changed(redis_url: str) -> 
         # A member that changed is sent: only that one.
         changed = encode(large(3, skills="t"))
         assert 80_000 < sent_bytes(backend, [Write("k", changed, newer, blind=False)]) < 90_000
-    finally:
-        await backend.aclose()
 
 
 async def test_blobs_go_with_the_last_entry_that_names_them(
@@ -118,10 +128,7 @@ async def test_blobs_go_with_the_last_entry_that_names_them(
 
 
 async def test_a_read_of_a_changed_entry_fetches_only_the_blobs_not_held(redis_url: str) -> None:
-    writer, reader = RedisBackend.from_url(redis_url), RedisBackend.from_url(redis_url)
-    await writer.open()
-    await reader.open()
-    try:
+    async with opened(redis_url, 2) as (writer, reader):
         await writer.write_batch([Write("k", encode(large(1)))], durable=True)
         assert await reader.read("k") == encode(large(1))
         await writer.write_batch([Write("k", encode(large(2)))], durable=True)
@@ -133,18 +140,12 @@ async def test_a_read_of_a_changed_entry_fetches_only_the_blobs_not_held(redis_u
         # Its members are known from the read: update_members() starts from them.
         members = reader.members_of("k", encode(large(2)))
         assert members is not None and set(members) == set(large())
-    finally:
-        await writer.aclose()
-        await reader.aclose()
 
 
 async def test_a_read_stands_on_the_blobs_held_when_it_was_sent(redis_url: str) -> None:
     """The server leaves out the blobs the read said it held; a write of this process that
     replaces what is held before the reply comes (other blobs) must not make them missing."""
-    writer, reader = RedisBackend.from_url(redis_url), RedisBackend.from_url(redis_url)
-    await writer.open()
-    await reader.open()
-    try:
+    async with opened(redis_url, 2) as (writer, reader):
         await writer.write_batch([Write("k", encode(large(1)))], durable=True)
         assert await reader.read("k") == encode(large(1))
         await writer.write_batch([Write("k", encode(large(2)))], durable=True)
@@ -161,9 +162,6 @@ async def test_a_read_stands_on_the_blobs_held_when_it_was_sent(redis_url: str) 
         reader._script = write_while_waiting  # type: ignore[method-assign]
         assert await reader.read("k") == encode(large(2))
         assert await reader.read("k") == encode(large(3, "t", "q"))
-    finally:
-        await writer.aclose()
-        await reader.aclose()
 
 
 async def test_a_blob_dropped_by_another_writer_is_sent_again(
@@ -171,10 +169,7 @@ async def test_a_blob_dropped_by_another_writer_is_sent_again(
 ) -> None:
     """A blind write believes the server holds the blobs of the version it last saw; when
     another writer dropped one since, the script writes nothing and it is sent with them."""
-    one, two = RedisBackend.from_url(redis_url), RedisBackend.from_url(redis_url)
-    await one.open()
-    await two.open()
-    try:
+    async with opened(redis_url, 2) as (one, two):
         await one.write_batch([Write("k", encode(large(1)))], durable=True)
         assert await two.read("k") == encode(large(1))
         await one.write_batch([Write("k", encode(large(2, skills="t")))], durable=True)
@@ -182,16 +177,10 @@ async def test_a_blob_dropped_by_another_writer_is_sent_again(
         assert result.landed == ["k"] and not result.failed
         assert await one.read("k") == encode(large(3))
         assert len(await stored_keys(client, redis_prefix, "b")) == 2
-    finally:
-        await one.aclose()
-        await two.aclose()
 
 
 async def test_a_conflict_hands_back_the_whole_entry_found(redis_url: str) -> None:
-    one, two = RedisBackend.from_url(redis_url), RedisBackend.from_url(redis_url)
-    await one.open()
-    await two.open()
-    try:
+    async with opened(redis_url, 2) as (one, two):
         first = encode(large(1))
         await one.write_batch([Write("k", first)], durable=True)
         assert await two.read("k") == first
@@ -204,9 +193,6 @@ async def test_a_conflict_hands_back_the_whole_entry_found(redis_url: str) -> No
         retry = await two.write_batch([Write("k", mine, theirs, blind=False)], durable=True)
         assert retry.landed == ["k"]
         assert await one.read("k") == mine
-    finally:
-        await one.aclose()
-        await two.aclose()
 
 
 async def test_an_entry_with_its_own_parts_member_round_trips(redis_url: str, redis_prefix: str) -> None:
@@ -316,9 +302,7 @@ async def test_a_split_write_whose_reply_was_lost_lands_once_with_its_blobs(
 ) -> None:
     from .test_backend import lose_replies
 
-    backend = RedisBackend.from_url(redis_url)
-    await backend.open()
-    try:
+    async with opened(redis_url) as (backend,):
         first = encode(large(1))
         await backend.write_batch([Write("k", first)], durable=True)
         restore = lose_replies(backend)
@@ -331,14 +315,8 @@ async def test_a_split_write_whose_reply_was_lost_lands_once_with_its_blobs(
         assert again.landed == ["k"] and not again.conflicts
         newer = encode(large(3, skills="t"))
         assert (await backend.write_batch([Write("k", newer, write.data, blind=False)], durable=True)).landed
-    finally:
-        await backend.aclose()
-    other = RedisBackend.from_url(redis_url)
-    await other.open()
-    try:
+    async with opened(redis_url) as (other,):
         assert await other.read("k") == newer
-    finally:
-        await other.aclose()
     assert len(await stored_keys(client, redis_prefix, "b")) == 2
 
 
@@ -383,9 +361,7 @@ async def test_a_batch_of_large_entries_is_split_in_slices_of_the_loop(
 async def test_what_is_held_of_a_split_entry_counts_its_bytes_once(redis_url: str) -> None:
     """The members held are slices of the entry held, not copies of its large members (the
     cache's bound counts what it holds)."""
-    backend = RedisBackend.from_url(redis_url)
-    await backend.open()
-    try:
+    async with opened(redis_url) as (backend,):
         data = encode(large())
         await backend.write_batch([Write("k", data)], durable=True)
         assert backend._versions_bytes == len(data)
@@ -394,5 +370,3 @@ async def test_what_is_held_of_a_split_entry_counts_its_bytes_once(redis_url: st
         assert {digest: len(blob) for digest, blob in held.blobs().items()} == {
             digest: len(held.members[name]) for name, digest in held.parts
         }
-    finally:
-        await backend.aclose()

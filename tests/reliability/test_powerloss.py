@@ -344,6 +344,32 @@ class _SyncfsDoesNothing(PowerLossFS):
         self.fsyncs += 1
 
 
+#: The batch of the two tests below: 20 sessions changed and one made, in one durable batch.
+BATCH_KEYS = [f"agent:main:k{i}" for i in range(20)]
+AFTER_THE_BATCH = {**{key: {"v": 2} for key in BATCH_KEYS}, "agent:main:new": {"v": 1}}
+
+
+async def _one_batch_then_the_power_goes(tmp_path: Path, fs_type: type[PowerLossFS], syncs: int) -> Path:
+    """The 20 sessions written durably; then, on ``fs_type``, the batch, acknowledged after
+    ``syncs`` fsyncs or syncfs calls; then the power cut. Returns the store's path."""
+    store_path = tmp_path / "sessions.json"
+    async with open_plain(store_path, fsync=True) as store:
+        for key in BATCH_KEYS:
+            await store.set(key, {"v": 1})
+    fs = fs_type(tmp_path)
+    async with aiosessions.open_store(
+        store_path, entry_type=dict, flush_interval=3600, fsync=True, filesystem=fs
+    ) as store:
+        for key in BATCH_KEYS:
+            await store.set(key, {"v": 2})
+        await store.set("agent:main:new", {"v": 1})
+        await store.flush()  # acknowledged: durable, as far as the store's way of syncing says
+        assert fs.fsyncs == syncs
+        fs.crash()
+    fs.power_cut()
+    return store_path
+
+
 @pytest.mark.parametrize("honest", [True, False], ids=["syncfs", "syncfs-dropped"])
 async def test_power_loss_model_is_strict_about_the_barrier(
     tmp_path: Path, honest: bool, monkeypatch: pytest.MonkeyPatch
@@ -352,27 +378,12 @@ async def test_power_loss_model_is_strict_about_the_barrier(
     no-op in the model, the same batch is lost (so the barrier tests above can fail)."""
     monkeypatch.setattr(_directory, "BARRIER", "syncfs")
     monkeypatch.setattr(_directory, "JOURNAL_MODE", "off")
-    store_path = tmp_path / "sessions.json"
-    keys = [f"agent:main:k{i}" for i in range(20)]
-    async with open_plain(store_path, fsync=True) as store:
-        for key in keys:
-            await store.set(key, {"v": 1})
-    fs = (PowerLossFS if honest else _SyncfsDoesNothing)(tmp_path)
-    async with aiosessions.open_store(
-        store_path, entry_type=dict, flush_interval=3600, fsync=True, filesystem=fs
-    ) as store:
-        for key in keys:
-            await store.set(key, {"v": 2})
-        await store.set("agent:main:new", {"v": 1})
-        await store.flush()  # acknowledged: durable, as far as the barrier says
-        assert fs.fsyncs == 2, "one batch, two barriers, no per-file fsync"
-        fs.crash()
-    fs.power_cut()
+    # One batch, two barriers, no per-file fsync.
+    store_path = await _one_batch_then_the_power_goes(
+        tmp_path, PowerLossFS if honest else _SyncfsDoesNothing, 2
+    )
     state = disk_state(store_path, "directory")
-    if honest:
-        assert state == {**{key: {"v": 2} for key in keys}, "agent:main:new": {"v": 1}}
-    else:
-        assert state != {**{key: {"v": 2} for key in keys}, "agent:main:new": {"v": 1}}
+    assert (state == AFTER_THE_BATCH) is honest
 
 
 class _JournalFsyncDoesNothing(PowerLossFS):
@@ -395,26 +406,10 @@ async def test_power_loss_model_is_strict_about_the_journal(
     monkeypatch.setattr(_directory, "JOURNAL_MODE", "on")
     boot = ["before"]
     monkeypatch.setattr(_journal, "current_boot", lambda: boot[0])
-    store_path = tmp_path / "sessions.json"
-    keys = [f"agent:main:k{i}" for i in range(20)]
-    async with open_plain(store_path, fsync=True) as store:
-        for key in keys:
-            await store.set(key, {"v": 1})
-    fs = (PowerLossFS if honest else _JournalFsyncDoesNothing)(tmp_path)
-    async with aiosessions.open_store(
-        store_path, entry_type=dict, flush_interval=3600, fsync=True, filesystem=fs
-    ) as store:
-        for key in keys:
-            await store.set(key, {"v": 2})
-        await store.set("agent:main:new", {"v": 1})
-        await store.flush()  # acknowledged: durable, as far as the journal says
-        assert fs.fsyncs == 1, "one batch, one fsync: the journal's"
-        fs.crash()
-    fs.power_cut()
+    # One batch, one fsync: the journal's.
+    fs_type = PowerLossFS if honest else _JournalFsyncDoesNothing
+    store_path = await _one_batch_then_the_power_goes(tmp_path, fs_type, 1)
     boot[0] = "after"
     async with open_plain(store_path) as store:
-        state = {key: await store.get(key) for key in [*keys, "agent:main:new"]}
-    if honest:
-        assert state == {**{key: {"v": 2} for key in keys}, "agent:main:new": {"v": 1}}
-    else:
-        assert state != {**{key: {"v": 2} for key in keys}, "agent:main:new": {"v": 1}}
+        state = {key: await store.get(key) for key in AFTER_THE_BATCH}
+    assert (state == AFTER_THE_BATCH) is honest
