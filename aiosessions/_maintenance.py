@@ -41,6 +41,7 @@ from typing import Any, Literal
 import anyio
 import msgspec
 
+from . import _journal
 from ._defaults import DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_ENTRY_BYTES, DEFAULT_TMP_MAX_AGE
 from ._entry import DECODE_ERRORS, storable
 from ._errors import (
@@ -52,6 +53,7 @@ from ._errors import (
     io_error,
 )
 from ._fs import FileSystem, NotRegularFileError, TooLargeError, is_tmp_for, is_tmp_name
+from ._journal import JOURNAL, parse
 from ._layout import (
     FORMAT_FILE,
     FORMAT_MAX_BYTES,
@@ -388,6 +390,7 @@ Kind = Literal[
     "stale-index",
     "orphaned-blob",
     "old-format",
+    "unreplayed-journal",
 ]
 
 
@@ -542,6 +545,7 @@ class _Checker:
         self._check_format()
         if self.mode == "json":
             return False
+        self._check_journal()
         if self.repair:
             self.fs.ensure_dir(LOCKS, dir_fd=self.root)
         try:
@@ -552,6 +556,23 @@ class _Checker:
 
     def _exists(self, name: str) -> bool:
         return exists(self.fs, name, dir_fd=self.parent)
+
+    def _check_journal(self) -> None:
+        """Writes in the batch journal of the machine's previous start that no open replayed yet
+        (``fsck --repair`` replays them before the check, as any program's open does)."""
+        if self.version < 3:
+            return
+        found = self.fs.read_file(JOURNAL, dir_fd=self.root)
+        boot, records = parse(found[0] if found is not None else b"")
+        if records and boot != _journal.current_boot():
+            writes = sum(len(record) for record in records)
+            self.add(
+                "unreplayed-journal",
+                self.paths.directory / JOURNAL,
+                f"{writes} write(s) of the machine's previous start, not replayed yet: until an "
+                "open of the store replays them, the sessions they wrote may read as older or as "
+                "corrupt (below)",
+            )
 
     def _check_staging(self) -> None:
         name = self.paths.staging
@@ -919,6 +940,17 @@ class _Checker:
         return str(self.paths.directory / QUARANTINE / target)
 
 
+async def _replay_journal(paths: StorePaths, fs: FileSystem, lock_timeout: float) -> None:
+    """Open and close the directory store at ``paths``, if it is one: an open replays a batch
+    journal of the machine's previous start, which the check would take for corrupt sessions."""
+    backend = DirectoryBackend(paths, fs, create=False, upgrade=False, lock_timeout=lock_timeout)
+    try:
+        await backend.open()
+    except (SessionStoreError, OSError):
+        return  # not a directory store, or not one this can open: the check says what it is
+    await backend.aclose()
+
+
 async def fsck(
     path: str | os.PathLike[str],
     *,
@@ -956,6 +988,8 @@ async def fsck(
     started = time.perf_counter()
     paths = StorePaths.of(path)
     fs = filesystem if filesystem is not None else FileSystem()
+    if repair:
+        await _replay_journal(paths, fs, lock_timeout)
     checker = _Checker(
         paths,
         fs,

@@ -161,6 +161,24 @@ async def test_a_power_cut_after_a_durable_batch_is_replayed_at_the_next_start(
     assert journal_of(path) == (_journal.current_boot(), [])  # cut back once replayed
 
 
+async def test_fsck_reports_an_unreplayed_journal_and_repair_replays_it(tmp_path: Path, boots: Boots) -> None:
+    path = tmp_path / "sessions.json"
+    async with aiosessions.open_store(path, entry_type=dict, fsync=True) as store:
+        await store.set("k", {"v": 1})
+    fs = PowerLossFS(tmp_path)
+    async with aiosessions.open_store(path, entry_type=dict, fsync=True, filesystem=fs) as store:
+        await store.set("k", {"v": 2}, durable=True)
+        fs.crash()
+    fs.power_cut()
+    boots.restart()
+    report = await aiosessions.fsck(path)
+    assert [problem.kind for problem in report.problems] == ["unreplayed-journal"]
+    assert "2 write(s)" in report.problems[0].detail  # both stores wrote through the journal
+    assert disk_state(path, "directory") == {"k": {"v": 1}}  # a check writes nothing
+    repaired = await aiosessions.fsck(path, repair=True)
+    assert repaired.problems == () and disk_state(path, "directory") == {"k": {"v": 2}}
+
+
 async def test_without_a_restart_the_journal_is_not_replayed(tmp_path: Path, boots: Boots) -> None:
     """Records of this start of the machine: only processes died, and the page cache holds
     every rename, newer writes made without the journal included; nothing is written back."""
