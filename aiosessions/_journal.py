@@ -16,7 +16,8 @@ header) bounds its size.
   payload: a msgpack array of ``[folder name, key, meta.json bytes or nil (a delete),
   {digest: blob bytes}]``, the blobs being those the ``meta.json`` names that may not be
   durable otherwise. A record cut short or failing its CRC ends the journal: it was never
-  fsynced, so no write it holds was acknowledged.
+  fsynced, so no write it holds was acknowledged. (One the disk damaged after its fsync ends
+  it too, and what follows it is not replayed: SQLite's write-ahead log stops the same way.)
 
 Every call goes through the store's :class:`~aiosessions._fs.FileSystem` (the fault and
 power-loss suites see them); the caller holds :meth:`Journal.locked` around appending, the
