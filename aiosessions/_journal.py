@@ -141,19 +141,14 @@ class Journal:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the journal against this process's threads and other processes."""
-        with self._mutex:
-            acquire_file_lock_sync(self._fs, self._fd, timeout=self._lock_timeout, what=self.where)
-            try:
-                yield
-            finally:
-                try:
-                    release_file_lock(self._fs, self._fd)
-                except OSError:
-                    pass  # closing the descriptor releases it in any case
+        self.take()
+        try:
+            yield
+        finally:
+            self.let_go()
 
     def take(self) -> None:
-        """:meth:`locked`, taken in one call and let go by :meth:`let_go` (maybe in another
-        thread): a batch holds the journal from its append to its last rename."""
+        """Take the journal, to be let go by :meth:`let_go` (maybe in another thread)."""
         self._mutex.acquire()
         try:
             acquire_file_lock_sync(self._fs, self._fd, timeout=self._lock_timeout, what=self.where)
@@ -165,7 +160,7 @@ class Journal:
         try:
             release_file_lock(self._fs, self._fd)
         except OSError:
-            pass
+            pass  # closing the descriptor releases it in any case
         finally:
             self._mutex.release()
 

@@ -220,10 +220,8 @@ class _Held:
 
     def hints(self) -> dict[str, Last]:
         """What ``_parts.split`` needs to skip hashing a member that did not change."""
-        if self.members is None:
-            return {}
-        slices = self.members
-        return {name: (digest, bytes(memoryview(slices[name])), slices[name]) for name, digest in self.parts}
+        blobs, slices = self.blobs(), self.members or {}
+        return {name: (digest, blobs[digest], slices[name]) for name, digest in self.parts}
 
 
 #: How an entry is stored: the value (``@`` and its split JSON, or the entry itself), what
