@@ -15,5 +15,9 @@ DEFAULT_MAX_ENTRY_BYTES = 16 * 1024 * 1024
 #: Bytes of recently used entries a directory store keeps: ~500 OpenClaw sessions of 123 KB.
 #: (16 MiB held ~130, and a gateway's active sessions did not fit: docs/benchmarks.md.)
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+#: Seconds the bytes a backend last read, validated or wrote of a key serve as the base of the
+#: next write-behind ``update()`` of it without asking the disk or server again (its
+#: compare-and-swap still checks them: a stale base costs a retry, never an update).
+BASE_TTL = 1.0
 #: Seconds after which a tmp file is an orphan.
 DEFAULT_TMP_MAX_AGE = 15 * 60.0

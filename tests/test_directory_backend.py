@@ -471,6 +471,41 @@ async def test_another_stores_write_is_seen_on_the_next_get(tmp_path: Path) -> N
             assert await reader.get(key) == {"v": "back"}
 
 
+@pytest.mark.parametrize("ttl", [60.0, 0.0], ids=["base-known", "base-expired"])
+async def test_an_update_from_a_stale_base_loses_no_other_stores_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ttl: float
+) -> None:
+    """A write-behind update starts from the bytes read a moment ago without a stat
+    (``read_base``); another store's write since then is still counted: the compare-and-swap
+    finds it and the function is applied again to it. Past ``BASE_TTL`` the base is read."""
+    from aiosessions.backends import _directory
+
+    monkeypatch.setattr(_directory, "BASE_TTL", ttl)
+    path = tmp_path / "sessions.json"
+    key = "agent:main:k"
+    seen: list[int] = []
+
+    def add_one(entry: dict[str, int] | None) -> dict[str, int]:
+        assert entry is not None
+        seen.append(entry["n"])
+        return {"n": entry["n"] + 1}
+
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as ours:
+        await ours.set(key, {"n": 0})
+        await ours.flush()
+        assert await ours.get(key) == {"n": 0}
+        async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as theirs:
+            await theirs.update(key, add_one, durable=True)  # n = 1, on disk
+        seen.clear()
+        await ours.update(key, add_one)
+        await ours.flush()
+        assert await ours.get(key) == {"n": 2}
+    # Known base: applied to the stale 0, then again to the 1 found; expired: read afresh.
+    assert seen == ([0, 1] if ttl else [1])
+    async with aiosessions.open_store(path, entry_type=dict, **OPTIONS) as again:
+        assert await again.get(key) == {"n": 2}
+
+
 # -- parallel writer threads keep their own outcome ----------------------------------------------
 
 

@@ -52,6 +52,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
+from .._defaults import BASE_TTL
 from .._errors import CorruptSessionError, StoreFormatError, StoreIOError
 from .._parts import ENTRY_MIN, Last, Pieces, join_members, references, split_members
 from .._recency import recency_of_encoded
@@ -82,9 +83,6 @@ SCRIPT_BYTES: Final = 1 << 20
 SPLIT_SLICE: Final = 0.002
 #: Keys per listing command.
 CHUNK: Final = 1000
-#: Seconds the bytes this process last read or wrote of a key serve as the base of its next
-#: ``update()`` (see ``read_base``) instead of reading it again.
-BASE_TTL: Final = 1.0
 
 #: Options of ``open_store("redis://...?prefix=...")`` that are ours, not redis-py's.
 URL_OPTIONS: Final = ("prefix", "buckets", "replicas", "replica_timeout", "cluster")
