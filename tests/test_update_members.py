@@ -7,6 +7,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import aiosessions
 from aiosessions._members import MemberSplits, changed, current, split
@@ -41,6 +43,33 @@ def test_a_split_is_reused_only_for_equal_bytes() -> None:
     splits.remember("x", b"{}", {})
     splits.remember("y", b"{}", {})  # over max_keys: the least recently used goes
     assert splits.of("k", data) is not joined
+
+
+_names = st.text(max_size=10)
+_values = st.one_of(st.none(), st.integers(), st.text(max_size=20), st.lists(st.integers(), max_size=3))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(_names, _values, max_size=8),
+    st.dictionaries(_names, _values, max_size=3),
+    st.sampled_from([0, 20_000]),
+)
+def test_a_changed_entry_is_what_the_encoder_writes_small_or_large(
+    entry: dict[str, Any], new: dict[str, Any], padding: int
+) -> None:
+    """Large entries are joined from their pieces, small ones by the encoder: the same bytes
+    either way (names needing escapes included), equal to encoding the changed entry."""
+    if padding:
+        entry = {**entry, '\u00e9"pad': "x" * padding}
+    names = [*new, "gone"]
+    data, joined, fresh = changed(split(msgspec.json.encode(entry)), names, new)
+    expected = {name: value for name, value in entry.items() if name != "gone"}
+    expected.update(new)
+    assert data == msgspec.json.encode(expected)
+    assert msgspec.json.decode(data) == expected
+    assert fresh == [msgspec.json.encode(value) for value in new.values()]
+    assert list(joined) == list(expected)
 
 
 async def _large_sessions_stored(path: Path, count: int, *, seed: int) -> dict[str, Any]:
