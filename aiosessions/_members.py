@@ -96,33 +96,4 @@ def changed(
             members[name] = msgspec.Raw(value)
         else:
             members.pop(name, None)
-    return _encoded(members), members, fresh
-
-
-#: Entries at least this large are joined by :func:`_encoded` in one allocation.
-_JOIN_MIN = 16 * 1024
-#: The encoded ``"name":`` of the member names met, bounded (a schema has a few dozen).
-_prefixes: dict[str, bytes] = {}
-_PREFIXES_MAX = 4096
-
-
-def _encoded(members: Mapping[str, msgspec.Raw]) -> bytes:
-    """``members`` as the encoder writes them, a JSON object.
-
-    A large entry is joined from its pieces in one allocation of its exact size: the
-    encoder grows its buffer as it writes (copying, and past glibc's mmap threshold touching
-    fresh pages), which made a second change of a pending 121 KB session cost twice as
-    much (docs/benchmarks.md). A small one goes to the encoder, which loops in C.
-    """
-    if sum(map(len, members.values())) < _JOIN_MIN:
-        return _encode(members)
-    pieces = [b"{"]
-    for name, raw in members.items():
-        prefix = _prefixes.get(name)
-        if prefix is None:
-            prefix = _encode(name) + b":"
-            if len(_prefixes) < _PREFIXES_MAX:
-                _prefixes[name] = prefix
-        pieces += (prefix, raw, b",")
-    pieces[-1] = b"}"
-    return b"".join(pieces)
+    return _parts.encode_members(members), members, fresh

@@ -31,6 +31,7 @@ __all__ = [
     "PARTS",
     "Last",
     "Pieces",
+    "encode_members",
     "join",
     "join_members",
     "members",
@@ -128,8 +129,36 @@ def split_members(
     return _encoder.encode(small), blobs, Pieces(tuple((n, d) for n, _, d in parts), own)
 
 
-#: The encoded length of member names seen, plus one for the colon (names recur across entries).
-_name_sizes: dict[str, int] = {}
+#: The encoded ``"name":`` of member names seen, bounded (names recur across entries).
+_name_prefixes: dict[str, bytes] = {}
+#: Entries at least this large are joined by :func:`encode_members` in one allocation.
+_JOIN_MIN = 16 * 1024
+
+
+def _prefix(name: str) -> bytes:
+    prefix = _name_prefixes.get(name)
+    if prefix is None:
+        prefix = _encoder.encode(name) + b":"
+        if len(_name_prefixes) < 4096:
+            _name_prefixes[name] = prefix
+    return prefix
+
+
+def encode_members(slices: Mapping[str, msgspec.Raw]) -> bytes:
+    """The compact JSON object of ``slices`` (the encoder's bytes exactly).
+
+    A large entry is joined from its pieces in one allocation of its exact size: the
+    encoder grows its buffer as it writes (copying, and past glibc's mmap threshold touching
+    fresh pages), which made a second change by member of a pending 121 KB session cost twice
+    as much (docs/benchmarks.md). A small one goes to the encoder, which loops in C.
+    """
+    if sum(map(len, slices.values())) < _JOIN_MIN:
+        return _encoder.encode(slices)
+    pieces = [b"{"]
+    for name, raw in slices.items():
+        pieces += (_prefix(name), raw, b",")
+    pieces[-1] = b"}"
+    return b"".join(pieces)
 
 
 def views(data: bytes, slices: Mapping[str, msgspec.Raw]) -> dict[str, msgspec.Raw]:
@@ -145,12 +174,7 @@ def views(data: bytes, slices: Mapping[str, msgspec.Raw]) -> dict[str, msgspec.R
     out = {}
     position = 1  # after "{"
     for name, raw in slices.items():
-        size = _name_sizes.get(name)
-        if size is None:
-            size = len(_encoder.encode(name)) + 1
-            if len(_name_sizes) < 4096:
-                _name_sizes[name] = size
-        position += size
+        position += len(_prefix(name))
         end = position + len(raw)
         out[name] = msgspec.Raw(buffer[position:end])
         position = end + 1  # after "," (or the closing "}")
@@ -195,5 +219,5 @@ def join_members(meta: bytes, blobs: Mapping[str, bytes]) -> tuple[bytes, dict[s
     for name, position, digest in sorted(parts, key=lambda part: part[1]):
         ordered.insert(position, (name, msgspec.Raw(blobs[digest])))
     joined = dict(ordered)
-    whole = _encoder.encode(joined)
+    whole = encode_members(joined)
     return whole, views(whole, joined)
