@@ -34,6 +34,7 @@ __all__ = [
     "encode_members",
     "join",
     "join_members",
+    "measure",
     "members",
     "references",
     "split",
@@ -131,6 +132,9 @@ def split_members(
 
 #: The encoded ``"name":`` of member names seen, bounded (names recur across entries).
 _name_prefixes: dict[str, bytes] = {}
+#: The total length of the ``"name":`` of a large entry's members, by its tuple of names
+#: (sessions share their shape), bounded.
+_names_sizes: dict[tuple[str, ...], int] = {}
 #: Entries at least this large are joined by :func:`encode_members` in one allocation.
 _JOIN_MIN = 16 * 1024
 
@@ -159,6 +163,23 @@ def encode_members(slices: Mapping[str, msgspec.Raw]) -> bytes:
         pieces += (_prefix(name), raw, b",")
     pieces[-1] = b"}"
     return b"".join(pieces)
+
+
+def measure(slices: Mapping[str, msgspec.Raw]) -> tuple[bytes | None, int]:
+    """``(encoding, size)``: the size of ``encode_members(slices)`` without joining them, and
+    the encoding itself when they are small (under ``_JOIN_MIN`` bytes the encoder's C loop
+    costs what counting does), else None."""
+    values = sum(map(len, slices.values()))
+    if values < _JOIN_MIN:
+        data = _encoder.encode(slices)
+        return data, len(data)
+    names = tuple(slices)
+    named = _names_sizes.get(names)
+    if named is None:
+        named = sum(len(_prefix(name)) for name in names)
+        if len(_names_sizes) < 1024:
+            _names_sizes[names] = named
+    return None, 1 + named + values + len(names)  # "{" + each "name":value + "," (the last "}")
 
 
 def views(data: bytes, slices: Mapping[str, msgspec.Raw]) -> dict[str, msgspec.Raw]:

@@ -34,7 +34,7 @@ from ._layout import StorePaths
 from ._locks import KeyLocks
 from ._recency import PendingRecency, check_limit, merge_pending, position_of
 from ._targets import is_redis_url, redis_backend
-from ._writebehind import StoreStatistics, WriteBehind
+from ._writebehind import State, StoreStatistics, WriteBehind
 from .backends import Backend
 from .backends._files import file_backend
 
@@ -422,7 +422,8 @@ class SessionStore(Generic[T]):
         if not self._started:
             await self._start_background()
         async with self._locks.hold(key):
-            stored, base = await self._state_with_room(key, durable)
+            state, base = await self._state_with_room(key, durable)
+            stored = state.data if isinstance(state, members.Unjoined) else state
             current = None if stored is None else self._decode(key, stored)
             result = fn(current)
             data = self._encode_result(key, result)
@@ -466,14 +467,17 @@ class SessionStore(Generic[T]):
         if not self._started:
             await self._start_background()
         async with self._locks.hold(key):
-            stored, base = await self._state_with_room(key, durable)
-            split = None if stored is None else self._members_of(key, stored)
+            state, base = await self._state_with_room(key, durable)
+            if isinstance(state, members.Unjoined):
+                split: members.Split | None = state.members  # a pending change by member
+            else:
+                split = None if state is None else self._members_of(key, state)
             result = fn(members.current(split, names))
-            data, joined = self._join_members(key, names, split, result)
+            entry = self._join_members(key, names, split, result)
             update = self._whole_entry_update(key, names, fn)
-            seq = self._queue.put(key, data, fn=update, base=base, members=joined)
-            if data is not None and joined is not None:
-                self._member_splits.remember(key, data, joined)
+            seq = self._queue.put(key, entry, fn=update, base=base)
+            if entry is not None:
+                self._member_splits.remember(key, entry)
         await self._settle(key, seq, durable)
         return None if isinstance(result, _Delete) else result
 
@@ -504,13 +508,14 @@ class SessionStore(Generic[T]):
         await self._settle(key, seq, durable)
         return True
 
-    async def _state_with_room(self, key: str, durable: bool) -> tuple[bytes | None, bytes | None]:
-        """The state a change of ``key`` starts from, and its compare-and-swap base (None when
-        ``key`` is pending), once the queue has room for it. Called with the key locked."""
+    async def _state_with_room(self, key: str, durable: bool) -> tuple[State, bytes | None]:
+        """The state a change of ``key`` starts from (a pending change by member left
+        unjoined), and its compare-and-swap base (None when ``key`` is pending), once the
+        queue has room for it. Called with the key locked."""
         while True:
             await self._queue.wait_for_room(key)
             self._check_open()
-            pending = self._queue.pending(key)
+            pending = self._queue.pending_state(key)
             if pending is not None:
                 return pending[0], None
             # The stored bytes are the compare-and-swap base of this change. A backend may
@@ -531,10 +536,11 @@ class SessionStore(Generic[T]):
 
     def _join_members(
         self, key: str, names: tuple[str, ...], split: members.Split | None, result: object
-    ) -> tuple[bytes | None, members.Split | None]:
-        """The bytes (None: delete) and split of the entry with the members ``result`` gives."""
+    ) -> members.Unjoined | None:
+        """The entry with the members ``result`` gives (None: delete), not joined unless
+        checking it needs its bytes."""
         if isinstance(result, _Delete):
-            return None, None
+            return None
         if not isinstance(result, Mapping):
             if inspect.iscoroutine(result):
                 result.close()  # no "coroutine ... was never awaited" warning on top
@@ -549,21 +555,21 @@ class SessionStore(Generic[T]):
                 f"the update_members function for {key!r} returned members it did not name: "
                 f"{stray!r} (name them in `names`)"
             )
-        data, joined, fresh = members.changed(split, names, result)
-        if len(data) > self._max_entry_bytes:
-            problem = storable(data, self._max_entry_bytes)
+        entry, fresh = members.changed(split, names, result)
+        if entry.size > self._max_entry_bytes:
+            problem = storable(entry.data, self._max_entry_bytes)
         else:
             # Only the new values can nest deeper than the entry did (which was read back);
             # in a list they nest one level down, as members of the entry's object do.
             problem = storable(b"[" + b",".join(fresh) + b"]", self._max_entry_bytes)
         if problem is None and not self._codec.decodes_any_object:
             try:
-                self._codec.decode(data)
+                self._codec.decode(entry.data)
             except DECODE_ERRORS as exc:
                 problem = f"it is not a {self._codec.entry_type.__name__}: {exc}"
         if problem is not None:
             raise InvalidEntryError(key, problem)
-        return data, joined
+        return entry
 
     def _whole_entry_update(
         self, key: str, names: tuple[str, ...], fn: Callable[[dict[str, Any] | None], object]
@@ -572,8 +578,8 @@ class SessionStore(Generic[T]):
 
         def update(entry: T | None) -> T | _Delete:
             split = None if entry is None else members.split(self._codec.encode(entry))
-            data, _ = self._join_members(key, names, split, fn(members.current(split, names)))
-            return DELETE if data is None else self._codec.decode(data)
+            changed = self._join_members(key, names, split, fn(members.current(split, names)))
+            return DELETE if changed is None else self._codec.decode(changed.data)
 
         return update
 

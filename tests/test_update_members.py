@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 from hypothesis import given, settings
@@ -34,15 +36,27 @@ async def test_a_member_that_breaks_a_strict_type_is_refused(tmp_path: Path) -> 
 
 def test_a_split_is_reused_only_for_equal_bytes() -> None:
     splits = MemberSplits(max_keys=2)
-    data, joined, fresh = changed(split(b'{"a":1,"big":[1,2,3]}'), ["a"], {"a": 2})
+    entry, fresh = changed(split(b'{"a":1,"big":[1,2,3]}'), ["a"], {"a": 2})
+    data = entry.data
     assert data == b'{"a":2,"big":[1,2,3]}' and fresh == [b"2"]
-    splits.remember("k", data, joined)
-    assert splits.of("k", data) is joined
-    assert splits.of("k", bytes(bytearray(data))) is joined  # an equal copy (a backend's read)
-    assert splits.of("k", b'{"a":3,"big":[]}') is not joined
-    splits.remember("x", b"{}", {})
-    splits.remember("y", b"{}", {})  # over max_keys: the least recently used goes
-    assert splits.of("k", data) is not joined
+    splits.remember("k", entry)
+    assert splits.of("k", data) is entry.members
+    assert splits.of("k", bytes(bytearray(data))) is entry.members  # an equal copy (a backend's read)
+    assert splits.of("k", b'{"a":3,"big":[]}') is not entry.members
+    splits.remember("x", changed(None, ["a"], {"a": 1})[0])
+    splits.remember("y", changed(None, ["a"], {"a": 1})[0])  # over max_keys: the least recently used goes
+    assert splits.of("k", data) is not entry.members
+
+
+def test_a_large_entry_is_joined_once_and_only_when_its_bytes_are_needed() -> None:
+    entry, _ = changed(split(msgspec.json.encode({"a": 1, "big": "x" * 20_000})), ["a"], {"a": 2})
+    assert entry.joined is None and entry.size == len(msgspec.json.encode({"a": 2, "big": "x" * 20_000}))
+    splits = MemberSplits()
+    splits.remember("k", entry)
+    assert splits.of("k", msgspec.json.encode({"a": 2, "big": "x" * 20_000})) is not entry.members  # unjoined
+    data = entry.data
+    assert entry.data is data and entry.joined is data and len(data) == entry.size
+    assert splits.of("k", data) is entry.members
 
 
 _names = st.text(max_size=10)
@@ -63,10 +77,11 @@ def test_a_changed_entry_is_what_the_encoder_writes_small_or_large(
     if padding:
         entry = {**entry, '\u00e9"pad': "x" * padding}
     names = [*new, "gone"]
-    data, joined, fresh = changed(split(msgspec.json.encode(entry)), names, new)
+    changed_entry, fresh = changed(split(msgspec.json.encode(entry)), names, new)
+    size, data, joined = changed_entry.size, changed_entry.data, changed_entry.members
     expected = {name: value for name, value in entry.items() if name != "gone"}
     expected.update(new)
-    assert data == msgspec.json.encode(expected)
+    assert data == msgspec.json.encode(expected) and size == len(data)
     assert msgspec.json.decode(data) == expected
     assert fresh == [msgspec.json.encode(value) for value in new.values()]
     assert list(joined) == list(expected)
@@ -203,3 +218,82 @@ async def test_the_writer_takes_the_members_it_is_handed_instead_of_scanning_and
             assert [size for size in scanned if size >= _parts.ENTRY_MIN] == [], n
     async with aiosessions.open_store(path, entry_type=dict) as store:
         assert {key: await store.get(key) for key in sessions} == sessions
+
+
+async def test_changes_by_member_before_a_write_join_the_entry_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pending change by member is kept as members: further changes to it, and the write
+    of them all, copy the 121 KB entry once (not once per change), and what lands is right."""
+    from aiosessions import _parts
+
+    path = tmp_path / "sessions.json"
+    sessions = await _large_sessions_stored(path, 2, seed=11)
+    joins: list[int] = []
+    join = _parts.encode_members
+
+    def counting_join(slices: Any) -> bytes:
+        joins.append(len(slices))
+        return join(slices)
+
+    monkeypatch.setattr(_parts, "encode_members", counting_join)
+    async with aiosessions.open_store(path, entry_type=dict, fsync=False, flush_interval=3600) as store:
+        (key, entry), (read_key, read_entry) = sessions.items()
+        await store.get(key)
+        await store.get(read_key)
+        joins.clear()  # reading a session stored split joins its meta.json and blobs
+        for turn in range(5):
+            await store.update_members(key, ["updatedAt"], lambda m, t=turn: {"updatedAt": t})
+            await store.update_members(read_key, ["updatedAt"], lambda m, t=turn: {"updatedAt": t})
+        assert joins == []
+        entry["updatedAt"] = read_entry["updatedAt"] = 4
+        assert await store.get(read_key) == read_entry  # a reader joins it, once for the write too
+        assert len(joins) == 1
+        await store.flush()
+        assert len(joins) == 2
+        assert store.statistics().pending_bytes == 0
+        assert await store.get(key) == entry
+    async with aiosessions.open_store(path, entry_type=dict, fsync=False) as store:
+        assert {key: await store.get(key) for key in sessions} == sessions
+
+
+async def test_a_batch_of_changes_by_member_is_joined_a_slice_of_the_loop_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flusher joins the large entries a batch writes with checkpoints in between:
+    another task runs between joins, not after all of them."""
+    from aiosessions import _parts, _writebehind
+
+    path = tmp_path / "sessions.json"
+    sessions = await _large_sessions_stored(path, 6, seed=12)
+    events: list[str] = []
+    join = _parts.encode_members
+
+    def logging_join(slices: Any) -> bytes:
+        events.append("join")
+        return join(slices)
+
+    monkeypatch.setattr(_parts, "encode_members", logging_join)
+    monkeypatch.setattr(_writebehind, "_JOIN_SLICE", 1)  # a checkpoint after every entry
+    async with aiosessions.open_store(path, entry_type=dict, fsync=False, flush_interval=3600) as store:
+        for key in sessions:
+            await store.update_members(key, ["updatedAt"], lambda m: {"updatedAt": 1})
+        events.clear()  # reading a session stored split joins its meta.json and blobs
+        stop = False
+
+        async def ticker() -> None:
+            while not stop:
+                events.append("tick")
+                await anyio.lowlevel.checkpoint()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            await store.flush()
+            stop = True
+        joins = [n for n, event in enumerate(events) if event == "join"]
+        assert len(joins) == len(sessions)
+        # Each join in a turn of its own: the ticker ticks in every turn between the first
+        # and the last (trio shuffles the order of the tasks within a turn).
+        assert events[joins[0] : joins[-1]].count("tick") >= len(joins) - 2, events
+    async with aiosessions.open_store(path, entry_type=dict, fsync=False) as store:
+        assert [(await store.get(key))["updatedAt"] for key in sessions] == [1] * len(sessions)
