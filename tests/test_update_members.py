@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,17 @@ def test_a_changed_entry_is_what_the_encoder_writes_small_or_large(
     assert msgspec.json.decode(data) == expected
     assert fresh == [msgspec.json.encode(value) for value in new.values()]
     assert list(joined) == list(expected)
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, seen: Callable[[Any], object]) -> None:
+    """Replace the one-argument function ``module.name`` by one that shows ``seen`` its argument first."""
+    real = getattr(module, name)
+
+    def spy(argument: Any) -> Any:
+        seen(argument)
+        return real(argument)
+
+    monkeypatch.setattr(module, name, spy)
 
 
 async def _large_sessions_stored(path: Path, count: int, *, seed: int) -> dict[str, Any]:
@@ -197,13 +209,7 @@ async def test_the_writer_takes_the_members_it_is_handed_instead_of_scanning_and
     sessions = await _large_sessions_stored(path, 4, seed=10)
     scanned: list[int] = []
     hashed: list[int] = []
-    scan = _parts.members
-
-    def counting_scan(data: bytes) -> Any:
-        scanned.append(len(data))
-        return scan(data)
-
-    monkeypatch.setattr(_parts, "members", counting_scan)
+    _spy(monkeypatch, _parts, "members", lambda data: scanned.append(len(data)))
     monkeypatch.setattr(hashlib, "sha256", lambda b: hashed.append(len(b)) or hashlib.new("sha256", b))
     async with aiosessions.open_store(path, entry_type=dict, fsync=fsync) as store:
         for n, (key, entry) in enumerate(sessions.items()):
@@ -230,13 +236,7 @@ async def test_changes_by_member_before_a_write_join_the_entry_once(
     path = tmp_path / "sessions.json"
     sessions = await _large_sessions_stored(path, 2, seed=11)
     joins: list[int] = []
-    join = _parts.encode_members
-
-    def counting_join(slices: Any) -> bytes:
-        joins.append(len(slices))
-        return join(slices)
-
-    monkeypatch.setattr(_parts, "encode_members", counting_join)
+    _spy(monkeypatch, _parts, "encode_members", lambda slices: joins.append(len(slices)))
     async with aiosessions.open_store(path, entry_type=dict, fsync=False, flush_interval=3600) as store:
         (key, entry), (read_key, read_entry) = sessions.items()
         await store.get(key)
@@ -267,13 +267,7 @@ async def test_a_batch_of_changes_by_member_is_joined_a_slice_of_the_loop_at_a_t
     path = tmp_path / "sessions.json"
     sessions = await _large_sessions_stored(path, 6, seed=12)
     events: list[str] = []
-    join = _parts.encode_members
-
-    def logging_join(slices: Any) -> bytes:
-        events.append("join")
-        return join(slices)
-
-    monkeypatch.setattr(_parts, "encode_members", logging_join)
+    _spy(monkeypatch, _parts, "encode_members", lambda slices: events.append("join"))
     monkeypatch.setattr(_writebehind, "_JOIN_SLICE", 1)  # a checkpoint after every entry
     async with aiosessions.open_store(path, entry_type=dict, fsync=False, flush_interval=3600) as store:
         for key in sessions:
